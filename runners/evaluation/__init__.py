@@ -1,0 +1,1 @@
+"""Evaluation: a dataset classifier as feature extractor, FID / KID through torch-fidelity, class accuracy."""

@@ -1,0 +1,202 @@
+"""FID, KID and class accuracy of generated images, computed with torch-fidelity's metric code.
+
+Path through torch-fidelity: we extract features ourselves (any model with a `features(images) -> (B, F)`
+method: the small `DatasetClassifier` here, an Inception wrapper for ImageNet later) and hand the feature
+matrices to torch-fidelity's own metric functions:
+
+- FID: `torch_fidelity.metric_fid.fid_features_to_statistics` (mu, sigma) and `fid_statistics_to_metric`
+  (|mu1 - mu2|^2 + tr(S1 + S2 - 2 sqrt(S1 S2)), with the trace of the square root from eigenvalues).
+- KID: `torch_fidelity.metric_kid.kid_features_to_metric` (unbiased MMD^2 with the cubic polynomial kernel
+  k(x, y) = (x.y / F + 1)^3, averaged over random subsets; mean and std over subsets).
+
+We do not go through `torch_fidelity.calculate_metrics`: that entry point wants image datasets in uint8,
+writes feature caches to disk and resolves extractors by name; the feature-level functions give the same
+numbers with none of that, for any extractor. Nothing here downloads anything (no Inception weights).
+
+Conventions: images float32 `(N, C, H, W)` in [0, 1]; features float64 `(N, F)` on CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+
+from runners.evaluation.classifier import CLASSIFIER_CODE_VERSION, DatasetClassifier, accuracy
+
+METRIC_KEYS: tuple[str, ...] = ("fid", "kid_mean", "kid_std", "class_accuracy")
+"""Keys of the dict `image_metrics` returns (flat floats, ready for a result row)."""
+
+
+class FeatureExtractor(Protocol):
+    """Anything that maps images `(B, C, H, W)` in [0, 1] to features `(B, F)`."""
+
+    def features(self, images: Tensor) -> Tensor: ...
+
+
+def feature_extractor_name(model: FeatureExtractor) -> str:
+    """A name for the feature space, to record next to FID / KID (numbers differ across feature spaces).
+
+    `DatasetClassifier` -> "dataset_classifier/classifier-1/f64" (code version and feature width); other
+    extractors give their `name` attribute, else their class name.
+    """
+    if isinstance(model, DatasetClassifier):
+        return f"dataset_classifier/{CLASSIFIER_CODE_VERSION}/f{model.feature_dim}"
+    return str(getattr(model, "name", type(model).__name__))
+
+
+@torch.no_grad()
+def extract_features(model: FeatureExtractor, images: Tensor, batch_size: int = 512) -> Tensor:
+    """Features `(N, F)` float64 on CPU of images `(N, C, H, W)` in [0, 1], computed in batches.
+
+    Batches move to the model's device (the device of its first parameter, if it has any); an
+    `nn.Module` runs in eval mode and gets its previous mode back afterwards.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), but got shape {tuple(images.shape)}; add a channel axis")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, but got batch_size={batch_size}; try 512")
+    module = model if isinstance(model, torch.nn.Module) else None
+    device = images.device
+    was_training = False
+    if module is not None:
+        parameter = next(module.parameters(), None)
+        device = parameter.device if parameter is not None else device
+        was_training = module.training
+        module.eval()
+    try:
+        chunks = [
+            model.features(images[i : i + batch_size].to(device).float()).to("cpu", torch.float64)  # (b, F)
+            for i in range(0, len(images), batch_size)
+        ]
+    finally:
+        if module is not None:
+            module.train(was_training)
+    if not chunks:
+        raise ValueError("images must hold at least one image, but got N=0")
+    return torch.cat(chunks)  # (N, F)
+
+
+def _check_features(features: Tensor, name: str) -> Tensor:
+    if features.ndim != 2:
+        raise ValueError(f"{name} features must be (N, F), but got shape {tuple(features.shape)}; flatten them")
+    if len(features) < 2:
+        raise ValueError(f"{name} features need N >= 2 rows for a covariance, but got N={len(features)}")
+    features = features.detach().to("cpu", torch.float64)
+    if not torch.isfinite(features).all():
+        raise ValueError(f"{name} features must be finite, but got NaN or inf; check the images and the extractor")
+    return features
+
+
+def feature_statistics(features: Tensor) -> dict[str, np.ndarray]:
+    """torch-fidelity's FID statistics of features `(N, F)`: {"mu": (F,), "sigma": (F, F)} float64 arrays."""
+    stats = fid_features_to_statistics(_check_features(features, "the"))
+    # np.cov of a single feature is 0-d; torch-fidelity expects a (F, F) matrix.
+    return {"mu": np.atleast_1d(stats["mu"]), "sigma": np.atleast_2d(stats["sigma"])}
+
+
+def real_feature_statistics(
+    model: FeatureExtractor, real_images: Tensor, batch_size: int = 512
+) -> dict[str, np.ndarray]:
+    """FID statistics {"mu": (F,), "sigma": (F, F)} of a reference image set, to cache and reuse across trials."""
+    return feature_statistics(extract_features(model, real_images, batch_size))
+
+
+def fid_from_statistics(stats_1: dict[str, np.ndarray], stats_2: dict[str, np.ndarray]) -> float:
+    """FID between two sets of statistics from `feature_statistics` (torch-fidelity's formula)."""
+    if stats_1["mu"].shape != stats_2["mu"].shape:
+        raise ValueError(
+            f"both statistics must come from the same feature space, but got feature widths "
+            f"{stats_1['mu'].shape[0]} and {stats_2['mu'].shape[0]}; use one extractor for real and fake images"
+        )
+    return float(fid_statistics_to_metric(stats_1, stats_2, verbose=False)[KEY_METRIC_FID])
+
+
+def fid_from_features(real: Tensor, fake: Tensor) -> float:
+    """Frechet distance between Gaussians fitted to features `real (N, F)` and `fake (M, F)`.
+
+    FID = |mu_r - mu_f|^2 + tr(S_r + S_f - 2 (S_r S_f)^(1/2)), covariances with the N - 1 denominator.
+    """
+    return fid_from_statistics(feature_statistics(real), feature_statistics(fake))
+
+
+def kid_from_features(
+    real: Tensor, fake: Tensor, *, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """Kernel (Inception) distance between features `real (N, F)` and `fake (M, F)`: (mean, std) over subsets.
+
+    Each of `subsets` draws min(subset_size, N, M) rows of each set without replacement and computes the
+    unbiased MMD^2 with the kernel (x.y / F + 1)^3. Near 0 (slightly negative is possible) for sets from
+    one distribution. Deterministic given `seed`.
+    """
+    real = _check_features(real, "real")
+    fake = _check_features(fake, "fake")
+    if real.shape[1] != fake.shape[1]:
+        raise ValueError(
+            f"real and fake features must have the same width, but got {real.shape[1]} and {fake.shape[1]}; "
+            f"use one extractor for both"
+        )
+    if subsets < 1:
+        raise ValueError(f"subsets must be >= 1, but got subsets={subsets}; try 100")
+    size = min(subset_size, len(real), len(fake))
+    if size < 2:
+        raise ValueError(f"subset_size must be >= 2 for the unbiased MMD estimate, but got subset_size={subset_size}")
+    out = kid_features_to_metric(
+        real, fake, kid_subsets=subsets, kid_subset_size=size, rng_seed=seed, verbose=False
+    )
+    return float(out[KEY_METRIC_KID_MEAN]), float(out[KEY_METRIC_KID_STD])
+
+
+def image_metrics(
+    classifier: DatasetClassifier,
+    real_images: Tensor,
+    fake_images: Tensor,
+    fake_labels: Tensor,
+    *,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    seed: int = 0,
+    real_features: Tensor | None = None,
+    batch_size: int = 512,
+) -> dict[str, float]:
+    """FID, KID and class accuracy of generated images, all in the classifier's feature space.
+
+    Args:
+        classifier: the trained dataset classifier (feature extractor and judge of classes).
+        real_images: reference images `(N, C, H, W)` in [0, 1] (ignored when `real_features` is given).
+        fake_images: generated images `(M, C, H, W)` in [0, 1].
+        fake_labels: `(M,)` the class each fake image was generated for.
+        kid_subsets, kid_subset_size, seed: KID subsets (size capped at min(N, M)) and their seed.
+        real_features: cached `extract_features(classifier, real_images)` `(N, F)`, to skip recomputing it.
+        batch_size: images per forward pass.
+
+    Returns:
+        {"fid", "kid_mean", "kid_std", "class_accuracy"} as floats; `class_accuracy` is the share of fake
+        images the classifier labels as their `fake_labels`. The feature space's name is
+        `feature_extractor_name(classifier)`.
+    """
+    if fake_labels.shape != (len(fake_images),):
+        raise ValueError(
+            f"fake_labels must be (M,) = ({len(fake_images)},) to match fake_images, but got shape "
+            f"{tuple(fake_labels.shape)}"
+        )
+    if real_features is None:
+        real_features = extract_features(classifier, real_images, batch_size)
+    fake_features = extract_features(classifier, fake_images, batch_size)  # (M, F)
+    kid_mean, kid_std = kid_from_features(
+        real_features, fake_features, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed
+    )
+    return {
+        "fid": fid_from_features(real_features, fake_features),
+        "kid_mean": kid_mean,
+        "kid_std": kid_std,
+        "class_accuracy": accuracy(classifier, fake_images, fake_labels),
+    }
+
+
+# Bumped when a change alters the numbers computed from the same images; part of evaluation keys.
+METRICS_CODE_VERSION = "metrics-1"

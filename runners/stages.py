@@ -1,0 +1,297 @@
+"""The stage functions: plain functions of (stage settings, input artifacts) that write one folder.
+
+    classifier  dataset            -> classifier weights        (feature extractor of FID/KID, class accuracy)
+    tokenizer   dataset            -> tokenizer weights         (+ held-out reconstruction metrics)
+    generator   tokenizer          -> generator weights         (+ training losses, held-out loss)
+    evaluation  generator, tokenizer, classifier -> samples     (+ FID, KID, class accuracy)
+
+Each function is `fn(stage, inputs, out, log) -> metrics`: `stage.settings` holds exactly what
+determines it, `inputs` maps an input role to its finished artifact folder, everything is written
+inside `out`, `log(step, values)` records training curves. No Ray here: the executors call these.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from runners.data import ImageDataset, load_dataset, stack
+from runners.evaluation.classifier import (
+    CLASSIFIER_CODE_VERSION,
+    accuracy,
+    load_classifier,
+    save_classifier,
+    train_classifier,
+)
+from runners.evaluation.metrics import METRICS_CODE_VERSION, image_metrics
+from runners.generators import GENERATOR_SIZES, GENERATORS, GeneratorConfig
+from runners.sampling import SAMPLING_CODE_VERSION, sample_ar
+from runners.tokenizers import TOKENIZERS
+from runners.tokenizers.backbone import BACKBONE_SIZES
+from runners.train_generator import evaluate_loss, train_generator
+from runners.train_tokenizer import reconstruction_metrics, train_tokenizer
+from runners.vocab import Vocabulary
+
+Log = Callable[[int, dict[str, float]], None]
+StageFunction = Callable[[Any, dict[str, Path], Path, Log], dict[str, Any]]
+
+# Bumped when a stage function changes what it computes (part of every key of that kind).
+STAGE_CODE_VERSIONS = {"classifier": "1", "tokenizer": "1", "generator": "1", "evaluation": "1"}
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+SAMPLE_BATCH = 100  # fixed micro-batch of the sampler: samples do not depend on the worker's batch size
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# what the planner asks of the runners
+
+
+def code_versions(kind: str, settings: Any) -> dict[str, str]:
+    """Code versions of the registry entries a stage of `kind` runs."""
+    versions = {"stage": f"{kind}-{STAGE_CODE_VERSIONS[kind]}"}
+    if kind == "classifier":
+        versions["classifier"] = CLASSIFIER_CODE_VERSION
+    elif kind == "tokenizer":
+        versions["tokenizer"] = TOKENIZERS[settings.tokenizer].code_version
+    elif kind == "generator":
+        versions["generator"] = GENERATORS[settings.modeling].code_version
+    elif kind == "evaluation":
+        versions.update(sampling=SAMPLING_CODE_VERSION, metrics=METRICS_CODE_VERSION)
+    return versions
+
+
+def check_settings(settings: Any, dataset: Any) -> list[tuple[str, str]]:
+    """Cross-axis rules that need the registries: (axis, message naming the value and the fix)."""
+    problems = []
+    for axis, value, registry in (
+        ("tokenizer", settings.tokenizer, TOKENIZERS),
+        ("tokenizer_size", settings.tokenizer_size, BACKBONE_SIZES),
+        ("modeling", settings.modeling, GENERATORS),
+        ("size", settings.size, GENERATOR_SIZES),
+    ):
+        if value not in registry:
+            problems.append((axis, f"{axis} must be one of {', '.join(registry)}, but got {value!r}"))
+    if settings.tokenizer_size in BACKBONE_SIZES:
+        down = BACKBONE_SIZES[settings.tokenizer_size].downsample
+        if dataset.image_size % down:
+            problems.append(("tokenizer_size", f"tokenizer_size {settings.tokenizer_size!r} downsamples by {down}, "
+                             f"which must divide dataset.image_size ({dataset.image_size}); pick another size or image_size"))
+    if settings.bits_each > 20:
+        problems.append(("token_each", f"code_dim/token_each = {settings.bits_each} bits gives a 2^{settings.bits_each}-word "
+                         f"head per sub-token; use at most 20 bits per sub-token (raise token_each)"))
+    return problems
+
+
+def generator_config(settings: dict[str, Any], code_dim: int, grid: tuple[int, int], num_classes: int) -> GeneratorConfig:
+    return GeneratorConfig(
+        size=settings["size"], grid_height=grid[0], grid_width=grid[1], token_each=settings["token_each"],
+        bits_each=code_dim // settings["token_each"], num_classes=num_classes,
+        dropout=settings["dropout"], class_dropout=settings["class_dropout"],
+    )
+
+
+def latent_grid(settings: dict[str, Any], image_size: int) -> tuple[int, int]:
+    side = image_size // BACKBONE_SIZES[settings["tokenizer_size"]].downsample
+    return side, side
+
+
+def describe(stage: Any) -> dict[str, Any]:
+    """Facts about a planned stage computed without allocating anything (instant for 2B)."""
+    if stage.kind != "generator":
+        return {}
+    s = {**stage.columns}
+    dataset = stage.settings["dataset"]
+    grid = latent_grid(s, dataset["image_size"])
+    config = generator_config(s, s["code_dim"], grid, dataset["num_classes"])
+    params = GENERATORS[s["modeling"]].parameter_count(config)
+    tokens = s["generator_steps"] * s["generator_batch"] * config.seq_len * config.token_each
+    return {
+        "parameter_count": params,
+        "sequence_length": config.seq_len,
+        "vocab": f"{config.token_each}-{config.bits_each}",
+        "train_flops": 6.0 * params * tokens,
+    }
+
+
+def device_name(gpus: float) -> str:
+    device = pick_device(gpus)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def pick_device(gpus: float) -> torch.device:
+    return torch.device("cuda") if gpus > 0 and torch.cuda.is_available() else torch.device("cpu")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# artifacts
+
+
+def dataset_of(settings: dict[str, Any]) -> ImageDataset:
+    d = settings["dataset"]
+    data = load_dataset(d["name"], d["image_size"], d.get("root"), d["heldout_fraction"], d["split_seed"])
+    if data.num_classes != d["num_classes"]:
+        raise ValueError(f"dataset.num_classes is {d['num_classes']} but the data holds {data.num_classes} classes; "
+                         f"set dataset.num_classes: {data.num_classes}")
+    return data
+
+
+def save_model(model: torch.nn.Module, folder: Path, config: dict[str, Any]) -> None:
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(folder / WEIGHTS_FILE))
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def load_tokenizer(folder: Path, device: torch.device) -> torch.nn.Module:
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    model = TOKENIZERS[config["tokenizer"]].build(**config["kwargs"])
+    model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+    return model.to(device).eval()
+
+
+def load_generator(folder: Path, device: torch.device) -> tuple[torch.nn.Module, GeneratorConfig, dict[str, Any]]:
+    saved = json.loads((folder / CONFIG_FILE).read_text())
+    config = GeneratorConfig(**saved["config"])
+    model = GENERATORS[saved["modeling"]].build(config)
+    model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+    return model.to(device).eval(), config, saved
+
+
+@torch.no_grad()
+def encode_probs(tokenizer: torch.nn.Module, images: Tensor, batch_size: int = 256) -> Tensor:
+    """Bit probabilities (N, D, h, w) of a stack of images, on the images' device."""
+    device = next(tokenizer.parameters()).device
+    chunks = [tokenizer.encode_probs(images[i : i + batch_size].to(device)) for i in range(0, len(images), batch_size)]
+    return torch.cat(chunks)
+
+
+def probs_to_ids(probs_or_bits: Tensor, vocab: Vocabulary) -> Tensor:
+    """(B, D, h, w) bits -> (B, h*w, K) sub-token ids in raster order."""
+    bits = probs_or_bits.flatten(2).transpose(1, 2)  # (B, h*w, D)
+    return vocab.bits_to_ids(bits)
+
+
+def ids_to_bits(ids: Tensor, vocab: Vocabulary, grid: tuple[int, int]) -> Tensor:
+    """(B, h*w, K) ids -> (B, D, h, w) bits: the exact inverse of probs_to_ids on bits."""
+    bits = vocab.ids_to_bits(ids)  # (B, h*w, D)
+    return bits.transpose(1, 2).reshape(ids.shape[0], vocab.code_dim, *grid)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the stages
+
+
+def classifier_stage(stage: Any, inputs: dict[str, Path], out: Path, log: Log) -> dict[str, Any]:
+    s = stage.settings
+    data = dataset_of(s)
+    images, labels = stack(data.train)
+    heldout_images, heldout_labels = stack(data.heldout)
+    torch.manual_seed(0)
+    model = train_classifier(
+        images, labels, num_classes=data.num_classes, steps=s["classifier_steps"], lr=s["classifier_lr"],
+        batch_size=s["classifier_batch"], seed=0,
+    )
+    save_classifier(model, out)
+    return {"heldout_accuracy": accuracy(model, heldout_images, heldout_labels)}
+
+
+def tokenizer_stage(stage: Any, inputs: dict[str, Path], out: Path, log: Log) -> dict[str, Any]:
+    s = stage.settings
+    device = pick_device(stage.resources.gpus)
+    data = dataset_of(s)
+    kwargs = {"code_dim": s["code_dim"], "size": s["tokenizer_size"], "channels": data.channels,
+              "image_size": data.image_size, "bernoulli": True}
+    torch.manual_seed(s["tokenizer_seed"])
+    model = TOKENIZERS[s["tokenizer"]].build(**kwargs).to(device)
+    model = train_tokenizer(
+        model, data.train, steps=s["tokenizer_steps"], lr=s["tokenizer_lr"], batch_size=s["tokenizer_batch"],
+        seed=s["tokenizer_seed"], bit_usage_weight=s["bit_usage_weight"], on_log=log,
+    )
+    save_model(model, out, {"tokenizer": s["tokenizer"], "kwargs": kwargs})
+    heldout_images, _ = stack(data.heldout)
+    metrics = reconstruction_metrics(model, heldout_images.to(device))
+    return {name: float(value) for name, value in metrics.items()}
+
+
+def generator_stage(stage: Any, inputs: dict[str, Path], out: Path, log: Log) -> dict[str, Any]:
+    s = stage.settings
+    device = pick_device(stage.resources.gpus)
+    data = dataset_of(s)
+    tokenizer = load_tokenizer(inputs["tokenizer"], device)
+    vocab = Vocabulary(code_dim=tokenizer.code_dim, token_each=s["token_each"])
+    grid = tuple(tokenizer.grid)
+
+    # The frozen tokenizer encodes the training set once into bit probabilities; every step then draws
+    # fresh Bernoulli bits from them (ELM's stochastic augmentation), or thresholds them.
+    images, labels = stack(data.train)
+    probs = encode_probs(tokenizer, images)  # (N, D, h, w)
+    labels = labels.to(device)
+
+    def batch_fn(step: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        index = torch.randint(len(probs), (s["generator_batch"],), generator=generator, device=generator.device)
+        p = probs[index]
+        bits = torch.bernoulli(p, generator=generator) if s["encode"] == "bernoulli" else (p > 0.5).float()
+        return probs_to_ids(bits, vocab), labels[index]
+
+    config = generator_config(s, tokenizer.code_dim, grid, data.num_classes)
+    torch.manual_seed(s["seed"])
+    model = GENERATORS[s["modeling"]].build(config).to(device)
+    result = train_generator(
+        model, batch_fn, steps=s["generator_steps"], lr=s["generator_lr"], seed=s["seed"],
+        weight_decay=s["weight_decay"], warmup_steps=s["generator_warmup"], on_log=log,
+    )
+    save_model(result.model, out, {"modeling": s["modeling"], "config": config.__dict__})
+
+    heldout_images, heldout_labels = stack(data.heldout)
+    heldout_ids = probs_to_ids((encode_probs(tokenizer, heldout_images) > 0.5).float(), vocab)
+    return {
+        "parameter_count": GENERATORS[s["modeling"]].parameter_count(config),
+        "uniform_loss": math.log(vocab.size),
+        "initial_loss": result.initial_loss,
+        "final_loss": result.final_loss,
+        "heldout_loss": evaluate_loss(result.model, heldout_ids, heldout_labels.to(device)),
+        "steps_per_s": result.steps_per_s,
+    }
+
+
+@torch.no_grad()
+def evaluation_stage(stage: Any, inputs: dict[str, Path], out: Path, log: Log) -> dict[str, Any]:
+    s = stage.settings
+    device = pick_device(stage.resources.gpus)
+    data = dataset_of(s)
+    tokenizer = load_tokenizer(inputs["tokenizer"], device)
+    generator, config, _ = load_generator(inputs["generator"], device)
+    classifier = load_classifier(inputs["classifier"]).to(device)
+    vocab = Vocabulary(code_dim=config.token_each * config.bits_each, token_each=config.token_each)
+
+    # Class-balanced labels; fixed micro-batches, each drawing from its own generator seeded from
+    # (sampling seed, batch index): the images do not depend on how the work is split.
+    labels = torch.arange(data.num_classes, device=device).repeat_interleave(s["samples_per_class"])
+    images = []
+    for batch, start in enumerate(range(0, len(labels), SAMPLE_BATCH)):
+        rng = torch.Generator(device=device).manual_seed(s["sampling_seed"] * 1_000_003 + batch)
+        ids = sample_ar(
+            generator, labels[start : start + SAMPLE_BATCH], cfg_scale=s["cfg_scale"],
+            temperature=s["temperature"], top_k=s["top_k"], generator=rng,
+        )
+        images.append(tokenizer.decode(ids_to_bits(ids, vocab, (config.grid_height, config.grid_width))))
+    fake = torch.cat(images).clamp(0, 1)
+    real, _ = stack(data.heldout)
+    metrics = image_metrics(classifier, real.to(device), fake, labels)
+
+    samples = (fake * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, C) uint8
+    np.savez_compressed(out / "samples.npz", arr_0=samples, labels=labels.cpu().numpy())
+    return {**{k: v for k, v in metrics.items()}, "num_samples": len(labels)}
+
+
+STAGE_FUNCTIONS: dict[str, StageFunction] = {
+    "classifier": classifier_stage,
+    "tokenizer": tokenizer_stage,
+    "generator": generator_stage,
+    "evaluation": evaluation_stage,
+}

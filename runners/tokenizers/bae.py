@@ -1,0 +1,137 @@
+"""Binary autoencoder (BAE): the ELM tokenizer that turns each latent position into D bits.
+
+    images (B, C, H, W) --Encoder--> (B, latent_width, h, w) --1x1 conv--> logits (B, D, h, w)
+      --sigmoid--> probs p --quantize--> bits {0, 1} --1x1 conv--> (B, latent_width, h, w)
+      --Decoder--> sigmoid --> images (B, C, H, W) in [0, 1]
+
+Quantisation (ELM "Tokenizers"): in training, bits ~ Bernoulli(p) (the paper's pick); deterministic mode
+bits = [p > 0.5] (used for evaluation). Either way straight-through: the forward value is the hard bit,
+the backward pass treats the quantiser as the identity so the gradient reaches p and the encoder.
+
+Output map: the decoder's last conv goes through a sigmoid, not a clamp. Reason: a clamp has zero gradient
+wherever the pre-activation leaves [0, 1], so pixels that overshoot early stop learning; the sigmoid keeps a
+gradient everywhere and always yields valid images (which a perceptual loss / discriminator will want later).
+Its cost, that exact 0 and 1 are reached only asymptotically, is below 1e-3 per pixel after training.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from runners.tokenizers.backbone import BACKBONE_SIZES, Decoder, Encoder, check_backbone
+
+# Size ladder of the BAE: each rung is a backbone config (see backbone.py for shapes and parameter counts).
+BAE_SIZES = {name: BACKBONE_SIZES[name] for name in ("tiny", "small", "imagenet")}
+
+QuantizeMode = Literal["bernoulli", "threshold"]
+QUANTIZE_MODES: tuple[str, ...] = ("bernoulli", "threshold")
+
+
+def quantize_bits(probs: Tensor, mode: QuantizeMode, generator: torch.Generator | None = None) -> Tensor:
+    """Bit probabilities (B, D, h, w) -> bits {0., 1.} of the same shape, straight-through to `probs`.
+
+    "bernoulli": bit = [u < p] with u ~ U(0, 1) drawn from `generator` (global RNG if None; the generator must
+    live on probs.device). "threshold": bit = [p > 0.5], deterministic.
+    """
+    if mode == "bernoulli":
+        uniform = torch.rand(probs.shape, generator=generator, device=probs.device, dtype=probs.dtype)
+        hard = (uniform < probs).to(probs.dtype)
+    elif mode == "threshold":
+        hard = (probs > 0.5).to(probs.dtype)
+    else:
+        raise ValueError(f"mode must be one of {', '.join(QUANTIZE_MODES)}, but got mode={mode!r}; "
+                         f"use 'bernoulli' for training and 'threshold' for evaluation")
+    # Forward value = hard bits; d bits / d probs = identity (straight-through estimator).
+    return probs + (hard - probs).detach()
+
+
+def bit_usage_penalty(probs: Tensor) -> Tensor:
+    """Mean over the D bits of (batch-mean probability of bit d - 0.5)^2; probs (B, D, h, w) -> scalar.
+
+    Zero when every bit is on for half of the (image, position) pairs; 0.25 when every bit is stuck. Without it,
+    small BAEs leave some bits at one value for every image (ELM.md "Tokenizers", digits note).
+    """
+    mean_per_bit = probs.mean(dim=(0, 2, 3))  # (D,)
+    return ((mean_per_bit - 0.5) ** 2).mean()
+
+
+class BinaryAutoencoder(nn.Module):
+    """Conv encoder -> D sigmoid bits per latent position -> conv decoder (ELM's BAE tokenizer)."""
+
+    def __init__(self, *, code_dim: int, size: str, channels: int, image_size: int, bernoulli: bool = True):
+        """
+        Args:
+            code_dim: D, bits per latent position (the paper tries 16, 20, 24, 32).
+            size: a key of BAE_SIZES ("tiny", "small", "imagenet").
+            channels: image channels C.
+            image_size: image side H = W; a multiple of the size's downsampling factor.
+            bernoulli: sample bits ~ Bernoulli(p) in training mode (else threshold also in training).
+        """
+        super().__init__()
+        if size not in BAE_SIZES:
+            raise ValueError(f"size must be one of {', '.join(BAE_SIZES)}, but got size={size!r}; "
+                             f"try 'tiny' on a CPU or 'imagenet' for the paper's BAE")
+        if code_dim < 1:
+            raise ValueError(f"code_dim must be >= 1, but got code_dim={code_dim}; the paper uses 16, 20, 24 or 32")
+        if channels < 1:
+            raise ValueError(f"channels must be >= 1, but got channels={channels}; use 1 (grey) or 3 (RGB)")
+        config = BAE_SIZES[size]
+        check_backbone(config, image_size)
+        self.config = config
+        self.code_dim = code_dim
+        self.size = size
+        self.channels = channels
+        self.image_size = image_size
+        self.bernoulli = bernoulli
+        self.encoder = Encoder(config, channels, image_size)
+        self.to_logits = nn.Conv2d(config.latent_width, code_dim, 1)  # (B, W, h, w) -> (B, D, h, w)
+        self.from_bits = nn.Conv2d(code_dim, config.latent_width, 1)  # learned linear map of the D bits
+        self.decoder = Decoder(config, channels, image_size)
+
+    @property
+    def init_kwargs(self) -> dict[str, object]:
+        """The constructor arguments: `BinaryAutoencoder(**model.init_kwargs)` rebuilds the architecture."""
+        return dict(code_dim=self.code_dim, size=self.size, channels=self.channels, image_size=self.image_size,
+                    bernoulli=self.bernoulli)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(h, w): latent positions per image side."""
+        side = self.image_size // self.config.downsample
+        return side, side
+
+    def encode_probs(self, images: Tensor) -> Tensor:
+        """Images (B, C, H, W) in [0, 1] -> bit probabilities (B, D, h, w)."""
+        return torch.sigmoid(self.to_logits(self.encoder(images)))
+
+    def quantize(self, probs: Tensor, mode: QuantizeMode, generator: torch.Generator | None = None) -> Tensor:
+        """Probabilities (B, D, h, w) -> straight-through bits {0., 1.} (B, D, h, w); see `quantize_bits`."""
+        return quantize_bits(probs, mode, generator)
+
+    def encode(self, images: Tensor, mode: QuantizeMode = "threshold",
+               generator: torch.Generator | None = None) -> Tensor:
+        """Images (B, C, H, W) -> bits (B, D, h, w). For a generator's training data use mode="bernoulli"."""
+        return self.quantize(self.encode_probs(images), mode, generator)
+
+    def decode(self, bits: Tensor) -> Tensor:
+        """Bits (B, D, h, w) -> images (B, C, H, W) in [0, 1]."""
+        return torch.sigmoid(self.decoder(self.from_bits(bits)))
+
+    @property
+    def last_layer(self) -> nn.Conv2d:
+        """The decoder's final conv (for an adaptive loss weight based on gradient norms)."""
+        return self.decoder.last_layer
+
+    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Images (B, C, H, W) -> dict(recon (B, C, H, W), probs (B, D, h, w), bits (B, D, h, w)).
+
+        Bernoulli bits (drawn from `generator`) when `self.bernoulli` and in training mode, else threshold.
+        """
+        probs = self.encode_probs(images)
+        mode: QuantizeMode = "bernoulli" if (self.bernoulli and self.training) else "threshold"
+        bits = self.quantize(probs, mode, generator)
+        return dict(recon=self.decode(bits), probs=probs, bits=bits)

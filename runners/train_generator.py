@@ -1,0 +1,194 @@
+"""Training loop for the image-token generators (ELM.md "Training recipe (generators)").
+
+AdamW betas (0.9, 0.95), weight decay 0.05 on matrices only (ndim >= 2: linear weights and
+embedding tables; norms gains are exempt), gradient clipping 1.0, constant lr after an optional
+linear warmup, optional EMA of the weights. The model owns its objective through
+`model.loss(ids, labels, positions=..., generator=...)` (AR: mean cross-entropy over all positions
+x K; MLM: cross-entropy on freshly masked positions), so the same loop trains both generators.
+
+GPU hooks: `precision="bf16"` runs the forward and loss under torch.autocast(bfloat16) on the
+model's device type (the recipe's bf16; weights, gradients, optimizer state and EMA stay float32,
+no loss scaling needed for bf16); on CPU it works but is slow. `compile=True` wraps `model.loss` in
+torch.compile (the model object itself is left unchanged, so its state_dict keys stay plain).
+`positions` (N, 2) trains in a scan order (runners/scan.py; ids from batch_fn must then be in that
+order too).
+
+Determinism: `seed` seeds torch's global RNG (dropout) and a CPU torch.Generator that drives label
+dropout and is handed to `batch_fn`, so the same seed gives the same run on the same device.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+PRECISIONS = ("fp32", "bf16")
+
+BatchFn = Callable[[int, torch.Generator], tuple[Tensor, Tensor]]
+"""(step, generator) -> (ids (B, N, K) int64, labels (B,) int64) on the model's device."""
+
+
+@dataclass
+class TrainResult:
+    """Outcome of `train_generator`."""
+
+    model: nn.Module
+    """the trained model (the EMA copy when ema_decay is set), in eval mode"""
+    losses: list[tuple[int, float]]
+    """(step, training loss) for every step"""
+    initial_loss: float
+    """loss of the first step"""
+    final_loss: float
+    """mean loss over the last 10% of steps (at least one)"""
+    wall_s: float
+    """wall-clock seconds of the loop"""
+    steps_per_s: float = field(default=0.0)
+
+
+def _optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]) -> torch.optim.AdamW:
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]  # matrices: linear weights, embedding tables
+    no_decay = [p for p in params if p.ndim < 2]  # RMSNorm gains (and any bias)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+
+
+@torch.no_grad()
+def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for ema_p, p in zip(ema.parameters(), model.parameters()):
+        ema_p.lerp_(p, 1.0 - decay)  # ema = decay * ema + (1 - decay) * p
+    for ema_b, b in zip(ema.buffers(), model.buffers()):
+        ema_b.copy_(b)
+
+
+def train_generator(
+    model: nn.Module,
+    batch_fn: BatchFn,
+    *,
+    steps: int,
+    lr: float,
+    seed: int,
+    weight_decay: float = 0.05,
+    betas: tuple[float, float] = (0.9, 0.95),
+    grad_clip: float = 1.0,
+    warmup_steps: int = 0,
+    ema_decay: float | None = None,
+    log_every: int = 10,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+    precision: Literal["fp32", "bf16"] = "fp32",
+    compile: bool = False,
+    positions: Tensor | None = None,
+) -> TrainResult:
+    """Train `model` (in place) for `steps` optimizer steps on batches from `batch_fn`.
+
+    model must provide `loss(ids, labels, *, positions, generator) -> scalar Tensor`. precision
+    "bf16" autocasts forward + loss to bfloat16 on the model's device; compile=True runs the loss
+    through torch.compile; positions (N, 2) is the scan order handed to every loss call (None =
+    raster). on_log(step, metrics)
+    is called every `log_every` steps and at the last step with metrics "loss" (mean since the
+    last log), "lr" and "grad_norm". A non-finite loss raises FloatingPointError at once.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, but got steps={steps}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, but got lr={lr}")
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, but got warmup_steps={warmup_steps}")
+    if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"ema_decay must lie in [0, 1) or be None, but got ema_decay={ema_decay}")
+    if log_every < 1:
+        raise ValueError(f"log_every must be >= 1, but got log_every={log_every}")
+    if not callable(getattr(model, "loss", None)):
+        raise TypeError(f"model must define loss(ids, labels, *, generator), but {type(model).__name__} does not")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, but got precision={precision!r}")
+
+    torch.manual_seed(seed)  # dropout masks
+    generator = torch.Generator().manual_seed(seed)  # label dropout and batch_fn draws (CPU: device-independent)
+    optimizer = _optimizer(model, lr, weight_decay, betas)
+    ema = copy.deepcopy(model).requires_grad_(False) if ema_decay is not None else None
+    device_type = next(model.parameters()).device.type
+    loss_fn = torch.compile(model.loss) if compile else model.loss
+
+    model.train()
+    losses: list[tuple[int, float]] = []
+    since_log: list[float] = []
+    start = time.perf_counter()
+    for step in range(steps):
+        step_lr = lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps else lr  # linear warmup, then constant
+        for group in optimizer.param_groups:
+            group["lr"] = step_lr
+        ids, labels = batch_fn(step, generator)
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = loss_fn(ids, labels, positions=positions, generator=generator)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"loss is NaN at step {step} (got {loss_value}); lower lr or check inputs")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        if ema is not None:
+            _ema_update(ema, model, ema_decay)  # type: ignore[arg-type]
+        losses.append((step, loss_value))
+        since_log.append(loss_value)
+        if on_log is not None and ((step + 1) % log_every == 0 or step == steps - 1):
+            on_log(step, {"loss": sum(since_log) / len(since_log), "lr": step_lr, "grad_norm": float(grad_norm)})
+            since_log = []
+    wall_s = time.perf_counter() - start
+
+    tail = max(1, steps // 10)
+    final_loss = sum(v for _, v in losses[-tail:]) / tail
+    trained = ema if ema is not None else model
+    trained.eval()
+    return TrainResult(
+        model=trained,
+        losses=losses,
+        initial_loss=losses[0][1],
+        final_loss=final_loss,
+        wall_s=wall_s,
+        steps_per_s=steps / wall_s if wall_s > 0 else float("inf"),
+    )
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model: nn.Module,
+    ids: Tensor,
+    labels: Tensor,
+    batch_size: int = 256,
+    *,
+    positions: Tensor | None = None,
+    seed: int = 0,
+) -> float:
+    """Mean loss of `model` on (ids (B, N, K), labels (B,)) in eval mode (no dropout, no label dropout).
+
+    Batches are weighted by their size. A CPU generator seeded with `seed` is handed to every loss
+    call, so a loss with random parts (the MLM's masks) is reproducible; a deterministic loss (AR)
+    does not depend on batch_size, the MLM's draws do (same seed, same batch_size: same value).
+    positions (N, 2): the scan order of ids (None = raster). The model's mode is restored afterwards.
+    """
+    if ids.shape[0] != labels.shape[0] or ids.shape[0] == 0:
+        raise ValueError(
+            f"ids and labels must hold the same non-zero number of samples, "
+            f"but got {ids.shape[0]} and {labels.shape[0]}"
+        )
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    try:
+        total = 0.0
+        for start in range(0, ids.shape[0], batch_size):
+            batch_ids, batch_labels = ids[start : start + batch_size], labels[start : start + batch_size]
+            loss = model.loss(batch_ids, batch_labels, positions=positions, generator=generator)
+            total += loss.item() * batch_ids.shape[0]
+    finally:
+        model.train(was_training)
+    return total / ids.shape[0]

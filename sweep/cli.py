@@ -1,0 +1,146 @@
+"""The `sweep` command line: validate, plan, run and report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from space.schema import STAGE_KINDS, Spec, SpecError, load_spec
+
+EXIT_BAD_INPUT = 2
+
+
+def _load(path: str) -> Spec:
+    from sweep.validate import check_spec
+
+    spec = load_spec(path)
+    check_spec(spec, path)
+    return spec
+
+
+def cmd_validate(args: argparse.Namespace, console: Console) -> int:
+    spec = _load(args.spec)
+    from space.schema import expand
+
+    console.print(f"{args.spec}: valid; {len(spec.studies)} studies, {len(expand(spec))} trials")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace, console: Console) -> int:
+    from sweep.plan import make_plan
+    from sweep.validate import describe_stage
+
+    spec = _load(args.spec)
+    plan = make_plan(spec)
+    if args.json:
+        stages = [{**stage.to_json(), "depends_on": list(stage.depends_on), **describe_stage(stage)} for stage in plan.stages.values()]
+        trials = [
+            {"study": t.trial.study, "trial_id": t.trial_id, "seed": t.trial.seed, "keys": t.keys}
+            for t in plan.trials
+        ]
+        print(json.dumps({"spec": spec.name, "counts": plan.counts(), "stages": stages, "trials": trials}, indent=2))
+        return 0
+    counts = plan.counts()
+    console.print(
+        f"[bold]{spec.name}[/]: {len(plan.trials)} trials -> {len(plan.stages)} stages ("
+        + ", ".join(f"{counts[k]} {k}" for k in STAGE_KINDS) + ")"
+    )
+    table = Table("kind", "key", "inputs", "settings", title="stages")
+    for stage in plan.stages.values():
+        shown = {k: v for k, v in stage.settings.items() if k != "dataset"}
+        extra = describe_stage(stage)
+        if "parameter_count" in extra:
+            shown["params"] = f"{extra['parameter_count'] / 1e6:.2f}M"
+        table.add_row(stage.kind, stage.key, " ".join(stage.inputs.values()), _short(shown))
+    console.print(table)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from sweep.executors import RayExecutor, SerialExecutor
+    from sweep.progress import Reporter
+    from sweep.run import run_sweep
+
+    spec = _load(args.spec)
+    out = Path(args.out or Path("runs") / spec.name)
+    executor = (
+        SerialExecutor()
+        if args.executor == "serial"
+        else RayExecutor(out, address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+    )
+    summary = run_sweep(spec, out, executor, Reporter(console))
+    console.print(f"results in {out}; tables: `sweep report {out}`")
+    return 1 if summary.failures and args.strict else 0
+
+
+def cmd_report(args: argparse.Namespace, console: Console) -> int:
+    from reports.build import write_report
+    from sweep.results import load_results
+
+    run_dir = Path(args.run_dir)
+    try:
+        results = load_results(run_dir)
+    except FileNotFoundError as error:
+        raise SpecError(str(error)) from None
+    out = Path(args.out) if args.out else run_dir
+    markdown = write_report(results, out)
+    print(markdown)
+    console.print(f"wrote {out / 'report.md'}")
+    return 0
+
+
+def _short(settings: dict, width: int = 90) -> str:
+    text = " ".join(f"{k}={v}" for k, v in settings.items())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sweep", description="Design-space ablation sweeps for image-generating language models (ELM).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check a spec; exit 2 with the reason if it cannot run")
+    p.add_argument("spec")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("plan", help="expand a spec into stages without running anything")
+    p.add_argument("spec")
+    p.add_argument("--json", action="store_true", help="print every stage as JSON")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("run", help="run every unfinished stage of a spec (resumes where it stopped)")
+    p.add_argument("spec")
+    p.add_argument("--out", help="run folder (default runs/<spec name>)")
+    p.add_argument("--executor", choices=("ray", "serial"), default="ray", help="ray (default) or serial, in-process for debugging")
+    p.add_argument("--address", help="join an existing Ray cluster (e.g. auto or ray://host:10001) instead of starting a local one")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--num-gpus", type=int, help="GPUs of the local Ray (default: all)")
+    p.add_argument("--strict", action="store_true", help="exit 1 if any stage failed")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="tables (Markdown) from a run folder's Parquet rows")
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="where report files go (default: the run folder)")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console()
+    try:
+        return args.func(args, console)
+    except SpecError as error:
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {error}", highlight=False)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted; run the same command again to resume (finished stages are kept)")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

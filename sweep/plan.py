@@ -1,0 +1,153 @@
+"""Planning: a spec expands into trials, trials into stages, identical stages into one.
+
+    spec --expand--> trials --plan--> stages (a DAG keyed by content hashes)
+
+A trial needs four stages:
+
+    classifier (dataset)                      -- feature extractor of the in-sweep metrics
+    tokenizer (dataset, tokenizer axes)
+      -> generator (tokenizer key, generator axes, seed)
+           -> evaluation (generator, tokenizer and classifier keys, evaluation axes, sampling seed)
+
+Each stage's key hashes only its determining settings, its inputs' keys and the code versions of
+the registry entries it runs. A stage shared by many trials (one tokenizer for a whole vocabulary
+study) is planned once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from space.schema import AXES_OF_STAGE, STAGE_KINDS, Resources, Settings, Spec, Trial, expand
+from sweep.keys import content_key, derive_seed
+
+# Which input stages each kind reads, by role name.
+INPUTS_OF: dict[str, tuple[str, ...]] = {
+    "classifier": (),
+    "tokenizer": (),
+    "generator": ("tokenizer",),
+    "evaluation": ("generator", "tokenizer", "classifier"),
+}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A unit of work: a plain function of `settings` and its input artifacts."""
+
+    kind: str
+    key: str
+    settings: dict[str, Any]  # exactly what determines the output (hashed)
+    inputs: dict[str, str]  # role -> key of the input stage (hashed)
+    code: dict[str, str]  # registry entry -> code version (hashed)
+    resources: Resources  # never hashed
+    columns: dict[str, Any] = field(default_factory=dict)  # every axis value upstream of here, for rows
+
+    @property
+    def depends_on(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.inputs.values()))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "key": self.key,
+            "settings": self.settings,
+            "inputs": self.inputs,
+            "code": self.code,
+            "resources": self.resources.model_dump(),
+            "columns": self.columns,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Stage:
+        return cls(
+            kind=data["kind"],
+            key=data["key"],
+            settings=data["settings"],
+            inputs=data["inputs"],
+            code=data["code"],
+            resources=Resources(**data["resources"]),
+            columns=data.get("columns", {}),
+        )
+
+
+@dataclass(frozen=True)
+class PlannedTrial:
+    """A trial and the keys of its stages."""
+
+    trial: Trial
+    trial_id: str
+    sampling_seed: int
+    keys: dict[str, str]  # stage kind -> key
+
+
+@dataclass
+class Plan:
+    spec: Spec
+    stages: dict[str, Stage]  # key -> stage, in dependency order
+    trials: list[PlannedTrial]
+
+    def of_kind(self, kind: str) -> list[Stage]:
+        return [stage for stage in self.stages.values() if stage.kind == kind]
+
+    def counts(self) -> dict[str, int]:
+        return {kind: len(self.of_kind(kind)) for kind in STAGE_KINDS}
+
+    def dependants(self, key: str) -> set[str]:
+        """Every stage downstream of `key`."""
+        found: set[str] = set()
+        frontier = {key}
+        while frontier:
+            frontier = {s.key for s in self.stages.values() if set(s.depends_on) & frontier} - found
+            found |= frontier
+        return found
+
+
+def code_versions(kind: str, settings: Settings) -> dict[str, str]:
+    """Code versions of what a stage runs; a fix to a model bumps its version and so its keys."""
+    from runners.stages import code_versions as runner_code_versions
+
+    return runner_code_versions(kind, settings)
+
+
+def sampling_seed_of(seed: int) -> int:
+    """The sampling seed of an evaluation, derived from its generator's training seed."""
+    return derive_seed("sampling", seed)
+
+
+def make_plan(spec: Spec) -> Plan:
+    """Expand `spec` into its stage DAG; identical stages are planned once."""
+    stages: dict[str, Stage] = {}
+    planned: list[PlannedTrial] = []
+    dataset = spec.dataset.model_dump(mode="json")
+
+    def add(kind: str, settings: Settings, own: dict[str, Any], inputs: dict[str, str], columns: dict[str, Any]) -> str:
+        determining = {"dataset": dataset, **{name: getattr(settings, name) for name in AXES_OF_STAGE[kind]}, **own}
+        code = code_versions(kind, settings)
+        key = content_key(kind, determining, inputs, code)
+        if key not in stages:
+            stages[key] = Stage(kind, key, determining, inputs, code, spec.resources_of(kind), columns)
+        return key
+
+    for trial in expand(spec):
+        s = trial.settings
+        axes = lambda kind: {name: getattr(s, name) for name in AXES_OF_STAGE[kind]}  # noqa: E731
+        keys: dict[str, str] = {}
+        keys["classifier"] = add("classifier", s, {}, {}, axes("classifier"))
+        keys["tokenizer"] = add("tokenizer", s, {}, {}, axes("tokenizer"))
+        keys["generator"] = add(
+            "generator", s, {"seed": trial.seed}, {"tokenizer": keys["tokenizer"]},
+            {**axes("tokenizer"), **axes("generator"), "seed": trial.seed},
+        )
+        sampling_seed = sampling_seed_of(trial.seed)
+        keys["evaluation"] = add(
+            "evaluation", s, {"sampling_seed": sampling_seed},
+            {"generator": keys["generator"], "tokenizer": keys["tokenizer"], "classifier": keys["classifier"]},
+            {**s.model_dump(), "seed": trial.seed, "sampling_seed": sampling_seed},
+        )
+        trial_id = content_key("trial", {"study": trial.study, "evaluation": keys["evaluation"]}, {}, {})
+        planned.append(PlannedTrial(trial, trial_id, sampling_seed, keys))
+
+    order = {kind: index for index, kind in enumerate(STAGE_KINDS)}
+    ordered = dict(sorted(stages.items(), key=lambda item: order[item[1].kind]))
+    return Plan(spec=spec, stages=ordered, trials=planned)

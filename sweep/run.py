@@ -1,0 +1,94 @@
+"""The driver of `sweep run`: plan, skip what the store holds, run the rest, record everything.
+
+    runs/<spec name>/
+      spec.yaml          the validated spec (what the report reads)
+      trials.parquet     one row per trial: study, axes, seed, the keys of its four stages
+      stages/            the store: one folder per finished stage (see sweep.store)
+      ray/               Ray Tune's own logs (TensorBoard, per-trial output); not the ledger
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from space.schema import Spec
+from sweep.executors import Executor, end_stale_ray_processes
+from sweep.plan import Plan, Stage, make_plan
+from sweep.store import Store, write_rows
+from sweep.worker import provenance
+
+SPEC_COPY = "spec.yaml"
+TRIALS_FILE = "trials.parquet"
+STORE_DIR = "stages"
+
+
+@dataclass
+class RunSummary:
+    planned: int
+    cached: int
+    counts: dict[str, int] = field(default_factory=dict)  # status -> stages this run
+    wall_s: float = 0.0
+    failures: list[tuple[str, str, str]] = field(default_factory=list)  # kind, key, error
+
+
+def trials_frame(plan: Plan) -> pd.DataFrame:
+    """One row per trial: its study, every axis, its seeds and the keys of its stages."""
+    rows = []
+    for planned in plan.trials:
+        rows.append(
+            {
+                "study": planned.trial.study,
+                "trial_id": planned.trial_id,
+                "varied": ",".join(planned.trial.varied),
+                **planned.trial.settings.model_dump(),
+                "seed": planned.trial.seed,
+                "sampling_seed": planned.sampling_seed,
+                **{f"{kind}_key": key for kind, key in planned.keys.items()},
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def write_run_folder(spec: Spec, plan: Plan, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / STORE_DIR).mkdir(exist_ok=True)
+    tmp = out / f".{SPEC_COPY}.tmp"
+    tmp.write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    tmp.replace(out / SPEC_COPY)
+    write_rows(out / TRIALS_FILE, trials_frame(plan).to_dict("records"))
+
+
+def run_sweep(spec: Spec, out: Path, executor: Executor, reporter: Any, store_root: Path | None = None) -> RunSummary:
+    """Run every unfinished stage of `spec`; returns what happened. Never raises for a failed stage."""
+    started = time.perf_counter()
+    plan = make_plan(spec)
+    out = out.resolve()
+    write_run_folder(spec, plan, out)
+    end_stale_ray_processes(out)
+    store = Store(store_root or out / STORE_DIR)
+    store.clean_temporaries()
+
+    todo: list[Stage] = [s for s in plan.stages.values() if not store.is_finished(s.kind, s.key)]
+    summary = RunSummary(planned=len(plan.stages), cached=len(plan.stages) - len(todo))
+    reporter.begin(plan, todo)
+    context = provenance(sys.argv, spec.fingerprint())
+
+    def on_event(event: str, stage: Stage, row: dict[str, Any]) -> None:
+        if event != "started":
+            summary.counts[event] = summary.counts.get(event, 0) + 1
+            if event in ("failed", "skipped"):
+                summary.failures.append((stage.kind, stage.key, str(row.get("error", ""))))
+        reporter.event(event, stage, row)
+
+    if todo:
+        executor.run(todo, str(store.root), context, on_event)
+    summary.wall_s = time.perf_counter() - started
+    reporter.end(summary)
+    return summary

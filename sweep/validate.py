@@ -1,0 +1,31 @@
+"""Checks that need the runners' registries, run by `sweep validate`, `plan` and `run` before any compute."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from space.schema import Spec, SpecError, study_points
+
+
+def check_spec(spec: Spec, source: str = "spec") -> None:
+    """Raise SpecError naming the study, the axis, the value and the fix for the first registry miss."""
+    from runners.stages import check_settings
+
+    problems = check_settings(spec.baseline, spec.dataset)
+    if problems:
+        axis, message = problems[0]
+        raise SpecError(f"baseline.{axis}: {message}", source)
+    for index, study in enumerate(spec.studies):
+        for point in study_points(spec, study):
+            settings = spec.baseline.model_copy(update={**study.fixed, **point})
+            for axis, message in check_settings(settings, spec.dataset):
+                where = "vary" if axis in study.vary else "fixed" if axis in study.fixed else None
+                if where:
+                    raise SpecError(f"studies[{index}] ({study.name}).{where}.{axis}: {message}", source)
+                raise SpecError(f"studies[{index}] ({study.name}) at {point}: {message}", source)
+
+
+def describe_stage(stage: Any) -> dict[str, Any]:
+    from runners.stages import describe
+
+    return describe(stage)
