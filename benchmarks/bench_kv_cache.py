@@ -2,7 +2,7 @@
 
 Not part of pytest. Run from the repository root:
 
-    .venv/bin/python benchmarks/bench_kv_cache.py [--threads 2] [--device cpu]
+    .venv/bin/python benchmarks/bench_kv_cache.py [--threads 1] [--device cpu]
 
 For each model it first asserts that `sample_ar(kv_cache=True)` and `sample_ar(kv_cache=False)`
 give exactly the same tokens under the same seed, then prints decoded tokens per second of both
@@ -54,7 +54,7 @@ def decode(model: ARGenerator, labels: torch.Tensor, kv_cache: bool) -> tuple[to
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -25,6 +25,7 @@ from sweep.store import LOSSES_FILE, ROW_FILE, Store, write_json, write_rows
 # Columns that describe how a row was produced, not what it holds; they differ between runs.
 RUN_METADATA_COLUMNS: tuple[str, ...] = (
     "wall_s",
+    "steps_per_s",
     "started_at",
     "ended_at",
     "worker_pid",

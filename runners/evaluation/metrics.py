@@ -1,7 +1,8 @@
-"""FID, KID and class accuracy of generated images, computed with torch-fidelity's metric code.
+"""FID, KID, precision / recall and class accuracy of generated images, with torch-fidelity's metric code.
 
 Path through torch-fidelity: we extract features ourselves (any model with a `features(images) -> (B, F)`
-method: the small `DatasetClassifier` here, an Inception wrapper for ImageNet later) and hand the feature
+method: the small `DatasetClassifier` here, `InceptionFeatures` (runners/evaluation/inception.py) on
+ImageNet) and hand the feature
 matrices to torch-fidelity's own metric functions:
 
 - FID: `torch_fidelity.metric_fid.fid_features_to_statistics` (mu, sigma) and `fid_statistics_to_metric`
@@ -12,6 +13,12 @@ matrices to torch-fidelity's own metric functions:
 We do not go through `torch_fidelity.calculate_metrics`: that entry point wants image datasets in uint8,
 writes feature caches to disk and resolves extractors by name; the feature-level functions give the same
 numbers with none of that, for any extractor. Nothing here downloads anything (no Inception weights).
+
+Beyond torch-fidelity's FID / KID:
+
+- Precision / recall (k = 3): `runners/evaluation/precision_recall.py` (pure torch, chunked).
+- Inception Score from logits: `torch_fidelity.metric_isc.isc_features_to_metric` without shuffling
+  (consecutive splits, as the original code and the ADM evaluator split).
 
 Conventions: images float32 `(N, C, H, W)` in [0, 1]; features float64 `(N, F)` on CPU.
 """
@@ -24,11 +31,13 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 
 from runners.evaluation.classifier import CLASSIFIER_CODE_VERSION, DatasetClassifier, accuracy
+from runners.evaluation.precision_recall import DEFAULT_K, precision_recall
 
-METRIC_KEYS: tuple[str, ...] = ("fid", "kid_mean", "kid_std", "class_accuracy")
+METRIC_KEYS: tuple[str, ...] = ("fid", "kid_mean", "kid_std", "precision", "recall", "class_accuracy")
 """Keys of the dict `image_metrics` returns (flat floats, ready for a result row)."""
 
 
@@ -151,6 +160,54 @@ def kid_from_features(
     return float(out[KEY_METRIC_KID_MEAN]), float(out[KEY_METRIC_KID_STD])
 
 
+def inception_score(logits: Tensor, splits: int = 10) -> tuple[float, float]:
+    """Inception Score of class logits `(N, C)`: (mean, std) over `splits` consecutive splits.
+
+    Per split, IS = exp(mean_i KL(p(y|x_i) || p(y))) with p(y) the split's mean prediction; std is the
+    population std over splits. torch-fidelity's formula, without its shuffle (ADM / the original code
+    split in order). Works on any classifier's logits: Inception's unbiased logits on ImageNet, the
+    dataset classifier's on small datasets (numbers are comparable only within one classifier).
+    """
+    if logits.ndim != 2 or logits.shape[1] < 2:
+        raise ValueError(f"logits must be (N, C) with C >= 2 classes, but got shape {tuple(logits.shape)}")
+    if splits < 1 or len(logits) < splits:
+        raise ValueError(
+            f"splits must lie in [1, N] = [1, {len(logits)}] (every split needs a sample), but got splits={splits}; "
+            f"try splits=1 or more samples"
+        )
+    logits = logits.detach().to("cpu", torch.float64)
+    if not torch.isfinite(logits).all():
+        raise ValueError("logits must be finite, but got NaN or inf")
+    out = isc_features_to_metric(logits, splits=splits, shuffle=False)
+    return float(out[KEY_METRIC_ISC_MEAN]), float(out[KEY_METRIC_ISC_STD])
+
+
+@torch.no_grad()
+def extract_logits(model: torch.nn.Module, images: Tensor, batch_size: int = 512) -> Tensor:
+    """Class logits `(N, C)` float64 on CPU of images `(N, C, H, W)`, in batches on the model's device.
+
+    Uses `model.logits(images)` where the model has one (InceptionFeatures), else `model(images)`
+    (DatasetClassifier). The model runs in eval mode and gets its previous mode back.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, but got batch_size={batch_size}; try 512")
+    forward = getattr(model, "logits", None) or model
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else images.device
+    was_training = model.training
+    model.eval()
+    try:
+        chunks = [
+            forward(images[i : i + batch_size].to(device)).to("cpu", torch.float64)  # (b, C)
+            for i in range(0, len(images), batch_size)
+        ]
+    finally:
+        model.train(was_training)
+    if not chunks:
+        raise ValueError("images must hold at least one image, but got N=0")
+    return torch.cat(chunks)  # (N, C)
+
+
 def image_metrics(
     classifier: DatasetClassifier,
     real_images: Tensor,
@@ -160,43 +217,54 @@ def image_metrics(
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
     seed: int = 0,
+    k: int = DEFAULT_K,
     real_features: Tensor | None = None,
     batch_size: int = 512,
+    extractor: FeatureExtractor | None = None,
 ) -> dict[str, float]:
-    """FID, KID and class accuracy of generated images, all in the classifier's feature space.
+    """FID, KID, precision / recall and class accuracy of generated images.
 
     Args:
-        classifier: the trained dataset classifier (feature extractor and judge of classes).
+        classifier: the trained dataset classifier (judge of classes; also the feature extractor unless
+            `extractor` is given).
         real_images: reference images `(N, C, H, W)` in [0, 1] (ignored when `real_features` is given).
         fake_images: generated images `(M, C, H, W)` in [0, 1].
         fake_labels: `(M,)` the class each fake image was generated for.
         kid_subsets, kid_subset_size, seed: KID subsets (size capped at min(N, M)) and their seed.
-        real_features: cached `extract_features(classifier, real_images)` `(N, F)`, to skip recomputing it.
+        k: neighbourhood size of precision / recall (the paper: 3).
+        real_features: cached `extract_features(extractor, real_images)` `(N, F)`, to skip recomputing it.
         batch_size: images per forward pass.
+        extractor: the feature space of FID / KID / precision / recall (e.g. `InceptionFeatures()`);
+            default the classifier.
 
     Returns:
-        {"fid", "kid_mean", "kid_std", "class_accuracy"} as floats; `class_accuracy` is the share of fake
-        images the classifier labels as their `fake_labels`. The feature space's name is
-        `feature_extractor_name(classifier)`.
+        {"fid", "kid_mean", "kid_std", "precision", "recall", "class_accuracy"} (METRIC_KEYS) as floats;
+        `class_accuracy` is the share of fake images the classifier labels as their `fake_labels`. The
+        feature space's name is `feature_extractor_name(extractor or classifier)`.
     """
     if fake_labels.shape != (len(fake_images),):
         raise ValueError(
             f"fake_labels must be (M,) = ({len(fake_images)},) to match fake_images, but got shape "
             f"{tuple(fake_labels.shape)}"
         )
+    extractor = classifier if extractor is None else extractor
     if real_features is None:
-        real_features = extract_features(classifier, real_images, batch_size)
-    fake_features = extract_features(classifier, fake_images, batch_size)  # (M, F)
+        real_features = extract_features(extractor, real_images, batch_size)
+    fake_features = extract_features(extractor, fake_images, batch_size)  # (M, F)
     kid_mean, kid_std = kid_from_features(
         real_features, fake_features, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed
     )
+    precision, recall = precision_recall(real_features, fake_features, k)
     return {
         "fid": fid_from_features(real_features, fake_features),
         "kid_mean": kid_mean,
         "kid_std": kid_std,
+        "precision": precision,
+        "recall": recall,
         "class_accuracy": accuracy(classifier, fake_images, fake_labels),
     }
 
 
 # Bumped when a change alters the numbers computed from the same images; part of evaluation keys.
-METRICS_CODE_VERSION = "metrics-1"
+# metrics-2: image_metrics gained precision / recall (k = 3).
+METRICS_CODE_VERSION = "metrics-2"

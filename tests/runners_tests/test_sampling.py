@@ -1,4 +1,7 @@
-"""Contracts of runners/sampling.py: CFG arithmetic, logit filtering, and the AR sampler."""
+"""Contracts of runners/sampling.py: CFG arithmetic and schedules, logit filtering, and the AR sampler.
+
+The MLM decoder's tests live in test_generator_mlm.py, the KV cache's in test_kv_cache.py.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,14 @@ from torch import Tensor, nn
 
 from runners.generators import ARGenerator, GeneratorConfig
 from runners.generators.ar import raster_positions
-from runners.sampling import cfg_logits, filter_logits, sample_ar
+from runners.sampling import (
+    CFG_SCHEDULES,
+    SAMPLING_CODE_VERSION,
+    cfg_logits,
+    cfg_scale_at,
+    filter_logits,
+    sample_ar,
+)
 from runners.train_generator import train_generator
 
 torch.set_num_threads(1)
@@ -35,6 +45,55 @@ def test_cfg_logits_literal() -> None:
     torch.testing.assert_close(cfg_logits(cond, uncond, 0.0), uncond)
     with pytest.raises(ValueError, match="same shape"):
         cfg_logits(cond, torch.zeros(3), 2.0)
+
+
+# s = 4, N = 4, t = 0..3 (r = 0.25, 0.5, 0.75, 1), values computed by hand from ELM.md's formulas
+@pytest.mark.parametrize(
+    "schedule, expected",
+    [
+        ("constant", [4.0, 4.0, 4.0, 4.0]),
+        ("linear", [1.75, 2.5, 3.25, 4.0]),
+        ("cosine", [2.148050, 3.121320, 3.771639, 4.0]),
+        ("log", [2.072122, 2.860344, 3.483967, 4.0]),
+        ("square", [1.1875, 1.75, 2.6875, 4.0]),
+        ("square_root", [1.0, 2.5, 3.121320, 3.598076]),  # uses t/N: starts at 1, never reaches s
+    ],
+)
+def test_cfg_schedules_literal(schedule: str, expected: list[float]) -> None:
+    assert [cfg_scale_at(schedule, 4.0, t, 4) for t in range(4)] == pytest.approx(expected, abs=1e-6)
+
+
+def test_cfg_schedule_registry_and_errors() -> None:
+    assert sorted(CFG_SCHEDULES) == ["constant", "cosine", "linear", "log", "square", "square_root"]
+    assert all(cfg_scale_at(name, 1.0, t, 5) == pytest.approx(1.0) for name in CFG_SCHEDULES for t in range(5))
+    with pytest.raises(ValueError, match=r"cfg_schedule must be one of \['constant', .*but got 'exp'"):
+        cfg_scale_at("exp", 4.0, 0, 4)
+    with pytest.raises(ValueError, match=r"step t must lie in \[0, N=4\)"):
+        cfg_scale_at("linear", 4.0, 4, 4)
+    assert SAMPLING_CODE_VERSION == "sampling-2"
+
+
+def test_filter_logits_top_p_literal() -> None:
+    logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()  # probabilities 0.5, 0.3, 0.15, 0.05
+    kept = lambda out: torch.isfinite(out).tolist()  # noqa: E731
+    assert kept(filter_logits(logits, top_p=0.45)) == [True, False, False, False]  # 0.5 alone reaches 0.45
+    assert kept(filter_logits(logits, top_p=0.7)) == [True, True, False, False]  # 0.5 + 0.3 = 0.8 >= 0.7
+    assert kept(filter_logits(logits, top_p=0.81)) == [True, True, True, False]
+    assert kept(filter_logits(logits, top_p=1.0)) == [True] * 4  # off
+    assert kept(filter_logits(logits, top_p=1e-9)) == [True, False, False, False]  # the top id always stays
+    torch.testing.assert_close(filter_logits(logits, top_p=0.7)[:2], logits[:2])  # survivors unchanged
+    # after temperature: T = 2 flattens to ~0.379, 0.294, 0.208, 0.120, so 0.7 now needs three ids
+    assert kept(filter_logits(logits, temperature=2.0, top_p=0.7)) == [True, True, True, False]
+    # after top-k: k = 2 renormalises to 0.625, 0.375, so 0.6 needs one id (without top-k it needs two)
+    assert kept(filter_logits(logits, top_k=2, top_p=0.6)) == [True, False, False, False]
+    assert kept(filter_logits(logits, top_p=0.6)) == [True, True, False, False]
+    # per row (one row per sub-token head), vocabulary order restored after sorting
+    rows = torch.tensor([[0.05, 0.15, 0.3, 0.5], [0.3, 0.5, 0.05, 0.15]]).log()
+    assert kept(filter_logits(rows, top_p=0.7)) == [[False, False, True, True], [True, True, False, False]]
+    with pytest.raises(ValueError, match=r"top_p must lie in \(0, 1\]"):
+        filter_logits(logits, top_p=0.0)
+    with pytest.raises(ValueError, match=r"top_p must lie in \(0, 1\]"):
+        filter_logits(logits, top_p=1.5)
 
 
 def test_filter_logits_temperature_literal() -> None:
@@ -86,6 +145,14 @@ def test_top_k_1_is_greedy() -> None:
     assert not torch.equal(guided, ids)  # guidance changed some choices
 
 
+def test_sample_ar_tiny_top_p_is_greedy() -> None:
+    model = random_model(token_each=2, bits_each=5, std=0.5)
+    labels = torch.tensor([0, 3, 4])
+    nucleus = sample_ar(model, labels, top_p=1e-6, generator=torch.Generator().manual_seed(0))
+    greedy = sample_ar(model, labels, top_k=1, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(nucleus, greedy)
+
+
 def test_sample_ar_custom_positions_consistent_with_model() -> None:
     model = random_model(token_each=1, bits_each=5, std=0.5)
     labels = torch.tensor([1, 2])
@@ -124,17 +191,34 @@ def test_sample_ar_cfg_doubles_batch_with_null_class() -> None:
     probe = GuidanceProbe()
     labels = torch.tensor([0, 1])
     # s = -1: [1, 1] - 1 * ([2, 0] - [1, 1]) = [0, 2] -> greedy picks token 1 (conditional alone picks 0)
-    ids = sample_ar(probe, labels, cfg_scale=-1.0, top_k=1, generator=torch.Generator().manual_seed(0))
+    ids = sample_ar(probe, labels, cfg_scale=-1.0, top_k=1, generator=torch.Generator().manual_seed(0),
+                    kv_cache=False)
     assert ids.view(-1).tolist() == [1] * 6
     assert probe.batch_sizes == [4, 4, 4]
     probe.batch_sizes.clear()
-    ids = sample_ar(probe, labels, cfg_scale=1.0, top_k=1, generator=torch.Generator().manual_seed(0))
+    ids = sample_ar(probe, labels, cfg_scale=1.0, top_k=1, generator=torch.Generator().manual_seed(0),
+                    kv_cache=False)
     assert ids.view(-1).tolist() == [0] * 6
     assert probe.batch_sizes == [2, 2, 2]  # no doubling without guidance
     # s = 3: [4, -2]; at temperature 1 token 0 has probability 1 / (1 + e^-6) ~ 0.9975
     many = torch.zeros(400, dtype=torch.long)
-    ids = sample_ar(probe, many, cfg_scale=3.0, generator=torch.Generator().manual_seed(0))
+    ids = sample_ar(probe, many, cfg_scale=3.0, generator=torch.Generator().manual_seed(0), kv_cache=False)
     assert (ids == 0).float().mean() > 0.99
+    with pytest.raises(TypeError, match="pass kv_cache=False"):
+        sample_ar(probe, labels, generator=torch.Generator())
+
+
+def test_sample_ar_cfg_schedule_per_position() -> None:
+    # guided logits [1 + s, 1 - s]: greedy picks token 0 iff s_n > 0
+    probe = GuidanceProbe()
+    labels = torch.tensor([0])
+    pick = lambda schedule: sample_ar(  # noqa: E731
+        probe, labels, cfg_scale=-1.0, cfg_schedule=schedule, top_k=1, generator=torch.Generator(), kv_cache=False
+    ).view(-1).tolist()
+    assert pick("constant") == [1, 1, 1]  # s = -1 everywhere
+    assert pick("linear") == [0, 1, 1]  # s_n = 1 - 2 (n+1)/3 = 1/3, -1/3, -1
+    assert pick("square") == [0, 0, 1]  # s_n = 1 - 2 ((n+1)/3)^2 = 7/9, 1/9, -1
+    assert pick("square_root") == [0, 1, 1]  # s_n = 1 - 2 sqrt(n/3) = 1, -0.15, -0.63
 
 
 # ------------------------------------------------------------------ learning end to end

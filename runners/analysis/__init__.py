@@ -1,0 +1,1 @@
+"""Analyses beyond FID (ELM.md): token randomness (token_randomness.py), attention locality (attention.py)."""

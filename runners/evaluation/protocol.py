@@ -1,0 +1,143 @@
+"""The evaluation protocol, recorded next to every metric (ELM.md "Evaluation").
+
+Sample count, class balance, reference set, feature extractor and k change FID / precision / recall
+by more than many ablation effects, so every result row carries a flat protocol record:
+
+    protocol_extractor           feature space name (metrics.feature_extractor_name)
+    protocol_extractor_sha256    checksum of the extractor's weights (file sha256 for Inception; sha256
+                                 of the safetensors serialisation of the state dict for a classifier)
+    protocol_samples             number of generated samples scored
+    protocol_samples_per_class   samples per class (class-balanced sampling; 0 = not balanced)
+    protocol_image_size          image side in pixels, as generated (before any extractor resize)
+    protocol_reference           what the reference set is (e.g. "digits/heldout", a file name)
+    protocol_reference_sha256    checksum of the reference (file sha256, or `array_sha256` of features)
+    protocol_pr_k                k of precision / recall
+    protocol_versions            "torch-fidelity=X;torch=Y"
+    protocol_sampling_seed       seed of the sampler that produced the samples
+
+`protocol_id(record)` hashes the fields that decide whether two numbers are comparable: all of the
+above except the sampling seed (a seed is a repeat of the same protocol) and the library versions
+(recorded for audit; they move numbers at rounding level, and would split every comparison at an
+upgrade).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import torch
+import torch_fidelity
+from torch import Tensor
+
+from runners.evaluation.metrics import FeatureExtractor, feature_extractor_name
+
+PROTOCOL_KEYS: tuple[str, ...] = (
+    "protocol_extractor",
+    "protocol_extractor_sha256",
+    "protocol_samples",
+    "protocol_samples_per_class",
+    "protocol_image_size",
+    "protocol_reference",
+    "protocol_reference_sha256",
+    "protocol_pr_k",
+    "protocol_versions",
+    "protocol_sampling_seed",
+)
+"""Keys of the dict `protocol` returns, in order (flat columns of a result row)."""
+
+PROTOCOL_ID_KEYS: tuple[str, ...] = tuple(
+    key for key in PROTOCOL_KEYS if key not in ("protocol_sampling_seed", "protocol_versions")
+)
+"""The keys `protocol_id` hashes: what makes two numbers comparable."""
+
+
+def array_sha256(array: np.ndarray | Tensor) -> str:
+    """Hex sha256 of an array's values as little-endian float64 in C order, with its shape.
+
+    The same features or statistics give the same checksum whatever their dtype or device.
+    """
+    if isinstance(array, Tensor):
+        array = array.detach().to("cpu", torch.float64).numpy()
+    values = np.ascontiguousarray(np.asarray(array, dtype="<f8"))
+    digest = hashlib.sha256(repr(values.shape).encode())
+    digest.update(values.tobytes())
+    return digest.hexdigest()
+
+
+def statistics_sha256(statistics: dict[str, np.ndarray]) -> str:
+    """Hex sha256 of FID statistics {"mu", "sigma"} (or any dict of arrays), keys in sorted order."""
+    digest = hashlib.sha256()
+    for key in sorted(statistics):
+        digest.update(key.encode())
+        digest.update(array_sha256(statistics[key]).encode())
+    return digest.hexdigest()
+
+
+def state_dict_sha256(module: torch.nn.Module) -> str:
+    """Hex sha256 of a module's state dict serialised by safetensors (CPU, contiguous, no metadata)."""
+    from safetensors.torch import save
+
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in module.state_dict().items()}
+    return hashlib.sha256(save(state)).hexdigest()
+
+
+def extractor_sha256(extractor: FeatureExtractor) -> str:
+    """Checksum of an extractor's weights: its `weights_sha256` (Inception's file), else its state dict's."""
+    checksum = getattr(extractor, "weights_sha256", None)
+    if checksum is not None:
+        return str(checksum)
+    if isinstance(extractor, torch.nn.Module):
+        return state_dict_sha256(extractor)
+    raise ValueError(
+        f"cannot checksum extractor {type(extractor).__name__}: it is neither an nn.Module nor has weights_sha256; "
+        f"give it a weights_sha256 attribute"
+    )
+
+
+def protocol(
+    *,
+    extractor: FeatureExtractor,
+    num_samples: int,
+    samples_per_class: int,
+    image_size: int,
+    reference: str,
+    reference_checksum: str,
+    k: int,
+    sampling_seed: int,
+) -> dict[str, str | int]:
+    """The flat protocol record (PROTOCOL_KEYS, in order) of one evaluation."""
+    for name, value in (("num_samples", num_samples), ("image_size", image_size), ("k", k)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, but got {name}={value!r}")
+    if not isinstance(samples_per_class, int) or samples_per_class < 0:
+        raise ValueError(
+            f"samples_per_class must be an int >= 0 (0 = not class-balanced), but got {samples_per_class!r}"
+        )
+    if not reference or not reference_checksum:
+        raise ValueError(
+            f"reference and reference_checksum must be non-empty, but got {reference!r}, {reference_checksum!r}; "
+            f"checksum the reference file (inception.file_sha256) or its features (array_sha256)"
+        )
+    return {
+        "protocol_extractor": feature_extractor_name(extractor),
+        "protocol_extractor_sha256": extractor_sha256(extractor),
+        "protocol_samples": num_samples,
+        "protocol_samples_per_class": samples_per_class,
+        "protocol_image_size": image_size,
+        "protocol_reference": reference,
+        "protocol_reference_sha256": reference_checksum,
+        "protocol_pr_k": k,
+        "protocol_versions": f"torch-fidelity={torch_fidelity.__version__};torch={torch.__version__}",
+        "protocol_sampling_seed": int(sampling_seed),
+    }
+
+
+def protocol_id(record: dict[str, str | int]) -> str:
+    """12-hex-digit id of the comparable part of a protocol record (PROTOCOL_ID_KEYS; no seed, no versions)."""
+    missing = [key for key in PROTOCOL_ID_KEYS if key not in record]
+    if missing:
+        raise ValueError(f"a protocol record must hold {list(PROTOCOL_ID_KEYS)}, but it lacks {missing}; use protocol()")
+    canonical = json.dumps({key: record[key] for key in PROTOCOL_ID_KEYS}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
