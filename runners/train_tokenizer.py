@@ -28,12 +28,15 @@ ADAMW_BETAS = (0.9, 0.99)
 ADAMW_WEIGHT_DECAY = 0.0  # an autoencoder with few hundred steps has nothing to gain from shrinking weights
 
 
-def tokenizer_loss(images: Tensor, out: dict[str, Tensor], *, bit_usage_weight: float) -> tuple[Tensor, dict[str, float]]:
-    """Total loss and its logged terms for one batch; images (B, C, H, W), out = model(images)."""
+def tokenizer_loss(
+    images: Tensor, out: dict[str, Tensor], *, bit_usage_weight: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Total loss and its (detached, scalar) terms for one batch; images (B, C, H, W), out = model(images)."""
     l1 = F.l1_loss(out["recon"], images)
     usage = bit_usage_penalty(out["probs"])
     loss = l1 + bit_usage_weight * usage
-    return loss, {"loss": float(loss.detach()), "l1": float(l1.detach()), "bit_usage_penalty": float(usage.detach())}
+    # Further terms (perceptual, adversarial) add here and to the returned dict.
+    return loss, {"loss": loss.detach(), "l1": l1.detach(), "bit_usage_penalty": usage.detach()}
 
 
 def _batches(train: Dataset, batch_size: int, generator: torch.Generator):
@@ -103,26 +106,29 @@ def train_tokenizer(
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=ADAMW_BETAS, weight_decay=ADAMW_WEIGHT_DECAY)
     batches = _batches(train, batch_size, data_generator)
-    sums: dict[str, float] = {}
+    sums: dict[str, Tensor] = {}  # terms summed on the device since the last log (one host sync per log)
     count = 0
     for step in range(1, steps + 1):
         images, _ = next(batches)
         images = images.to(device, non_blocking=True)  # (B, C, H, W)
         out = model(images, generator=bit_generator)
         loss, terms = tokenizer_loss(images, out, bit_usage_weight=bit_usage_weight)
-        if not math.isfinite(terms["loss"]):
-            raise FloatingPointError(f"tokenizer loss is {terms['loss']} at step {step}; lower lr (got lr={lr})")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         _ema_update(ema, model, min(ema_decay, (1.0 + step) / (10.0 + step)))
 
         for key, value in terms.items():
-            sums[key] = sums.get(key, 0.0) + value
+            sums[key] = sums[key] + value if key in sums else value
         count += 1
-        if on_log is not None and (step % log_every == 0 or step == steps):
-            on_log(step, {key: value / count for key, value in sums.items()})
         if step % log_every == 0 or step == steps:
+            averages = {key: float(value) / count for key, value in sums.items()}
+            if not math.isfinite(averages["loss"]):
+                raise FloatingPointError(
+                    f"tokenizer loss is {averages['loss']} by step {step}; lower lr (got lr={lr})"
+                )
+            if on_log is not None:
+                on_log(step, averages)
             sums, count = {}, 0
     return ema.eval()
 

@@ -52,17 +52,17 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # ---- classifier: the dataset's own classifier, the feature extractor of in-sweep FID/KID
-    classifier_steps: int = axis(600, "classifier", "Training steps of the dataset classifier.", ge=1)
-    classifier_lr: float = axis(2e-3, "classifier", "AdamW learning rate of the dataset classifier.", gt=0)
-    classifier_batch: int = axis(128, "classifier", "Batch size of the dataset classifier.", ge=1)
+    classifier_steps: int = axis(300, "classifier", "Training steps of the dataset classifier.", ge=1)
+    classifier_lr: float = axis(3e-3, "classifier", "AdamW learning rate of the dataset classifier.", gt=0)
+    classifier_batch: int = axis(64, "classifier", "Batch size of the dataset classifier.", ge=1)
 
     # ---- tokenizer
     tokenizer: str = axis("bae", "tokenizer", "Tokenizer kind: `bae` (binary autoencoder).")
     code_dim: int = axis(8, "tokenizer", "Bits per latent position (D) of a BAE.", ge=1, le=64)
     tokenizer_size: str = axis("tiny", "tokenizer", "Rung of the conv backbone ladder (tiny, small, imagenet).")
-    tokenizer_steps: int = axis(400, "tokenizer", "Tokenizer training steps.", ge=1)
-    tokenizer_lr: float = axis(2e-3, "tokenizer", "Tokenizer AdamW learning rate.", gt=0)
-    tokenizer_batch: int = axis(64, "tokenizer", "Tokenizer batch size.", ge=1)
+    tokenizer_steps: int = axis(200, "tokenizer", "Tokenizer training steps.", ge=1)
+    tokenizer_lr: float = axis(3e-3, "tokenizer", "Tokenizer AdamW learning rate.", gt=0)
+    tokenizer_batch: int = axis(32, "tokenizer", "Tokenizer batch size.", ge=1)
     tokenizer_seed: int = axis(0, "tokenizer", "Tokenizer training seed (fixed unless a study varies it).", ge=0)
     bit_usage_weight: float = axis(
         0.01, "tokenizer", "Penalty on each bit's mean probability away from 0.5 (keeps bits in use).", ge=0

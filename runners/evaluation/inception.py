@@ -287,14 +287,23 @@ class InceptionFeatures(nn.Module):
         """Images `(B, C, H, W)` (float in [0, 1] or uint8, C in {1, 3}) -> pool3 features `(B, 2048)` float32."""
         return self._run(images)[0]
 
-    def logits(self, images: Tensor) -> Tensor:
-        """Images `(B, C, H, W)` -> unbiased logits `(B, 1008)` (needs a weights file with the classifier)."""
+    def _check_logits(self) -> None:
         if not self.has_logits:
             raise ValueError(
                 f"the weights {str(self.weights_path)!r} hold pool3 features only (no classifier), so no logits / "
                 f"Inception Score; pass weights_path= to torch-fidelity's weights-inception-2015-12-05-6726825d.pth"
             )
+
+    def logits(self, images: Tensor) -> Tensor:
+        """Images `(B, C, H, W)` -> unbiased logits `(B, 1008)` (pool3 @ W; needs a weights file with the classifier)."""
+        self._check_logits()
         return self._run(images)[1]
+
+    def features_and_logits(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Both in one pass: pool3 `(B, 2048)` (FID / KID / precision / recall) and logits `(B, 1008)` (IS)."""
+        self._check_logits()
+        features, logits = self._run(images)
+        return features, logits
 
     def forward(self, images: Tensor) -> Tensor:
         return self.features(images)

@@ -278,8 +278,8 @@ class ARGenerator(nn.Module):
     def next_logits(self, prefix: Tensor, labels: Tensor, *, positions: Tensor | None = None) -> Tensor:
         """Logits of the next position given a prefix: prefix (B, n, K), n < N -> (B, K, V).
 
-        Recomputes the whole prefix (the authors' sampler does the same); a KV-cached decoder can
-        replace this method without touching the sampler. No label dropout (labels are used as given).
+        Recomputes the whole prefix (the authors' sampler does the same; `sample_ar(kv_cache=False)`);
+        init_cache / prefill / decode_step compute the same logits incrementally. No label dropout.
         """
         cfg = self.config
         if prefix.ndim != 3 or prefix.shape[-1] != cfg.token_each or not 0 <= prefix.shape[1] < cfg.seq_len:
