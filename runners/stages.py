@@ -30,7 +30,7 @@ from runners.evaluation.classifier import (
     save_classifier,
     train_classifier,
 )
-from runners.evaluation.metrics import METRICS_CODE_VERSION, image_metrics
+from runners.evaluation.metrics import METRICS_CODE_VERSION, feature_extractor_name, image_metrics
 from runners.generators import GENERATOR_SIZES, GENERATORS, GeneratorConfig
 from runners.sampling import SAMPLING_CODE_VERSION, sample_ar
 from runners.tokenizers import TOKENIZERS
@@ -286,7 +286,7 @@ def evaluation_stage(stage: Any, inputs: dict[str, Path], out: Path, log: Log) -
 
     samples = (fake * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, C) uint8
     np.savez_compressed(out / "samples.npz", arr_0=samples, labels=labels.cpu().numpy())
-    return {**{k: v for k, v in metrics.items()}, "num_samples": len(labels)}
+    return {**metrics, "feature_extractor": feature_extractor_name(classifier), "num_samples": len(labels)}
 
 
 STAGE_FUNCTIONS: dict[str, StageFunction] = {

@@ -1,12 +1,14 @@
-"""Train an image tokenizer (the BAE) and measure its reconstructions.
+"""Train an image tokenizer (BAE or VQ) and measure its reconstructions.
 
-Loss (this stage of the project): L1 reconstruction + bit_usage_weight * bit-usage penalty. The paper adds
-LPIPS and an adaptively weighted hinge GAN; those enter as further terms of `tokenizer_loss` (the decoder's
-`last_layer` is exposed for the adaptive weight).
+Loss (ELM.md "Tokenizers"): L1 + perceptual_weight * LPIPS + adaptive_weight * hinge-GAN, plus the tokenizer's
+own terms: bit_usage_weight * bit-usage penalty for a BAE (forward returns "probs"), the codebook + commitment
+loss for a VQ (forward returns "quant_loss"). LPIPS and GAN are off by default (weights 0): the digits recipe is
+L1 + bit-usage. The GAN term starts at step `gan_start` (taming's disc_start); before it the discriminator
+neither trains nor contributes. See runners/tokenizers/losses.py for the formulas.
 
 Determinism: given the model's initial weights (the caller seeds the init), the run is a function of `seed`:
-a CPU torch.Generator drives the data order and a generator on the model's device drives the Bernoulli bits.
-No global RNG is used inside the loop.
+a CPU torch.Generator drives the data order, a generator on the model's device drives the Bernoulli bits (BAE)
+or the dead-code restarts (VQ), and a third seeds the discriminator's init. No global RNG is used.
 """
 
 from __future__ import annotations
@@ -22,21 +24,61 @@ from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
 from runners.data import stack
-from runners.tokenizers.bae import bit_usage_penalty
+from runners.tokenizers.bae import bit_usage_penalty, bits_to_token_ids
+from runners.tokenizers.losses import (PatchDiscriminator, PerceptualLoss, adaptive_gan_weight, hinge_d_loss,
+                                       hinge_g_loss, patch_discriminator_layers)
+from runners.vocab import Vocabulary
 
 ADAMW_BETAS = (0.9, 0.99)
 ADAMW_WEIGHT_DECAY = 0.0  # an autoencoder with few hundred steps has nothing to gain from shrinking weights
+DISC_BETAS = (0.5, 0.9)  # taming's Adam betas for the discriminator
 
 
 def tokenizer_loss(
-    images: Tensor, out: dict[str, Tensor], *, bit_usage_weight: float
+    images: Tensor,
+    out: dict[str, Tensor],
+    *,
+    bit_usage_weight: float,
+    perceptual: Callable[[Tensor, Tensor], Tensor] | None = None,
+    perceptual_weight: float = 0.0,
+    discriminator: nn.Module | None = None,
+    gan_weight: float = 0.0,
+    last_layer_weight: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Total loss and its (detached, scalar) terms for one batch; images (B, C, H, W), out = model(images)."""
-    l1 = F.l1_loss(out["recon"], images)
-    usage = bit_usage_penalty(out["probs"])
-    loss = l1 + bit_usage_weight * usage
-    # Further terms (perceptual, adversarial) add here and to the returned dict.
-    return loss, {"loss": loss.detach(), "l1": l1.detach(), "bit_usage_penalty": usage.detach()}
+    """Total autoencoder loss and its (detached, scalar) terms for one batch; images (B, C, H, W), out = model(images).
+
+    Terms: l1; bit_usage_penalty if out has "probs" (BAE); quant_loss (+ codebook_loss, commitment_loss) if out
+    has "quant_loss" (VQ); perceptual if `perceptual` is given and perceptual_weight > 0; gan_g and gan_weight
+    (the adaptive weight, already times gan_weight) if `discriminator` is given and gan_weight > 0, which needs
+    `last_layer_weight` (the decoder's last conv weight) for the adaptive weight.
+    """
+    recon = out["recon"]
+    l1 = F.l1_loss(recon, images)
+    terms: dict[str, Tensor] = {"l1": l1.detach()}
+    rec_loss = l1  # what the adaptive GAN weight balances against (taming's nll_loss: L1 + LPIPS)
+    if perceptual is not None and perceptual_weight > 0:
+        lpips = perceptual(recon, images).mean()
+        rec_loss = rec_loss + perceptual_weight * lpips
+        terms["perceptual"] = lpips.detach()
+    loss = rec_loss
+    if "probs" in out:
+        usage = bit_usage_penalty(out["probs"])
+        loss = loss + bit_usage_weight * usage
+        terms["bit_usage_penalty"] = usage.detach()
+    if "quant_loss" in out:
+        loss = loss + out["quant_loss"]
+        for key in ("quant_loss", "codebook_loss", "commitment_loss"):
+            terms[key] = out[key].detach()
+    if discriminator is not None and gan_weight > 0:
+        if last_layer_weight is None:
+            raise ValueError("last_layer_weight must be the decoder's last conv weight when the GAN term is on, "
+                             "but got None; pass model.last_layer.weight")
+        gan_g = hinge_g_loss(discriminator(recon))
+        weight = adaptive_gan_weight(rec_loss, gan_g, last_layer_weight, gan_weight)
+        loss = loss + weight * gan_g
+        terms["gan_g"], terms["gan_weight"] = gan_g.detach(), weight.detach()
+    terms["loss"] = loss.detach()
+    return loss, terms
 
 
 def _batches(train: Dataset, batch_size: int, generator: torch.Generator):
@@ -74,11 +116,18 @@ def train_tokenizer(
     ema_decay: float = 0.999,
     log_every: int = 10,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
+    perceptual_weight: float = 0.0,
+    perceptual_weights: str | None = None,
+    gan_weight: float = 0.0,
+    gan_start: int = 0,
+    disc_width: int = 64,
+    disc_layers: int | None = None,
 ) -> nn.Module:
-    """Train `model` (in place) with AdamW on L1 (+ bit-usage penalty); return its EMA copy in eval mode.
+    """Train `model` (in place) with AdamW on L1 (+ its own terms, + LPIPS, + GAN); return its EMA copy in eval mode.
 
     Args:
-        model: a tokenizer whose forward(images, generator) returns dict(recon, probs, bits).
+        model: a tokenizer whose forward(images, generator) returns dict(recon, ...): BAE "probs" (bit-usage
+            penalty), VQ "quant_loss" (codebook + commitment); `model.last_layer` for the adaptive GAN weight.
         train: items (image (C, H, W) in [0, 1], label); a TensorDataset is indexed directly (fast path).
         steps: optimizer steps.
         lr: AdamW learning rate (constant).
@@ -89,47 +138,87 @@ def train_tokenizer(
             dominated by the random initial weights (0.999 ** 300 would still leave 74% of the init).
         log_every: call on_log every this many steps (and at the last step) with the terms averaged since the
             previous call.
-        on_log: callback(step, {"loss", "l1", "bit_usage_penalty"}), step counted from 1.
+        on_log: callback(step, averaged terms), step counted from 1. Terms: "loss", "l1", plus
+            "bit_usage_penalty" (BAE), "quant_loss", "codebook_loss", "commitment_loss", "code_usage" (VQ: share
+            of the codebook chosen in the batch), "perceptual" (perceptual_weight > 0), "gan_g", "gan_weight",
+            "gan_d" (from step gan_start when gan_weight > 0; averaged over the steps where they exist).
+        perceptual_weight: weight of the LPIPS term (0 = off).
+        perceptual_weights: local LPIPS-VGG16 weights file (see losses.PerceptualLoss); needed when
+            perceptual_weight > 0, never downloaded.
+        gan_weight: taming's disc_weight, multiplying the adaptive weight of the hinge-GAN term (0 = off).
+        gan_start: first step (counted from 1) at which the discriminator trains and the GAN term is on.
+        disc_width: channels of the discriminator's first conv (taming: 64).
+        disc_layers: stride-2 layers of the discriminator; None = as many as fit the image, at most 3 (taming).
     """
     if steps < 1 or batch_size < 1 or log_every < 1 or not lr > 0:
         raise ValueError(f"steps, batch_size, log_every and lr must be positive, but got steps={steps}, "
                          f"batch_size={batch_size}, log_every={log_every}, lr={lr}")
     if not 0.0 <= ema_decay < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1), but got ema_decay={ema_decay}; try 0.999")
+    if perceptual_weight < 0 or gan_weight < 0 or gan_start < 0:
+        raise ValueError(f"perceptual_weight, gan_weight and gan_start must be >= 0, but got perceptual_weight="
+                         f"{perceptual_weight}, gan_weight={gan_weight}, gan_start={gan_start}; use 0 to turn off")
     if len(train) == 0:  # type: ignore[arg-type]
         raise ValueError("train must hold at least one image, but got an empty dataset")
     device = next(model.parameters()).device
     data_generator = torch.Generator().manual_seed(seed)
     bit_generator = torch.Generator(device=device).manual_seed(seed + 1)
 
+    perceptual = PerceptualLoss(perceptual_weights).to(device) if perceptual_weight > 0 else None
+    discriminator: nn.Module | None = None
+    disc_optimizer: torch.optim.Optimizer | None = None
+    if gan_weight > 0:
+        first_image, _ = train[0]
+        channels, image_size = int(first_image.shape[0]), int(first_image.shape[-1])
+        layers = patch_discriminator_layers(image_size) if disc_layers is None else disc_layers
+        discriminator = PatchDiscriminator(channels, width=disc_width, layers=layers,
+                                           generator=torch.Generator().manual_seed(seed + 2)).to(device).train()
+        disc_optimizer = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=DISC_BETAS)
+
     model.train()
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=ADAMW_BETAS, weight_decay=ADAMW_WEIGHT_DECAY)
     batches = _batches(train, batch_size, data_generator)
     sums: dict[str, Tensor] = {}  # terms summed on the device since the last log (one host sync per log)
-    count = 0
+    counts: dict[str, int] = {}
     for step in range(1, steps + 1):
         images, _ = next(batches)
         images = images.to(device, non_blocking=True)  # (B, C, H, W)
         out = model(images, generator=bit_generator)
-        loss, terms = tokenizer_loss(images, out, bit_usage_weight=bit_usage_weight)
+        gan_on = discriminator is not None and step >= gan_start
+        loss, terms = tokenizer_loss(
+            images, out, bit_usage_weight=bit_usage_weight, perceptual=perceptual,
+            perceptual_weight=perceptual_weight, discriminator=discriminator if gan_on else None,
+            gan_weight=gan_weight, last_layer_weight=model.last_layer.weight if gan_on else None,
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         _ema_update(ema, model, min(ema_decay, (1.0 + step) / (10.0 + step)))
+        if gan_on:
+            assert discriminator is not None and disc_optimizer is not None
+            # Discriminator step on real images vs the (detached) reconstructions of this step, hinge loss.
+            gan_d = hinge_d_loss(discriminator(images), discriminator(out["recon"].detach()))
+            disc_optimizer.zero_grad(set_to_none=True)  # also drops what the autoencoder's GAN term left here
+            gan_d.backward()
+            disc_optimizer.step()
+            terms["gan_d"] = gan_d.detach()
+        if "ids" in out:  # VQ: share of the codebook chosen somewhere in this batch
+            chosen = torch.bincount(out["ids"].flatten(), minlength=int(model.codebook_size))  # (V,)
+            terms["code_usage"] = (chosen > 0).float().mean()
 
         for key, value in terms.items():
             sums[key] = sums[key] + value if key in sums else value
-        count += 1
+            counts[key] = counts.get(key, 0) + 1
         if step % log_every == 0 or step == steps:
-            averages = {key: float(value) / count for key, value in sums.items()}
+            averages = {key: float(value) / counts[key] for key, value in sums.items()}
             if not math.isfinite(averages["loss"]):
                 raise FloatingPointError(
                     f"tokenizer loss is {averages['loss']} by step {step}; lower lr (got lr={lr})"
                 )
             if on_log is not None:
                 on_log(step, averages)
-            sums, count = {}, 0
+            sums, counts = {}, {}
     return ema.eval()
 
 
@@ -137,57 +226,95 @@ def _psnr_db(mse: float) -> float:
     return float("inf") if mse == 0.0 else 10.0 * math.log10(1.0 / mse)  # peak 1.0
 
 
+def _id_histogram_metrics(counts: Tensor) -> dict[str, float]:
+    """Share of ids used and entropy (bits) of the id frequencies, from counts (V,)."""
+    frequency = (counts.double() / counts.sum()).cpu()  # (V,)
+    nonzero = frequency[frequency > 0]
+    return {"token_usage": float((frequency > 0).double().mean()),
+            "token_entropy_bits": float(-(nonzero * torch.log2(nonzero)).sum())}
+
+
 @torch.no_grad()
-def reconstruction_metrics(model: nn.Module, images: Tensor, batch_size: int = 256) -> dict[str, float]:
-    """Reconstruction quality of a BAE with thresholded bits on `images` (N, C, H, W) in [0, 1].
+def reconstruction_metrics(model: nn.Module, images: Tensor, batch_size: int = 256,
+                           vocab: Vocabulary | None = None) -> dict[str, float]:
+    """Reconstruction quality of a tokenizer on `images` (N, C, H, W) in [0, 1]: BAE with thresholded bits, VQ
+    with nearest-neighbour ids (both deterministic).
 
     Returns:
         psnr_db: 10 log10(1 / MSE), MSE over all pixels of all images (peak 1.0).
         l1: mean absolute error per pixel.
-        bit_usage: share of the D bits that take both values somewhere in (images x positions).
-        bit_entropy_mean: mean over bits of the binary entropy (bits) of each bit's frequency of ones.
         mean_image_psnr_db: PSNR of predicting the mean of `images` for every image (the baseline to beat).
         mean_image_l1: L1 of the same baseline.
+        BAE ("bits") only:
+        bit_usage: share of the D bits that take both values somewhere in (images x positions).
+        bit_entropy_mean: mean over bits of the binary entropy (bits) of each bit's frequency of ones.
+        token_usage, token_entropy_bits (BAE only with `vocab`; always for VQ): share of the V sub-token ids
+            used somewhere in (images x positions x K sub-tokens), and the entropy (bits, at most log2 V) of
+            their frequencies.
+        VQ ("index") only:
+        code_usage: share of the codebook entries that are nearest somewhere (= token_usage, K = 1).
     """
     if images.ndim != 4 or images.shape[0] == 0:
         raise ValueError(f"images must be (N, C, H, W) with N >= 1, but got shape {tuple(images.shape)}")
+    kind = model.latent_kind
+    if kind == "bits" and vocab is not None and vocab.code_dim != model.code_dim:
+        raise ValueError(f"vocab.code_dim must equal the BAE's code_dim ({model.code_dim}), but got {vocab!r}")
+    if kind == "index" and vocab is not None:
+        raise ValueError(f"vocab must be None for an index tokenizer, but got {vocab!r}")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     squared, absolute, pixels = 0.0, 0.0, 0
     ones: Tensor | None = None  # (D,) count of ones per bit
+    id_counts: Tensor | None = None  # (V,) count of each sub-token id / codebook entry
     positions = 0
     for start in range(0, images.shape[0], batch_size):
         batch = images[start:start + batch_size].to(device)  # (b, C, H, W)
-        bits = model.quantize(model.encode_probs(batch), "threshold")  # (b, D, h, w)
-        recon = model.decode(bits)
+        if kind == "bits":
+            bits = model.quantize(model.encode_probs(batch), "threshold")  # (b, D, h, w)
+            recon = model.decode(bits)
+            batch_ones = bits.sum(dim=(0, 2, 3)).double()  # (D,)
+            ones = batch_ones if ones is None else ones + batch_ones
+            positions += bits.shape[0] * bits.shape[2] * bits.shape[3]
+            ids = bits_to_token_ids(bits, vocab) if vocab is not None else None  # (b, h*w, K)
+            size = vocab.size if vocab is not None else 0
+        else:
+            ids = model.encode(batch)  # (b, h, w)
+            recon = model.decode(ids)
+            size = model.codebook_size
+        if ids is not None:
+            batch_counts = torch.bincount(ids.flatten(), minlength=size)  # (V,)
+            id_counts = batch_counts if id_counts is None else id_counts + batch_counts
         squared += float(((recon - batch) ** 2).sum())
         absolute += float((recon - batch).abs().sum())
         pixels += batch.numel()
-        batch_ones = bits.sum(dim=(0, 2, 3)).double()  # (D,)
-        ones = batch_ones if ones is None else ones + batch_ones
-        positions += bits.shape[0] * bits.shape[2] * bits.shape[3]
     model.train(was_training)
-    assert ones is not None
-    frequency = (ones / positions).cpu()  # (D,) share of ones per bit
-    used = ((frequency > 0) & (frequency < 1)).double().mean()
-    q = frequency.clamp(1e-12, 1 - 1e-12)
-    entropy = -(q * torch.log2(q) + (1 - q) * torch.log2(1 - q))
-    entropy = torch.where((frequency > 0) & (frequency < 1), entropy, torch.zeros_like(entropy))
 
     mean_image = images.mean(dim=0, keepdim=True)  # (1, C, H, W)
     baseline_mse = float(((images - mean_image) ** 2).mean())
-    return {
+    metrics = {
         "psnr_db": _psnr_db(squared / pixels),
         "l1": absolute / pixels,
-        "bit_usage": float(used),
-        "bit_entropy_mean": float(entropy.mean()),
         "mean_image_psnr_db": _psnr_db(baseline_mse),
         "mean_image_l1": float((images - mean_image).abs().mean()),
     }
+    if kind == "bits":
+        assert ones is not None
+        frequency = (ones / positions).cpu()  # (D,) share of ones per bit
+        used = ((frequency > 0) & (frequency < 1)).double().mean()
+        q = frequency.clamp(1e-12, 1 - 1e-12)
+        entropy = -(q * torch.log2(q) + (1 - q) * torch.log2(1 - q))
+        entropy = torch.where((frequency > 0) & (frequency < 1), entropy, torch.zeros_like(entropy))
+        metrics.update(bit_usage=float(used), bit_entropy_mean=float(entropy.mean()))
+    if id_counts is not None:
+        metrics.update(_id_histogram_metrics(id_counts))
+    if kind == "index":
+        metrics["code_usage"] = metrics["token_usage"]
+    return metrics
 
 
-def heldout_metrics(model: nn.Module, heldout: Dataset, limit: int | None = None) -> dict[str, float]:
+def heldout_metrics(model: nn.Module, heldout: Dataset, limit: int | None = None,
+                    vocab: Vocabulary | None = None) -> dict[str, float]:
     """`reconstruction_metrics` on (the first `limit` images of) a held-out dataset."""
     images, _ = stack(heldout, limit)
-    return reconstruction_metrics(model, images)
+    return reconstruction_metrics(model, images, vocab=vocab)

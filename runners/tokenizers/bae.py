@@ -16,13 +16,14 @@ Its cost, that exact 0 and 1 are reached only asymptotically, is below 1e-3 per 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
 from runners.tokenizers.backbone import BACKBONE_SIZES, Decoder, Encoder, check_backbone
+from runners.vocab import Vocabulary
 
 # Size ladder of the BAE: each rung is a backbone config (see backbone.py for shapes and parameter counts).
 BAE_SIZES = {name: BACKBONE_SIZES[name] for name in ("tiny", "small", "imagenet")}
@@ -31,20 +32,39 @@ QuantizeMode = Literal["bernoulli", "threshold"]
 QUANTIZE_MODES: tuple[str, ...] = ("bernoulli", "threshold")
 
 
+def check_mode(mode: str) -> None:
+    """ValueError unless `mode` is one of QUANTIZE_MODES."""
+    if mode not in QUANTIZE_MODES:
+        raise ValueError(f"mode must be one of {', '.join(QUANTIZE_MODES)}, but got mode={mode!r}; "
+                         f"use 'bernoulli' for training and 'threshold' for evaluation")
+
+
+def bits_to_token_ids(bits: Tensor, vocab: Vocabulary) -> Tensor:
+    """Bits (B, D, h, w) -> sub-token ids (B, h*w, K) int64, positions in row-major raster order."""
+    return vocab.bits_to_ids(bits.flatten(2).transpose(1, 2))  # (B, h*w, D) -> (B, h*w, K)
+
+
+def token_ids_to_bits(ids: Tensor, vocab: Vocabulary, grid: tuple[int, int]) -> Tensor:
+    """Sub-token ids (B, h*w, K) -> bits (B, D, h, w) float32; the exact inverse of `bits_to_token_ids`."""
+    if ids.ndim != 3 or ids.shape[1] != grid[0] * grid[1]:
+        raise ValueError(f"ids must have shape (B, h*w={grid[0] * grid[1]}, K={vocab.token_each}), "
+                         f"but got {tuple(ids.shape)}")
+    bits = vocab.ids_to_bits(ids)  # (B, h*w, D)
+    return bits.transpose(1, 2).reshape(ids.shape[0], vocab.code_dim, *grid)
+
+
 def quantize_bits(probs: Tensor, mode: QuantizeMode, generator: torch.Generator | None = None) -> Tensor:
     """Bit probabilities (B, D, h, w) -> bits {0., 1.} of the same shape, straight-through to `probs`.
 
     "bernoulli": bit = [u < p] with u ~ U(0, 1) drawn from `generator` (global RNG if None; the generator must
     live on probs.device). "threshold": bit = [p > 0.5], deterministic.
     """
+    check_mode(mode)
     if mode == "bernoulli":
         uniform = torch.rand(probs.shape, generator=generator, device=probs.device, dtype=probs.dtype)
         hard = (uniform < probs).to(probs.dtype)
-    elif mode == "threshold":
-        hard = (probs > 0.5).to(probs.dtype)
     else:
-        raise ValueError(f"mode must be one of {', '.join(QUANTIZE_MODES)}, but got mode={mode!r}; "
-                         f"use 'bernoulli' for training and 'threshold' for evaluation")
+        hard = (probs > 0.5).to(probs.dtype)
     # Forward value = hard bits; d bits / d probs = identity (straight-through estimator).
     return probs + (hard - probs).detach()
 
@@ -60,7 +80,16 @@ def bit_usage_penalty(probs: Tensor) -> Tensor:
 
 
 class BinaryAutoencoder(nn.Module):
-    """Conv encoder -> D sigmoid bits per latent position -> conv decoder (ELM's BAE tokenizer)."""
+    """Conv encoder -> D sigmoid bits per latent position -> conv decoder (ELM's BAE tokenizer).
+
+    Token interface (runners/tokenizers/__init__.py): a latent position holds `code_dim` bits, cut into K
+    sub-token ids by a `Vocabulary(code_dim, K)`; encoding is stochastic (Bernoulli) or thresholded.
+    """
+
+    latent_kind: ClassVar[str] = "bits"
+    """What a latent position holds: D = code_dim bits."""
+    stochastic_encoding: ClassVar[bool] = True
+    """encode_ids(mode="bernoulli") draws fresh bits each call (ELM's augmentation for generator training)."""
 
     def __init__(self, *, code_dim: int, size: str, channels: int, image_size: int, bernoulli: bool = True):
         """
@@ -104,9 +133,13 @@ class BinaryAutoencoder(nn.Module):
         side = self.image_size // self.config.downsample
         return side, side
 
+    def encode_logits(self, images: Tensor) -> Tensor:
+        """Images (B, C, H, W) in [0, 1] -> bit logits (B, D, h, w); probabilities are their sigmoid."""
+        return self.to_logits(self.encoder(images))
+
     def encode_probs(self, images: Tensor) -> Tensor:
         """Images (B, C, H, W) in [0, 1] -> bit probabilities (B, D, h, w)."""
-        return torch.sigmoid(self.to_logits(self.encoder(images)))
+        return torch.sigmoid(self.encode_logits(images))
 
     def quantize(self, probs: Tensor, mode: QuantizeMode, generator: torch.Generator | None = None) -> Tensor:
         """Probabilities (B, D, h, w) -> straight-through bits {0., 1.} (B, D, h, w); see `quantize_bits`."""
@@ -125,6 +158,39 @@ class BinaryAutoencoder(nn.Module):
     def last_layer(self) -> nn.Conv2d:
         """The decoder's final conv (for an adaptive loss weight based on gradient norms)."""
         return self.decoder.last_layer
+
+    # ------------------------------------------------------------------------------------------ token interface
+
+    def check_vocab(self, vocab: Vocabulary | None) -> Vocabulary:
+        """`vocab` itself if it cuts this BAE's code_dim bits; ValueError naming the fix otherwise."""
+        if not isinstance(vocab, Vocabulary) or vocab.code_dim != self.code_dim:
+            raise ValueError(f"vocab must be a Vocabulary with code_dim={self.code_dim} (this BAE's bits per "
+                             f"position), but got {vocab!r}; pass Vocabulary(code_dim={self.code_dim}, token_each=K)")
+        return vocab
+
+    def token_shape(self, vocab: Vocabulary | None) -> tuple[int, int]:
+        """(K, V): sub-tokens per latent position and ids per sub-token (2^c) under `vocab`."""
+        vocab = self.check_vocab(vocab)
+        return vocab.token_each, vocab.size
+
+    def encode_ids(self, images: Tensor, *, mode: QuantizeMode, vocab: Vocabulary | None,
+                   generator: torch.Generator | None = None) -> Tensor:
+        """Images (B, C, H, W) -> sub-token ids (B, h*w, K) int64 in raster order.
+
+        mode "bernoulli": bits ~ Bernoulli(p) from `generator` (fresh draws every call); "threshold": [p > 0.5].
+        """
+        vocab = self.check_vocab(vocab)
+        check_mode(mode)
+        bits = quantize_bits(self.encode_probs(images), mode, generator).detach()  # (B, D, h, w)
+        return bits_to_token_ids(bits, vocab)
+
+    def decode_ids(self, ids: Tensor, vocab: Vocabulary | None = None) -> Tensor:
+        """Sub-token ids (B, h*w, K) -> images (B, C, H, W) in [0, 1]; vocab None means Vocabulary(D, K=ids.shape[-1])."""
+        if vocab is None:
+            vocab = Vocabulary(code_dim=self.code_dim, token_each=int(ids.shape[-1]))
+        vocab = self.check_vocab(vocab)
+        bits = token_ids_to_bits(ids, vocab, self.grid).to(self.from_bits.weight.dtype)  # (B, D, h, w)
+        return self.decode(bits)
 
     def forward(self, images: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Images (B, C, H, W) -> dict(recon (B, C, H, W), probs (B, D, h, w), bits (B, D, h, w)).

@@ -167,6 +167,9 @@ def test_bit_usage_penalty_literals() -> None:
 class _KnownCodec(nn.Module):
     """A fixed 'tokenizer' with known outputs: 2 bits per single position, recon = image + 0.1."""
 
+    latent_kind = "bits"
+    code_dim = 2
+
     def __init__(self) -> None:
         super().__init__()
         self.anchor = nn.Parameter(torch.zeros(()))  # gives the module a device
