@@ -16,8 +16,8 @@ most |l| * 2^-11, so p moves by at most p (1 - p) |l| 2^-11 <= 1.1e-4 absolute a
 probability changes by a relative |l| * 2^-11 (0.5% at l = 10, p = 4.5e-5). Float16 probabilities are exact
 near 0 but not near 1: their spacing below 1 is 4.9e-4, so any p > 0.99976 becomes exactly 1 and that bit never
 flips again. uint8 probabilities (1/255 steps) are off by up to 2e-3 and zero every p < 0.002 (or round it up to
-0.004). Thresholding is unaffected: float16 rounding keeps the sign of every logit (|l| >= 6e-8 survives as a
-subnormal), and sigmoid(l) > 0.5 follows that sign except within float32 rounding of 0.5, as in direct encoding.
+0.004). Thresholding is unaffected: float16 rounding keeps the sign of every logit, so cached and direct
+threshold bits can differ only for logits within 2e-7 of 0, where float32 sigmoid itself rounds to 0.5.
 ImageNet at 16x16 x 24 bits: 1.28M images x 6144 bits x 2 bytes = 15.7 GB (float32 probabilities: 31 GB).
 """
 

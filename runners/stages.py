@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from runners.data import ImageDataset, load_dataset, stack
+from sweep.faults import fault_point
 from runners.evaluation.classifier import (
     CLASSIFIER_CODE_VERSION,
     accuracy,
@@ -40,7 +41,7 @@ from runners.train_tokenizer import reconstruction_metrics, train_tokenizer
 from runners.vocab import Vocabulary
 
 Log = Callable[[int, dict[str, float]], None]
-StageFunction = Callable[[Any, dict[str, Path], Path, Log], dict[str, Any]]
+StageFunction = Callable[..., dict[str, Any]]  # (stage, inputs, out, log, *, checkpoints) -> metrics
 
 # Bumped when a stage function changes what it computes (part of every key of that kind).
 STAGE_CODE_VERSIONS = {"classifier": "1", "tokenizer": "1", "generator": "1", "evaluation": "1"}
@@ -186,7 +187,9 @@ def ids_to_bits(ids: Tensor, vocab: Vocabulary, grid: tuple[int, int]) -> Tensor
 # the stages
 
 
-def classifier_stage(stage: Any, inputs: dict[str, Path], out: Path, log: Log) -> dict[str, Any]:
+def classifier_stage(
+    stage: Any, inputs: dict[str, Path], out: Path, log: Log, checkpoints: Path | None = None
+) -> dict[str, Any]:
     s = stage.settings
     data = dataset_of(s)
     images, labels = stack(data.train)
@@ -200,7 +203,9 @@ def classifier_stage(stage: Any, inputs: dict[str, Path], out: Path, log: Log) -
     return {"heldout_accuracy": accuracy(model, heldout_images, heldout_labels)}
 
 
-def tokenizer_stage(stage: Any, inputs: dict[str, Path], out: Path, log: Log) -> dict[str, Any]:
+def tokenizer_stage(
+    stage: Any, inputs: dict[str, Path], out: Path, log: Log, checkpoints: Path | None = None
+) -> dict[str, Any]:
     s = stage.settings
     device = pick_device(stage.resources.gpus)
     data = dataset_of(s)
@@ -218,7 +223,9 @@ def tokenizer_stage(stage: Any, inputs: dict[str, Path], out: Path, log: Log) ->
     return {name: float(value) for name, value in metrics.items()}
 
 
-def generator_stage(stage: Any, inputs: dict[str, Path], out: Path, log: Log) -> dict[str, Any]:
+def generator_stage(
+    stage: Any, inputs: dict[str, Path], out: Path, log: Log, checkpoints: Path | None = None
+) -> dict[str, Any]:
     s = stage.settings
     device = pick_device(stage.resources.gpus)
     data = dataset_of(s)
@@ -260,7 +267,9 @@ def generator_stage(stage: Any, inputs: dict[str, Path], out: Path, log: Log) ->
 
 
 @torch.no_grad()
-def evaluation_stage(stage: Any, inputs: dict[str, Path], out: Path, log: Log) -> dict[str, Any]:
+def evaluation_stage(
+    stage: Any, inputs: dict[str, Path], out: Path, log: Log, checkpoints: Path | None = None
+) -> dict[str, Any]:
     s = stage.settings
     device = pick_device(stage.resources.gpus)
     data = dataset_of(s)
@@ -274,6 +283,7 @@ def evaluation_stage(stage: Any, inputs: dict[str, Path], out: Path, log: Log) -
     labels = torch.arange(data.num_classes, device=device).repeat_interleave(s["samples_per_class"])
     images = []
     for batch, start in enumerate(range(0, len(labels), SAMPLE_BATCH)):
+        fault_point("evaluation")
         rng = torch.Generator(device=device).manual_seed(s["sampling_seed"] * 1_000_003 + batch)
         ids = sample_ar(
             generator, labels[start : start + SAMPLE_BATCH], cfg_scale=s["cfg_scale"],

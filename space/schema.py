@@ -161,6 +161,16 @@ class Resources(BaseModel):
     gpus: float = Field(0.0, description="GPUs per stage (fractions share a GPU).", ge=0)
 
 
+class Runtime(BaseModel):
+    """How stages run: checkpointing and retries. Never part of a stage key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    checkpoint_every_steps: int = Field(100, description="Training stages checkpoint every this many steps (0 = off).", ge=0)
+    checkpoint_every_minutes: float = Field(10.0, description="... and at least this often in wall time (0 = off).", ge=0)
+    retries: int = Field(0, description="Extra attempts of a stage that raised (a lost worker is always run again).", ge=0)
+
+
 class Study(BaseModel):
     """A grid over some axes around the spec's baseline."""
 
@@ -210,6 +220,7 @@ class Spec(BaseModel):
     resources: dict[StageKind, Resources] = Field(
         default_factory=dict, description="Per stage kind; kinds not listed get 1 CPU, no GPU."
     )
+    runtime: Runtime = Field(default_factory=Runtime, description="Checkpointing and retries.")
 
     @field_validator("schema_version")
     @classmethod

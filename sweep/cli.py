@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from space.schema import STAGE_KINDS, Spec, SpecError, load_spec
+from sweep.lock import LockedError
 
 EXIT_BAD_INPUT = 2
 
@@ -73,7 +74,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         if args.executor == "serial"
         else RayExecutor(out, address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
     )
-    summary = run_sweep(spec, out, executor, Reporter(console))
+    store = Path(args.store) if args.store else None
+    summary = run_sweep(spec, out, executor, Reporter(console), store_root=store, retry_failed=args.retry_failed)
     console.print(f"results in {out}; tables: `sweep report {out}`")
     return 1 if summary.failures and args.strict else 0
 
@@ -92,6 +94,29 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     print(markdown)
     console.print(f"wrote {out / 'report.md'}")
     return 0
+
+
+def cmd_status(args: argparse.Namespace, console: Console) -> int:
+    from sweep.status import stage_status
+
+    try:
+        table = stage_status(Path(args.run_dir))
+    except FileNotFoundError as error:
+        raise SpecError(str(error)) from None
+    view = Table("kind", "done", "running", "failed", "skipped", "pending", "spent", "left (est.)", title=str(args.run_dir))
+    for row in table.to_dict("records"):
+        view.add_row(row["kind"], *(str(row[c]) for c in ("finished", "running", "failed", "skipped", "pending")),
+                     _duration(row["spent_s"]), _duration(row["left_s"]))
+    console.print(view)
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    if seconds != seconds:  # NaN: nothing to estimate from
+        return "?"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def _short(settings: dict, width: int = 90) -> str:
@@ -119,8 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="join an existing Ray cluster (e.g. auto or ray://host:10001) instead of starting a local one")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     p.add_argument("--num-gpus", type=int, help="GPUs of the local Ray (default: all)")
+    p.add_argument("--store", help="artifact store shared by several sweeps (default <out>/stages)")
+    p.add_argument("--retry-failed", action="store_true", help="run again the stages that failed in earlier runs")
     p.add_argument("--strict", action="store_true", help="exit 1 if any stage failed")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="per stage kind: done, running, failed, pending, time spent and left")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("report", help="tables (Markdown) from a run folder's Parquet rows")
     p.add_argument("run_dir")
@@ -134,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     try:
         return args.func(args, console)
-    except SpecError as error:
+    except (SpecError, LockedError) as error:
         Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {error}", highlight=False)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

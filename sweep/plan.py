@@ -42,6 +42,7 @@ class Stage:
     code: dict[str, str]  # registry entry -> code version (hashed)
     resources: Resources  # never hashed
     columns: dict[str, Any] = field(default_factory=dict)  # every axis value upstream of here, for rows
+    runtime: dict[str, Any] = field(default_factory=dict)  # checkpointing, retries: never hashed
 
     @property
     def depends_on(self) -> tuple[str, ...]:
@@ -56,6 +57,7 @@ class Stage:
             "code": self.code,
             "resources": self.resources.model_dump(),
             "columns": self.columns,
+            "runtime": self.runtime,
         }
 
     @classmethod
@@ -68,6 +70,7 @@ class Stage:
             code=data["code"],
             resources=Resources(**data["resources"]),
             columns=data.get("columns", {}),
+            runtime=data.get("runtime", {}),
         )
 
 
@@ -120,13 +123,14 @@ def make_plan(spec: Spec) -> Plan:
     stages: dict[str, Stage] = {}
     planned: list[PlannedTrial] = []
     dataset = spec.dataset.model_dump(mode="json")
+    runtime = spec.runtime.model_dump()
 
     def add(kind: str, settings: Settings, own: dict[str, Any], inputs: dict[str, str], columns: dict[str, Any]) -> str:
         determining = {"dataset": dataset, **{name: getattr(settings, name) for name in AXES_OF_STAGE[kind]}, **own}
         code = code_versions(kind, settings)
         key = content_key(kind, determining, inputs, code)
         if key not in stages:
-            stages[key] = Stage(kind, key, determining, inputs, code, spec.resources_of(kind), columns)
+            stages[key] = Stage(kind, key, determining, inputs, code, spec.resources_of(kind), columns, runtime)
         return key
 
     for trial in expand(spec):

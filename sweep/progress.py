@@ -57,6 +57,9 @@ class Reporter:
         else:
             self.console.print(f"[red]{event:<7}[/] {label}: {row.get('error', '')}", highlight=False)
 
+    def note(self, text: str) -> None:
+        self.console.print(text, highlight=False)
+
     def end(self, summary: Any) -> None:
         if self.progress is not None:
             self.progress.stop()

@@ -19,13 +19,16 @@ import pandas as pd
 import yaml
 
 from space.schema import Spec
-from sweep.executors import Executor, end_stale_ray_processes
+from sweep.executors import Executor, end_stale_ray_processes, skipped_row
+from sweep.faults import fault_point
+from sweep.lock import RunLock
 from sweep.plan import Plan, Stage, make_plan
-from sweep.store import Store, write_rows
+from sweep.store import Store, write_json, write_rows
 from sweep.worker import provenance
 
 SPEC_COPY = "spec.yaml"
 TRIALS_FILE = "trials.parquet"
+PLAN_FILE = "plan.json"
 STORE_DIR = "stages"
 
 
@@ -36,6 +39,7 @@ class RunSummary:
     counts: dict[str, int] = field(default_factory=dict)  # status -> stages this run
     wall_s: float = 0.0
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # kind, key, error
+    kept_failed: int = 0  # failed in an earlier run and not retried
 
 
 def trials_frame(plan: Plan) -> pd.DataFrame:
@@ -63,32 +67,73 @@ def write_run_folder(spec: Spec, plan: Plan, out: Path) -> None:
     tmp.write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
     tmp.replace(out / SPEC_COPY)
     write_rows(out / TRIALS_FILE, trials_frame(plan).to_dict("records"))
+    stages = [{"kind": s.kind, "key": s.key, "depends_on": list(s.depends_on)} for s in plan.stages.values()]
+    write_json(out / PLAN_FILE, {"stages": stages})
 
 
-def run_sweep(spec: Spec, out: Path, executor: Executor, reporter: Any, store_root: Path | None = None) -> RunSummary:
-    """Run every unfinished stage of `spec`; returns what happened. Never raises for a failed stage."""
+def run_sweep(
+    spec: Spec,
+    out: Path,
+    executor: Executor,
+    reporter: Any,
+    store_root: Path | None = None,
+    retry_failed: bool = False,
+) -> RunSummary:
+    """Run every unfinished stage of `spec`; returns what happened. Never raises for a failed stage.
+
+    A stage that failed with an error in an earlier run stays failed (its dependants skipped) unless
+    `retry_failed`; a stage whose worker was lost, or whose inputs were damaged, always runs again.
+    """
     started = time.perf_counter()
     plan = make_plan(spec)
     out = out.resolve()
-    write_run_folder(spec, plan, out)
-    end_stale_ray_processes(out)
-    store = Store(store_root or out / STORE_DIR)
-    store.clean_temporaries()
+    out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out):
+        write_run_folder(spec, plan, out)
+        end_stale_ray_processes(out)
+        store = Store(store_root or out / STORE_DIR)
+        store.clean_temporaries()
+        context = provenance(sys.argv, spec.fingerprint())
 
-    todo: list[Stage] = [s for s in plan.stages.values() if not store.is_finished(s.kind, s.key)]
-    summary = RunSummary(planned=len(plan.stages), cached=len(plan.stages) - len(todo))
-    reporter.begin(plan, todo)
-    context = provenance(sys.argv, spec.fingerprint())
+        for stage in plan.stages.values():  # cheap checks (sizes); inputs get checksums before use
+            if store.is_finished(stage.kind, stage.key) and store.verify(stage.kind, stage.key, checksums=False):
+                store.quarantine(stage.kind, stage.key)
+        todo: list[Stage] = []
+        blocked: dict[str, str] = {}  # key -> reason it cannot run this time
+        for stage in plan.stages.values():
+            if store.is_finished(stage.kind, stage.key):
+                continue
+            upstream = next((d for d in stage.depends_on if d in blocked), None)
+            failure = store.failure(stage.kind, stage.key)
+            if upstream is not None:
+                blocked[stage.key] = f"input {plan.stages[upstream].kind} {upstream} did not finish: {blocked[upstream]}"
+                store.record_failure(stage.kind, stage.key, skipped_row(stage, context, blocked[stage.key]))
+            elif failure and failure.get("failure_kind") == "error" and not retry_failed:
+                blocked[stage.key] = str(failure.get("error", ""))
+            else:
+                todo.append(stage)
+        summary = RunSummary(planned=len(plan.stages), cached=len(plan.stages) - len(todo) - len(blocked))
+        summary.kept_failed = len(blocked)
+        reporter.begin(plan, todo)
+        if blocked:
+            reporter.note(f"{len(blocked)} stages failed in an earlier run (or depend on one) and are kept as failed; "
+                          "`sweep run --retry-failed` runs them again")
 
-    def on_event(event: str, stage: Stage, row: dict[str, Any]) -> None:
-        if event != "started":
-            summary.counts[event] = summary.counts.get(event, 0) + 1
-            if event in ("failed", "skipped"):
-                summary.failures.append((stage.kind, stage.key, str(row.get("error", ""))))
-        reporter.event(event, stage, row)
+        def on_event(event: str, stage: Stage, row: dict[str, Any]) -> None:
+            if event == "started":
+                fault_point("stage_started")
+            else:
+                summary.counts[event] = summary.counts.get(event, 0) + 1
+                if event in ("failed", "skipped"):
+                    summary.failures.append((stage.kind, stage.key, str(row.get("error", ""))))
+            reporter.event(event, stage, row)
 
-    if todo:
-        executor.run(todo, str(store.root), context, on_event)
-    summary.wall_s = time.perf_counter() - started
-    reporter.end(summary)
-    return summary
+        try:
+            if todo:
+                executor.run(todo, str(store.root), context, on_event)
+        except KeyboardInterrupt:
+            reporter.note("interrupted: finished stages are kept; run the same command again to resume")
+            raise
+        summary.wall_s = time.perf_counter() - started
+        reporter.end(summary)
+        return summary

@@ -1,28 +1,44 @@
-"""The store: artifacts in folders named by stage key, written atomically.
+"""The store: artifacts in folders named by stage key, written atomically, checked before use.
 
-    <store>/<kind>/<key>/                   a finished artifact (row.parquet, manifest.json, weights, ...)
-    <store>/<kind>/.tmp-<key>-<pid>-<rand>/  a stage at work (never read as finished)
-    <store>/failed/<kind>/<key>.parquet     the row of the latest failed attempt (removed on success)
+    <store>/<kind>/<key>/                    a finished artifact: manifest.json, row.parquet, weights, ...
+    <store>/<kind>/.tmp-<key>-<pid>-<rand>/   a stage at work (never read as finished)
+    <store>/<kind>/.ckpt-<key>/               training checkpoints of an unfinished stage (survive a kill)
+    <store>/<kind>/.damaged-<key>-<time>/     an artifact that failed its checks, moved aside for inspection
+    <store>/failed/<kind>/<key>.parquet       the row of the latest failed or skipped attempt
 
-A stage writes only inside its temporary folder; the folder is renamed to its key only once
-everything in it (weights, samples, its row) is written. Only renamed folders count as finished,
-so a killed stage leaves at worst a `.tmp-` folder, which the next run removes.
+A stage writes only inside its temporary folder; the folder gets a manifest (every file with its
+size and sha256) and is renamed to its key only once complete. Only a renamed folder with a
+manifest counts as finished; a folder whose files no longer match their manifest is moved aside and
+its stage runs again. Several sweeps may share one store (`--store`): concurrent writers of the same
+stage race on the rename, and the loser discards its copy.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from sweep.faults import fault_point
+
 ROW_FILE = "row.parquet"
 LOSSES_FILE = "losses.parquet"
 MANIFEST_FILE = "manifest.json"
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class Store:
@@ -32,8 +48,35 @@ class Store:
     def folder(self, kind: str, key: str) -> Path:
         return self.root / kind / key
 
+    def checkpoint_folder(self, kind: str, key: str) -> Path:
+        return self.root / kind / f".ckpt-{key}"
+
     def is_finished(self, kind: str, key: str) -> bool:
-        return (self.folder(kind, key) / ROW_FILE).is_file()
+        folder = self.folder(kind, key)
+        return (folder / MANIFEST_FILE).is_file() and (folder / ROW_FILE).is_file()
+
+    def verify(self, kind: str, key: str, checksums: bool = True) -> str:
+        """'' if the finished artifact matches its manifest, else what is wrong with it."""
+        folder = self.folder(kind, key)
+        try:
+            manifest = json.loads((folder / MANIFEST_FILE).read_text())
+        except (OSError, ValueError) as error:
+            return f"unreadable manifest: {error}"
+        for name, expected in manifest["files"].items():
+            path = folder / name
+            if not path.is_file():
+                return f"{name} is missing"
+            if path.stat().st_size != expected["size"]:
+                return f"{name} has {path.stat().st_size} bytes, the manifest says {expected['size']}"
+            if checksums and file_sha256(path) != expected["sha256"]:
+                return f"{name} does not match its checksum"
+        return ""
+
+    def quarantine(self, kind: str, key: str) -> Path:
+        """Move a damaged artifact aside so that its stage runs again."""
+        target = self.root / kind / f".damaged-{key}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+        os.rename(self.folder(kind, key), target)
+        return target
 
     def begin(self, kind: str, key: str) -> Path:
         """A fresh temporary folder for a stage at work."""
@@ -42,7 +85,14 @@ class Store:
         return tmp
 
     def commit(self, tmp: Path, kind: str, key: str) -> Path:
-        """Publish a finished temporary folder under its key (atomic rename)."""
+        """Write the manifest, then publish the folder under its key (atomic rename)."""
+        files = {
+            str(path.relative_to(tmp)): {"size": path.stat().st_size, "sha256": file_sha256(path)}
+            for path in sorted(tmp.rglob("*"))
+            if path.is_file()
+        }
+        write_json(tmp / MANIFEST_FILE, {"kind": kind, "key": key, "files": files})
+        fault_point("before_rename")
         final = self.folder(kind, key)
         try:
             os.rename(tmp, final)
@@ -51,18 +101,39 @@ class Store:
                 raise
             shutil.rmtree(tmp, ignore_errors=True)  # another worker finished the same stage first
         self.failure_file(kind, key).unlink(missing_ok=True)
+        shutil.rmtree(self.checkpoint_folder(kind, key), ignore_errors=True)
         return final
 
     def clean_temporaries(self) -> int:
-        """Remove folders of stages that died at work; returns how many."""
+        """Remove the folders of stages that died at work on this machine; returns how many."""
+        import psutil
+
         removed = 0
         for tmp in self.root.glob("*/.tmp-*"):
+            parts = tmp.name.split("-")
+            pid = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else -1
+            if pid != os.getpid() and psutil.pid_exists(pid) and pid > 0:
+                continue  # a live process (another sweep sharing this store) is writing it
             shutil.rmtree(tmp, ignore_errors=True)
             removed += 1
         return removed
 
+    def running(self, kind: str, key: str) -> bool:
+        """Whether a live process on this machine is working on the stage."""
+        import psutil
+
+        for tmp in (self.root / kind).glob(f".tmp-{key}-*"):
+            pid = tmp.name.split("-")[2]
+            if pid.isdigit() and psutil.pid_exists(int(pid)):
+                return True
+        return False
+
     def failure_file(self, kind: str, key: str) -> Path:
         return self.root / "failed" / kind / f"{key}.parquet"
+
+    def failure(self, kind: str, key: str) -> dict[str, Any] | None:
+        path = self.failure_file(kind, key)
+        return pd.read_parquet(path).iloc[0].to_dict() if path.is_file() else None
 
     def record_failure(self, kind: str, key: str, row: dict[str, Any]) -> None:
         path = self.failure_file(kind, key)
@@ -87,10 +158,11 @@ def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     """Write rows as Parquet under a temporary name, then rename: never a half-written file."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(3)}.tmp")
     pd.DataFrame(rows).to_parquet(tmp, index=False)
+    fault_point("row_written")
     os.replace(tmp, path)
 
 
 def write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(3)}.tmp")
     tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
     os.replace(tmp, path)

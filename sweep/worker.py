@@ -7,6 +7,7 @@ executor hands run metadata (Tune trial id, node) in through `meta`.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
@@ -60,8 +61,10 @@ def execute(
 ) -> dict[str, Any]:
     """Run `stage` unless it is finished; write its artifact and row atomically; return the row.
 
-    An exception, a NaN loss or an out-of-memory error is caught and recorded as a failed row:
-    failed work never takes the sweep down.
+    An exception, a NaN loss or an out-of-memory error is caught and recorded as a failed row
+    (`failure_kind` "error", tried `runtime.retries` more times first); a damaged input is moved aside
+    and the stage recorded as failed with `failure_kind` "lost", so the next run recomputes both.
+    Failed work never takes the sweep down.
     """
     from runners.stages import STAGE_FUNCTIONS, device_name  # torch is imported here, in the worker
 
@@ -83,35 +86,76 @@ def execute(
         device=device_name(stage.resources.gpus),
     )
     row.update(meta or {})
-    losses: list[dict[str, Any]] = []
 
-    def log(step: int, values: dict[str, float]) -> None:
-        losses.append({"key": stage.key, "kind": stage.kind, "step": step, **values})
-        if report is not None:
-            report({"step": step, **values})
-
-    # Input roles are named after the kind of the stage they point at.
-    inputs = {role: store.folder(role, key) for role, key in stage.inputs.items()}
-    missing = [role for role, folder in inputs.items() if not (folder / ROW_FILE).is_file()]
-    tmp = store.begin(stage.kind, stage.key)
-    try:
-        if missing:
-            raise RuntimeError(f"input stage(s) {', '.join(missing)} are not finished")
-        metrics = STAGE_FUNCTIONS[stage.kind](stage, inputs, tmp, log)
-        row.update(metrics, status="finished", error="")
-    except Exception as error:  # noqa: BLE001 - every failure becomes a row
-        shutil.rmtree(tmp, ignore_errors=True)
-        row.update(status="failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
+    def fail(kind: str, error: str, trace: str = "") -> dict[str, Any]:
+        row.update(status="failed", failure_kind=kind, error=error, traceback=trace)
         row.update(wall_s=time.perf_counter() - started, ended_at=now_iso())
         store.record_failure(stage.kind, stage.key, row)
         return row
+
+    # Inputs are read only after they pass their manifest checks.
+    inputs = {role: store.folder(role, key) for role, key in stage.inputs.items()}  # roles are kind names
+    for role, key in stage.inputs.items():
+        problem = "not finished" if not store.is_finished(role, key) else store.verify(role, key)
+        if problem:
+            if store.folder(role, key).exists():
+                store.quarantine(role, key)
+            return fail("lost", f"input {role} {key} is damaged ({problem}); it will be recomputed")
+
+    checkpoints = store.checkpoint_folder(stage.kind, stage.key)
+    losses = LossLog(checkpoints / "losses.jsonl", stage)
+
+    def log(step: int, values: dict[str, float]) -> None:
+        losses.append(step, values)
+        if report is not None:
+            report({"step": step, **values})
+
+    attempts = 1 + int(stage.runtime.get("retries", 0))
+    for attempt in range(1, attempts + 1):
+        tmp = store.begin(stage.kind, stage.key)
+        try:
+            metrics = STAGE_FUNCTIONS[stage.kind](stage, inputs, tmp, log, checkpoints=checkpoints)
+            break
+        except Exception as error:  # noqa: BLE001 - every failure becomes a row
+            shutil.rmtree(tmp, ignore_errors=True)
+            if attempt == attempts:
+                return fail("error", f"{type(error).__name__}: {error}", traceback.format_exc())
+    row.update(metrics, status="finished", failure_kind="", error="", attempts=attempt)
     row.update(wall_s=time.perf_counter() - started, ended_at=now_iso())
-    if losses:
-        write_rows(tmp / LOSSES_FILE, losses)
+    if losses.rows():
+        write_rows(tmp / LOSSES_FILE, losses.rows())
     write_json(tmp / "stage.json", stage.to_json())
     write_rows(tmp / ROW_FILE, [row])
     store.commit(tmp, stage.kind, stage.key)
     return row
+
+
+class LossLog:
+    """Training curves appended to the stage's checkpoint folder, so a resumed stage keeps its history.
+
+    A resumed loop logs again the steps after its last checkpoint; the last value logged for a step wins.
+    """
+
+    def __init__(self, path: Path, stage: Stage) -> None:
+        self.path, self.stage = path, stage
+        self.entries: dict[int, dict[str, Any]] = {}
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by a kill
+                self.entries[entry["step"]] = entry
+
+    def append(self, step: int, values: dict[str, float]) -> None:
+        entry = {"key": self.stage.key, "kind": self.stage.kind, "step": step, **values}
+        self.entries[step] = entry
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [self.entries[step] for step in sorted(self.entries)]
 
 
 def provenance(command: list[str], spec_hash: str) -> dict[str, Any]:

@@ -46,6 +46,25 @@ def nearest_code(z: Tensor, codebook: Tensor) -> Tensor:
     return distance.argmin(dim=1)
 
 
+def vector_quantize(z: Tensor, codebook: Tensor, commitment: float) -> dict[str, Tensor]:
+    """Quantise encoder outputs z (B, e, h, w) with a codebook (V, e): the VQ-VAE forward, losses included.
+
+    Returns dict(z_q (B, e, h, w) straight-through: value codebook[ids], gradient to z as if identity;
+    ids (B, h, w); codebook_loss = mean ||sg(z) - z_q||^2 (gradient to the entries); commitment_loss =
+    mean ||z - sg(z_q)||^2 (gradient to the encoder); quant_loss = codebook_loss + commitment * commitment_loss).
+    Means are over all B * e * h * w elements, as taming's torch.mean.
+    """
+    B, e, h, w = z.shape
+    flat = z.detach().permute(0, 2, 3, 1).reshape(-1, e)  # (B*h*w, e)
+    ids = nearest_code(flat, codebook.detach()).reshape(B, h, w)  # (B, h, w)
+    chosen = F.embedding(ids, codebook).permute(0, 3, 1, 2)  # (B, e, h, w), differentiable in the entries
+    codebook_loss = F.mse_loss(chosen, z.detach())
+    commitment_loss = F.mse_loss(z, chosen.detach())
+    z_q = z + (chosen - z).detach()  # straight-through estimator
+    return dict(z_q=z_q, ids=ids, codebook_loss=codebook_loss, commitment_loss=commitment_loss,
+                quant_loss=codebook_loss + commitment * commitment_loss)
+
+
 class VQTokenizer(nn.Module):
     """Conv encoder -> nearest-neighbour codebook of `codebook_size` entries -> conv decoder (ELM's VQGAN)."""
 
@@ -163,17 +182,12 @@ class VQTokenizer(nn.Module):
         losses are formed: this step's gradients are unaffected, as a dead entry received none).
         """
         z = self.encode_latent(images)  # (B, e, h, w)
-        ids = self.lookup(z)  # (B, h, w)
-        z_q = self.embed(ids)  # (B, e, h, w)
-        codebook_loss = F.mse_loss(z_q, z.detach())  # moves the entries towards the encoder outputs
-        commitment_loss = F.mse_loss(z, z_q.detach())  # keeps the encoder near its entries
-        quant_loss = codebook_loss + self.commitment * commitment_loss
-        z_st = z + (z_q - z).detach()  # straight-through: forward z_q, gradient to z as if identity
-        recon = self.decode_latent(z_st)
+        quantized = vector_quantize(z, self.codebook.weight, self.commitment)
+        recon = self.decode_latent(quantized["z_q"])
         if self.training:
-            self._track_usage(ids, z, generator)
-        return dict(recon=recon, z=z, ids=ids, quant_loss=quant_loss, codebook_loss=codebook_loss,
-                    commitment_loss=commitment_loss)
+            self._track_usage(quantized["ids"], z, generator)
+        return dict(recon=recon, z=z, ids=quantized["ids"], quant_loss=quantized["quant_loss"],
+                    codebook_loss=quantized["codebook_loss"], commitment_loss=quantized["commitment_loss"])
 
     @torch.no_grad()
     def _track_usage(self, ids: Tensor, z: Tensor, generator: torch.Generator | None) -> None:

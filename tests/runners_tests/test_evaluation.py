@@ -1,4 +1,5 @@
-"""Tests of runners/evaluation: the dataset classifier, FID / KID through torch-fidelity, class accuracy."""
+"""Tests of runners/evaluation: the dataset classifier, FID / KID through torch-fidelity, precision / recall in
+image_metrics, class accuracy, the protocol record and reference files."""
 
 from __future__ import annotations
 
@@ -22,14 +23,28 @@ from runners.evaluation.classifier import (
 )
 from runners.evaluation.metrics import (
     METRIC_KEYS,
+    METRICS_CODE_VERSION,
     extract_features,
+    extract_logits,
     feature_extractor_name,
+    feature_statistics,
     fid_from_features,
     fid_from_statistics,
     image_metrics,
+    inception_score,
     kid_from_features,
     real_feature_statistics,
 )
+from runners.evaluation.protocol import (
+    PROTOCOL_ID_KEYS,
+    PROTOCOL_KEYS,
+    array_sha256,
+    protocol,
+    protocol_id,
+    state_dict_sha256,
+    statistics_sha256,
+)
+from runners.evaluation.reference import export_adm_npz, load_reference, to_uint8_nhwc
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -231,7 +246,12 @@ def test_image_metrics_real_vs_noise(classifier: DatasetClassifier, digits) -> N
     print(f"\nimage_metrics x2: {time.perf_counter() - start:.1f} s; held-out: {real_vs_real}; noise: {real_vs_noise}")
 
     assert tuple(real_vs_real) == METRIC_KEYS
+    assert METRIC_KEYS == ("fid", "kid_mean", "kid_std", "precision", "recall", "class_accuracy")
+    assert METRICS_CODE_VERSION == "metrics-2"
     assert all(isinstance(value, float) for value in real_vs_real.values())
+    # Held-out digits lie on the training digits' manifold and cover it; noise does neither.
+    assert real_vs_real["precision"] > 0.7 and real_vs_real["recall"] > 0.7
+    assert real_vs_noise["precision"] < 0.2 < real_vs_real["precision"]
     assert real_vs_real["class_accuracy"] >= 0.9
     assert real_vs_noise["class_accuracy"] < 0.2  # chance is 0.1
     assert real_vs_real["fid"] < 0.05 * real_vs_noise["fid"]
@@ -244,3 +264,130 @@ def test_image_metrics_real_vs_noise(classifier: DatasetClassifier, digits) -> N
     assert fid_from_statistics(stats_real, stats_fake) == pytest.approx(real_vs_real["fid"], rel=1e-9)
     assert feature_extractor_name(classifier) == f"dataset_classifier/{CLASSIFIER_CODE_VERSION}/f64"
     assert np.isfinite(real_vs_noise["fid"])
+
+
+def test_image_metrics_with_another_extractor_and_classifier_inception_score(classifier, digits) -> None:
+    # The feature space can be another extractor (Inception on ImageNet); class accuracy stays the classifier's.
+    class PixelFeatures:
+        name = "pixels"
+
+        def features(self, images: torch.Tensor) -> torch.Tensor:
+            return images.flatten(1)  # (B, 256)
+
+    real, fake = digits["train_images"][:300], digits["heldout_images"][:100]
+    labels = digits["heldout_labels"][:100]
+    out = image_metrics(classifier, real, fake, labels, kid_subsets=5, kid_subset_size=100, k=5,
+                        extractor=PixelFeatures())
+    pixels_real, pixels_fake = real.flatten(1).double(), fake.flatten(1).double()
+    assert out["fid"] == pytest.approx(fid_from_features(pixels_real, pixels_fake), rel=1e-9)
+    assert out["class_accuracy"] == accuracy(classifier, fake, labels)
+    # Inception Score from the dataset classifier's logits: held-out digits are confidently and evenly
+    # classified, so the score nears the 10 classes; all-noise images collapse it.
+    logits = extract_logits(classifier, digits["heldout_images"], batch_size=100)  # (360, 10) float64
+    assert logits.shape == (360, 10) and logits.dtype == torch.float64
+    score, _ = inception_score(logits, splits=1)
+    noise = torch.rand(360, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    noise_score, _ = inception_score(extract_logits(classifier, noise), splits=1)
+    print(f"\nclassifier IS: held-out {score:.3f}, noise {noise_score:.3f}")
+    assert score > 8.0 and noise_score < 0.5 * score
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# protocol record
+
+
+def test_protocol_record_and_id(classifier, tmp_path) -> None:
+    record = protocol(extractor=classifier, num_samples=1000, samples_per_class=100, image_size=16,
+                      reference="digits/train", reference_checksum="ab" * 32, k=3, sampling_seed=7)
+    assert tuple(record) == PROTOCOL_KEYS
+    assert record["protocol_extractor"] == feature_extractor_name(classifier)
+    assert record["protocol_samples"] == 1000 and record["protocol_pr_k"] == 3
+    assert record["protocol_versions"].startswith("torch-fidelity=0.") and ";torch=" in record["protocol_versions"]
+    # The extractor checksum is of the weights: a saved and reloaded copy has it, another seed does not.
+    save_classifier(classifier, tmp_path / "clf")
+    assert record["protocol_extractor_sha256"] == state_dict_sha256(load_classifier(tmp_path / "clf"))
+    other = DatasetClassifier(channels=1, image_size=16, num_classes=10)
+    assert state_dict_sha256(other) != record["protocol_extractor_sha256"]
+
+    # The id ignores the sampling seed and the versions, and follows everything else.
+    assert PROTOCOL_ID_KEYS == tuple(k for k in PROTOCOL_KEYS if k not in ("protocol_sampling_seed",
+                                                                          "protocol_versions"))
+    base = protocol_id(record)
+    assert len(base) == 12 and int(base, 16) >= 0
+    assert protocol_id({**record, "protocol_sampling_seed": 8, "protocol_versions": "x"}) == base
+    for key, value in (("protocol_pr_k", 5), ("protocol_samples", 999), ("protocol_reference_sha256", "cd" * 32)):
+        assert protocol_id({**record, key: value}) != base, key
+    # Golden: the id of a fixed record never changes (stored results are grouped by it).
+    fixed = {"protocol_extractor": "inception_v3_fid/pool3", "protocol_extractor_sha256": "0" * 64,
+             "protocol_samples": 50000, "protocol_samples_per_class": 50, "protocol_image_size": 256,
+             "protocol_reference": "VIRTUAL_imagenet256_labeled.npz", "protocol_reference_sha256": "1" * 64,
+             "protocol_pr_k": 3}
+    assert protocol_id(fixed) == GOLDEN_PROTOCOL_ID
+    with pytest.raises(ValueError, match="lacks"):
+        protocol_id({"protocol_pr_k": 3})
+    with pytest.raises(ValueError, match="samples_per_class"):
+        protocol(extractor=classifier, num_samples=10, samples_per_class=-1, image_size=16, reference="r",
+                 reference_checksum="c", k=3, sampling_seed=0)
+
+
+GOLDEN_PROTOCOL_ID = "e4878a94478f"
+
+
+def test_array_checksums() -> None:
+    values = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    assert array_sha256(values) == array_sha256(values.double()) == array_sha256(values.numpy())
+    assert array_sha256(values) != array_sha256(values.reshape(3, 2))  # the shape is part of it
+    assert array_sha256(values) != array_sha256(values + 1e-9)
+    assert array_sha256(np.zeros(2)) == GOLDEN_ZEROS_SHA256
+    stats = {"mu": np.zeros(2), "sigma": np.eye(2)}
+    assert statistics_sha256(stats) == statistics_sha256({"sigma": np.eye(2), "mu": np.zeros(2)})
+    assert statistics_sha256(stats) != statistics_sha256({"mu": np.zeros(2), "sigma": 2 * np.eye(2)})
+
+
+GOLDEN_ZEROS_SHA256 = "45e2f25e02832ebe2ff01c77369d754e8270cc3707914b80bc591ac522b5e197"  # sha256(b"(2,)" + 16 zero bytes)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# reference files
+
+
+def test_adm_npz_round_trip(tmp_path) -> None:
+    images = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    batch = to_uint8_nhwc(images)  # (5, 8, 8, 3) uint8, gray repeated
+    assert batch.shape == (5, 8, 8, 3) and batch.dtype == np.uint8
+    assert np.array_equal(batch[..., 0], batch[..., 2])
+    assert np.array_equal(batch[..., 1], (255 * images[:, 0]).to(torch.uint8).numpy())
+    path = export_adm_npz(batch, tmp_path / "samples.npz")
+    with np.load(path) as archive:  # what the ADM evaluator reads
+        assert archive.files == ["arr_0"] and np.array_equal(archive["arr_0"], batch)
+    reference = load_reference(path)
+    assert reference.statistics is None and reference.features is None
+    assert np.array_equal(reference.images, batch) and len(reference.sha256) == 64
+    tensor = reference.image_tensor(1, 3)  # (2, 3, 8, 8) float in [0, 1]
+    assert tensor.shape == (2, 3, 8, 8) and torch.equal(tensor[:, 0], torch.from_numpy(batch[1:3, ..., 0]) / 255.0)
+    with pytest.raises(ValueError, match="must end in .npz"):
+        export_adm_npz(batch, tmp_path / "samples")
+    with pytest.raises(ValueError, match=r"uint8 \(N, H, W, 3\)"):
+        export_adm_npz(batch.astype(np.float32), tmp_path / "bad.npz")
+
+
+def test_load_reference_statistics_and_errors(tmp_path) -> None:
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(50, 4, generator=generator, dtype=torch.float64)
+    stats = feature_statistics(features)
+    np.savez(tmp_path / "stats.npz", mu=stats["mu"], sigma=stats["sigma"])
+    reference = load_reference(tmp_path / "stats.npz")
+    assert reference.images is None
+    assert fid_from_statistics(reference.statistics, stats) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="no images"):
+        reference.image_tensor()
+    np.savez(tmp_path / "features.npz", features=features.numpy())
+    assert np.array_equal(load_reference(tmp_path / "features.npz").features, features.numpy())
+    np.savez(tmp_path / "other.npz", something=np.zeros(3))
+    with pytest.raises(ValueError, match="must hold arr_0"):
+        load_reference(tmp_path / "other.npz")
+    np.savez(tmp_path / "mu_only.npz", mu=np.zeros(3))
+    with pytest.raises(ValueError, match="both mu and sigma"):
+        load_reference(tmp_path / "mu_only.npz")
+    with pytest.raises(FileNotFoundError, match="VIRTUAL_imagenet256_labeled"):
+        load_reference(tmp_path / "missing.npz")

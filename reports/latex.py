@@ -1,0 +1,124 @@
+"""Rendering ablation tables as LaTeX (booktabs) that compiles as is.
+
+Each table is a `table` float needing `booktabs` and `graphicx` (for shrinking a wide table to the
+line width); `latex_document` wraps tables into a standalone article that pdflatex compiles.
+"""
+
+from __future__ import annotations
+
+from reports.markdown import BASELINE_MARK, cell_texts
+from reports.tables import StudyTable
+
+_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    "|": r"\textbar{}",
+}
+_UNICODE = {
+    "±": r"$\pm$",
+    "↓": r"$\downarrow$",
+    "↑": r"$\uparrow$",
+    BASELINE_MARK: r"$^{\dagger}$",
+    "—": "---",
+    "–": "--",
+    "×": r"$\times$",
+    "≥": r"$\geq$",
+    "≤": r"$\leq$",
+    "τ": r"$\tau$",
+    "·": r"$\cdot$",
+    "√": r"$\surd$",
+    "‖": r"$\|$",
+    "…": r"\ldots{}",
+    "⚠": "Warning:",
+    "−": "-",
+    "“": "``", "”": "''", "’": "'",
+}
+
+
+def latex_escape(text: str) -> str:
+    """Plain Unicode text as LaTeX source: specials escaped, known symbols as math, other non-Latin-1
+    characters replaced by `?` (pdflatex with T1/utf8 typesets Latin-1 only)."""
+    out: list[str] = []
+    previous_math = False
+    for char in str(text):
+        piece = _SPECIAL.get(char) or _UNICODE.get(char)
+        if piece is None:
+            piece = char if ord(char) < 128 or 0xA0 <= ord(char) <= 0xFF else "?"
+        is_math = piece.startswith("$") and piece.endswith("$") and len(piece) > 1
+        if is_math and previous_math:  # `$a$$b$` would open display math: merge into `$a b$`
+            out[-1] = out[-1][:-1] + " " + piece[1:]
+        else:
+            out.append(piece)
+        previous_math = is_math
+    return "".join(out)
+
+
+def _cell(text: str, best: bool) -> str:
+    body = latex_escape(text).replace(r" $\pm$ ", r"\,$\pm$\,")
+    return rf"\textbf{{{body}}}" if best and text != "—" else body
+
+
+def latex_table(table: StudyTable) -> str:
+    """A booktabs `table` float: axes left, metrics right with arrows, best bold, † baseline, footnote."""
+    name = table.study.name
+    varied, metrics = table.varied, table.metrics
+    spec = "l" * len(varied) + "r" * (len(metrics) + 1)
+    header = [latex_escape(a) for a in varied] + [latex_escape(f"{m.label} {m.arrow}") for m in metrics] + ["$n$"]
+    lines = [
+        "% needs \\usepackage{booktabs,graphicx}",
+        "\\begin{table}[t]",
+        "\\centering",
+        f"\\caption{{{latex_escape(name)}{': ' + latex_escape(table.study.description.strip()) if table.study.description.strip() else ''}}}",
+        f"\\label{{tab:{_label(name)}}}",
+        # shrink to the line width only when wider (\width is the natural width inside \resizebox)
+        "\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%",
+        f"\\begin{{tabular}}{{{spec}}}",
+        "\\toprule",
+        " & ".join(header) + " \\\\",
+        "\\midrule",
+    ]
+    for labels, cells, count in cell_texts(table.frame, varied, metrics):
+        row = [latex_escape(label) for label in labels] + [_cell(text, best) for text, best in cells] + [latex_escape(count)]
+        lines.append(" & ".join(row) + " \\\\")
+    lines += [
+        "\\bottomrule",
+        "\\end{tabular}%",
+        "}",
+        "\\par\\smallskip",
+        "\\begin{minipage}{\\linewidth}\\footnotesize",
+        " ".join(latex_escape(line) for line in table.footnote),
+        "\\end{minipage}",
+        "\\end{table}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _label(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "-" for c in name)
+
+
+def latex_document(tables: list[StudyTable], title: str = "") -> str:
+    """A standalone article holding every table (`pdflatex tables.tex` compiles it)."""
+    head = [
+        "\\documentclass{article}",
+        "\\usepackage[T1]{fontenc}",
+        "\\usepackage[utf8]{inputenc}",
+        "\\usepackage[margin=2cm]{geometry}",
+        "\\usepackage{booktabs,graphicx}",
+        "\\begin{document}",
+    ]
+    if title:
+        head.append(f"\\section*{{{latex_escape(title)}}}")
+    body = ["\\clearpage\n" if i and i % 3 == 0 else "" for i in range(len(tables))]
+    parts = [b + latex_table(t) for b, t in zip(body, tables)]
+    return "\n".join(head) + "\n" + "\n".join(parts) + "\\end{document}\n"

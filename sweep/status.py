@@ -1,0 +1,42 @@
+"""`sweep status DIR`: where a run stands, per stage kind, from the store alone (no torch, no ray)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from space.schema import STAGE_KINDS
+from sweep.run import PLAN_FILE, STORE_DIR
+from sweep.store import Store
+
+
+def stage_status(run_dir: Path, store_root: Path | None = None) -> pd.DataFrame:
+    """One row per stage kind: finished, running, failed, skipped, pending counts, seconds spent, seconds left.
+
+    The estimate of what is left is (pending + running) x the mean wall time of that kind's finished stages.
+    """
+    plan_path = Path(run_dir) / PLAN_FILE
+    if not plan_path.is_file():
+        raise FileNotFoundError(f"{run_dir} holds no {PLAN_FILE}: is it a run folder made by `sweep run`?")
+    stages = json.loads(plan_path.read_text())["stages"]
+    store = Store(store_root or Path(run_dir) / STORE_DIR)
+    records = []
+    for kind in STAGE_KINDS:
+        counts = dict.fromkeys(("finished", "running", "failed", "skipped", "pending"), 0)
+        spent: list[float] = []
+        for stage in (s for s in stages if s["kind"] == kind):
+            if store.is_finished(kind, stage["key"]):
+                counts["finished"] += 1
+                spent.append(float(pd.read_parquet(store.folder(kind, stage["key"]) / "row.parquet")["wall_s"].iloc[0]))
+            elif store.running(kind, stage["key"]):
+                counts["running"] += 1
+            elif (failure := store.failure(kind, stage["key"])) is not None:
+                counts["skipped" if failure["status"] == "skipped" else "failed"] += 1
+            else:
+                counts["pending"] += 1
+        mean = sum(spent) / len(spent) if spent else float("nan")
+        left = (counts["pending"] + counts["running"]) * mean if counts["pending"] + counts["running"] else 0.0
+        records.append({"kind": kind, **counts, "spent_s": sum(spent), "left_s": left})
+    return pd.DataFrame(records)
