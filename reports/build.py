@@ -1,55 +1,311 @@
-"""A run folder's report: one ablation table per study, written as report.md."""
+"""A run folder's report: tables per study, figures, sample grids, as Markdown, HTML, LaTeX and CSV.
+
+    <out>/report.md              tables + links to everything below
+    <out>/report.html            one self-contained page (every image embedded, opens offline)
+    <out>/tables/<study>.csv     full-precision numbers of each study table
+    <out>/tables/<study>.tex     booktabs table floats; tables/tables.tex compiles standalone
+    <out>/figures/<name>.png|pdf figures whose data exists (reports.figures)
+    <out>/grids/trial-<evaluation_key>.png   samples of one evaluation, a row per class
+    <out>/grids/compare-<study>.png          the trials of a study side by side, same classes and seed
+
+Entry point: `write_report(results, out)`; `build_report(data, out)` takes a `ReportData`.
+"""
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reports.markdown import markdown_table
-from reports.tables import ablation_table
+import pandas as pd
+
+from reports.figures import FigureFile, make_figures, report_palette, safe_name
+from reports.grids import SAMPLES_FILE, choose_classes, compare_grid, read_samples, trial_grid
+from reports.html import Picture, StudySection, report_html
+from reports.latex import latex_document, latex_table
+from reports.markdown import escape_markdown, format_value, markdown_study
+from reports.tables import INTERVALS, Interval, ReportData, StudyTable, study_table
+
+FORMATS: tuple[str, ...] = ("md", "html", "latex", "csv")
+TRIAL_GRID_PER_CLASS = 8
+COMPARE_PER_CLASS = 4
 
 
-def report_markdown(results: Any) -> str:
-    """The whole report as Markdown (a pure function of the rows and the spec copy)."""
-    spec = results.spec
-    evaluations = results.evaluations()
-    parts = [f"# {spec.name}", ""]
-    if spec.description:
-        parts += [spec.description.strip(), ""]
-    for study in spec.studies:
-        varied = list(study.vary)
-        table = ablation_table(evaluations, study.name, varied)
+@dataclass
+class Grids:
+    """Sample grids written for a report."""
+
+    trials: dict[str, Picture] = field(default_factory=dict)  # evaluation_key -> grid
+    compare: dict[str, Picture] = field(default_factory=dict)  # study -> side-by-side grid
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write under a temporary name, then rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _samples_path(run_dir: str | None, key: Any) -> Path | None:
+    if run_dir is None or not isinstance(key, str) or not key:
+        return None
+    path = Path(run_dir) / "stages" / "evaluation" / key / SAMPLES_FILE
+    return path if path.is_file() else None
+
+
+def _point_text(row: dict[str, Any], axes: list[str]) -> str:
+    return ", ".join(f"{a} = {format_value(row[a])}" for a in axes if a in row)
+
+
+def make_grids(data: ReportData, out: Path) -> Grids:
+    """A grid per finished evaluation with samples, and per study the side-by-side comparison of its
+    grid points for the training seed with the most finished points (same classes, same sampling seed)."""
+    grids = Grids()
+    evaluations = data.evaluations
+    if data.run_dir is None or "evaluation_key" not in evaluations:
+        return grids
+    done = evaluations[evaluations["status"] == "finished"]
+    for study in data.studies:
+        rows = done[done["study"] == study.name]
+        for row in rows.to_dict("records"):
+            key = row["evaluation_key"]
+            path = _samples_path(data.run_dir, key)
+            if path is None or key in grids.trials:
+                continue
+            target = out / f"trial-{safe_name(key)}.png"
+            _, classes = trial_grid(path, target, per_class=_per_class(path, TRIAL_GRID_PER_CLASS))
+            caption = (
+                f"{_point_text(row, study.varied)}, training seed {row.get('seed')} (evaluation {key}): "
+                f"rows are classes {', '.join(str(int(c)) for c in classes)} top to bottom."
+            )
+            grids.trials[key] = Picture(target, caption, f"samples of evaluation {key}")
+        if rows.empty or "seed" not in rows:
+            continue
+        with_samples = rows[rows["evaluation_key"].map(lambda k: _samples_path(data.run_dir, k) is not None)]
+        if with_samples.empty:
+            continue
+        counts = with_samples.groupby("seed").size()
+        seed = sorted(counts.index, key=lambda s: (-counts[s], s))[0]
+        chosen = with_samples[with_samples["seed"] == seed].drop_duplicates(study.varied)
+        if len(chosen) < 2:
+            continue
+        first = _samples_path(data.run_dir, chosen.iloc[0]["evaluation_key"])
+        _, labels = read_samples(first, None, 1)
+        classes = choose_classes(labels)
+        panels = []
+        per_class = min(_per_class(_samples_path(data.run_dir, k), COMPARE_PER_CLASS) for k in chosen["evaluation_key"])
+        for row in chosen.to_dict("records"):
+            images, _ = read_samples(_samples_path(data.run_dir, row["evaluation_key"]), classes, per_class)
+            label = _point_text(row, study.varied) + (" †" if _is_baseline_row(row, study, data) else "")
+            panels.append((label.replace(", ", "\n"), images))
+        sampling = sorted({str(s) for s in chosen.get("sampling_seed", pd.Series(dtype=object)).dropna()})
+        seeds_text = f"training seed {seed}" + (f", sampling seed {sampling[0]}" if len(sampling) == 1 else "")
+        title = f"{study.name}: first {per_class} samples per class, {seeds_text}"
+        target = out / f"compare-{safe_name(study.name)}.png"
+        compare_grid(panels, classes, target, title)
+        caption = (
+            f"The grid points of study {study.name} side by side ({seeds_text}): the same classes (rows) and the "
+            f"first {per_class} samples of each; † marks the baseline."
+        )
+        grids.compare[study.name] = Picture(target, caption, f"samples of study {study.name}")
+    return grids
+
+
+def _per_class(path: Path | None, cap: int) -> int:
+    """Columns of a grid: `cap`, or fewer when every class has fewer samples."""
+    if path is None:
+        return cap
+    import zipfile
+
+    import numpy as np
+
+    with zipfile.ZipFile(path) as archive, archive.open("labels.npy") as stream:
+        labels = np.lib.format.read_array(stream)
+    if labels.size == 0:
+        return 1
+    return max(1, min(cap, int(np.bincount(labels - labels.min()).max())))
+
+
+def _is_baseline_row(row: dict[str, Any], study: Any, data: ReportData) -> bool:
+    from reports.tables import is_baseline
+
+    return is_baseline({a: row[a] for a in study.varied if a in row}, study, data.baseline)
+
+
+def _failures(evaluations: pd.DataFrame) -> list[str]:
+    if "status" not in evaluations or "evaluation_key" not in evaluations:
+        return []
+    failed = evaluations[evaluations["status"].isin(["failed", "skipped"])]
+    out = []
+    for _, row in failed.drop_duplicates("evaluation_key").iterrows():
+        error = row.get("error", "")
+        out.append(f"{row['evaluation_key']} ({row['status']}): {'' if pd.isna(error) else error}")
+    return out
+
+
+def _provenance(data: ReportData) -> list[str]:
+    rows = data.evaluations
+    lines = []
+    if "status" in rows:
+        counts = rows.drop_duplicates("evaluation_key")["status"].value_counts() if "evaluation_key" in rows else rows["status"].value_counts()
+        lines.append("Evaluations: " + ", ".join(f"{int(n)} {status}" for status, n in counts.items()) + ".")
+    if "git_commit" in rows:
+        commits = rows.dropna(subset=["git_commit"])
+        for commit, group in commits.groupby("git_commit"):
+            dirty = " (uncommitted changes)" if "git_dirty" in group and group["git_dirty"].fillna(False).astype(bool).any() else ""
+            lines.append(f"Code: git {str(commit)[:12]}{dirty}.")
+    if "versions" in rows:
+        for versions in rows["versions"].dropna().unique():
+            lines.append(f"Versions: {versions}.")
+    return lines
+
+
+def _figure_markdown(figure: FigureFile, base: Path) -> str:
+    png, pdf = figure.png.relative_to(base).as_posix(), figure.pdf.relative_to(base).as_posix()
+    return f"![{escape_markdown(figure.title)}]({png})  \n_{escape_markdown(figure.caption)}_ ([PDF]({pdf}))"
+
+
+def _picture_markdown(picture: Picture, base: Path) -> str:
+    return f"![{escape_markdown(picture.alt)}]({picture.path.relative_to(base).as_posix()})  \n_{escape_markdown(picture.caption)}_"
+
+
+def build_report(
+    data: ReportData,
+    out: Path,
+    formats: tuple[str, ...] = FORMATS,
+    *,
+    interval: Interval = "std",
+    figures: bool = True,
+    grids: bool = True,
+) -> str:
+    """Write the report files for `formats` under `out`; return the Markdown (also when "md" is not
+    among the formats). Figures and grids are written when `figures` / `grids` (and their data) exist."""
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ValueError(f"formats must be among {FORMATS}, but got {unknown}; e.g. formats=('md', 'html')")
+    if interval not in INTERVALS:
+        raise ValueError(f"interval must be one of {INTERVALS}, but got {interval!r}; use 'std' or 't95'")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tables: list[StudyTable] = [study_table(data, study, interval) for study in data.studies]
+    figure_files = make_figures(data, out / "figures", report_palette(data), interval) if figures else []
+    grid_files = make_grids(data, out / "grids") if grids else Grids()
+
+    csv_texts: dict[str, str] = {}
+    latex_texts: dict[str, str] = {}
+    for table in tables:
+        stem = safe_name(table.study.name)
+        if "csv" in formats:
+            csv_texts[table.study.name] = table.frame.to_csv(index=False)
+            _write_text(out / "tables" / f"{stem}.csv", csv_texts[table.study.name])
+        if "latex" in formats:
+            latex_texts[table.study.name] = latex_table(table)
+            _write_text(out / "tables" / f"{stem}.tex", latex_texts[table.study.name])
+    if "latex" in formats:
+        _write_text(out / "tables" / "tables.tex", latex_document(tables, data.name))
+
+    by_study: dict[str | None, list[FigureFile]] = {}
+    for figure in figure_files:
+        by_study.setdefault(figure.study, []).append(figure)
+    failures = _failures(data.evaluations)
+    provenance = _provenance(data)
+
+    # ---- Markdown
+    parts = [f"# {data.name}", ""]
+    if data.description:
+        parts += [data.description.strip(), ""]
+    if data.dataset:
+        parts += [f"Dataset: {data.dataset}. Also as [one HTML page](report.html)." if "html" in formats else f"Dataset: {data.dataset}.", ""]
+    for table in tables:
+        study = table.study
+        stem = safe_name(study.name)
         parts += [f"## {study.name}", ""]
         if study.description:
             parts += [study.description.strip(), ""]
-        parts += [markdown_table(table, varied), ""]
-    parts += [_protocol_note(evaluations), ""]
-    failures = evaluations[evaluations["status"].isin(["failed", "skipped"])]
-    if len(failures):
-        parts += ["## Failures", ""]
-        for _, row in failures.drop_duplicates("evaluation_key").iterrows():
-            parts.append(f"- `{row['evaluation_key']}` ({row['status']}): {row.get('error', '')}")
-        parts.append("")
-    return "\n".join(parts)
+        parts += [markdown_study(table), ""]
+        links = [f"[CSV](tables/{stem}.csv)" for _ in [0] if "csv" in formats] + [f"[LaTeX](tables/{stem}.tex)" for _ in [0] if "latex" in formats]
+        if links:
+            parts += ["Table as " + " · ".join(links), ""]
+        for figure in by_study.get(study.name, []):
+            parts += [_figure_markdown(figure, out), ""]
+        if study.name in grid_files.compare:
+            parts += [_picture_markdown(grid_files.compare[study.name], out), ""]
+        trial_keys = _study_keys(data, study.name, grid_files)
+        if trial_keys:
+            parts += ["Samples of each trial: " + " · ".join(f"[{k}]({grid_files.trials[k].path.relative_to(out).as_posix()})" for k in trial_keys), ""]
+    if by_study.get(None):
+        parts += ["## Across the run", ""]
+        for figure in by_study[None]:
+            parts += [_figure_markdown(figure, out), ""]
+    if failures:
+        parts += ["## Failures", ""] + [f"- `{line.split(' ', 1)[0]}` {escape_markdown(line.split(' ', 1)[1])}" for line in failures] + [""]
+    if provenance:
+        parts += ["## Provenance", ""] + [f"- {escape_markdown(line)}" for line in provenance] + [""]
+    markdown = "\n".join(parts)
+    if "md" in formats:
+        _write_text(out / "report.md", markdown)
 
-
-def _protocol_note(evaluations: Any) -> str:
-    done = evaluations[evaluations["status"] == "finished"]
-    if done.empty:
-        return "_No finished evaluations yet._"
-    per_class = sorted(done["samples_per_class"].unique())
-    extractor = sorted(done["feature_extractor"].unique()) if "feature_extractor" in done else ["?"]
-    return (
-        f"Metrics: {', '.join(map(str, per_class))} class-balanced samples per class against the held-out split, "
-        f"features of {', '.join(extractor)} (FID and KID via torch-fidelity); mean ± sample std over training "
-        "seeds; n = finished seeds; bold = best per column; ↓ lower is better, ↑ higher is better."
-    )
-
-
-def write_report(results: Any, out: Path) -> str:
-    out.mkdir(parents=True, exist_ok=True)
-    markdown = report_markdown(results)
-    tmp = out / ".report.md.tmp"
-    tmp.write_text(markdown)
-    tmp.replace(out / "report.md")
+    # ---- HTML
+    if "html" in formats:
+        sections = []
+        for table in tables:
+            name = table.study.name
+            sections.append(
+                StudySection(
+                    table=table,
+                    csv=csv_texts.get(name, table.frame.to_csv(index=False)),
+                    latex=latex_texts.get(name, latex_table(table)),
+                    figures=[Picture(f.png, f.caption, f.title) for f in by_study.get(name, [])],
+                    compare=grid_files.compare.get(name),
+                    trial_grids=[grid_files.trials[k] for k in _study_keys(data, name, grid_files)],
+                )
+            )
+        meta = [f"Dataset: {data.dataset}."] if data.dataset else []
+        page = report_html(
+            data.name, data.description.strip(), meta, sections,
+            [Picture(f.png, f.caption, f.title) for f in by_study.get(None, [])], failures, provenance,
+        )
+        _write_text(out / "report.html", page)
     return markdown
+
+
+def _study_keys(data: ReportData, study: str, grids: Grids) -> list[str]:
+    rows = data.evaluations[data.evaluations["study"] == study]
+    keys = rows["evaluation_key"].dropna().tolist() if "evaluation_key" in rows else []
+    return [k for k in dict.fromkeys(keys) if k in grids.trials]
+
+
+def report_markdown(results: Any) -> str:
+    """The tables-only Markdown report (no files written besides nothing): a pure function of the rows."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return build_report(ReportData.from_results(results), Path(tmp), ("md",), figures=False, grids=False)
+
+
+def write_report(
+    results: Any,
+    out: str | Path,
+    formats: tuple[str, ...] = FORMATS,
+    *,
+    interval: Interval = "std",
+    figures: bool = True,
+    grids: bool = True,
+    run_dir: str | Path | None = None,
+) -> str:
+    """Write the report of a run (`sweep.results.Results`) under `out`; return the Markdown.
+
+    formats: any of "md", "html", "latex", "csv". interval: "std" (sample standard deviation over
+    seeds) or "t95" (Student-t 95% interval of the mean). run_dir: the run folder holding
+    stages/evaluation/<key>/samples.npz for sample grids (default `results.run_dir` if set, else `out`
+    when it is a run folder; no grids otherwise).
+    """
+    out = Path(out)
+    if run_dir is None:
+        run_dir = getattr(results, "run_dir", None)
+    if run_dir is None and (out / "stages").is_dir():
+        run_dir = out
+    data = ReportData.from_results(results, run_dir=str(run_dir) if run_dir is not None else None)
+    return build_report(data, out, tuple(formats), interval=interval, figures=figures, grids=grids)

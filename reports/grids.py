@@ -119,3 +119,41 @@ def trial_grid(samples_path: str | Path, out: Path, per_class: int = 8, max_clas
         labels = np.lib.format.read_array(stream)
     images, classes = read_samples(samples_path, choose_classes(labels, max_classes), per_class)
     return save_png(mosaic(images), out), classes
+
+
+def compare_grid(
+    panels: list[tuple[str, np.ndarray]], classes: np.ndarray, out: Path, title: str = "", class_names: list[str] | None = None
+) -> Path:
+    """Side by side: one panel per trial (its title the trial's axis values), each (R, C, H, W, ch)
+    images of the same classes (rows, labelled on the left) and sampling seed."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    mosaics = [mosaic(images) for _, images in panels]
+    height, width = mosaics[0].shape[:2]
+    rows = len(classes)
+    panel_h = 0.38 * rows + 0.3  # inches: a row of thumbnails about 0.38 in tall
+    panel_w = max(panel_h * width / height, 1.0)
+    figure, axes = plt.subplots(1, len(panels), figsize=(panel_w * len(panels) + 0.6, panel_h + 0.7), squeeze=False)
+    cell = (height - PAD) / max(rows, 1)
+    for index, (ax, (label, _), image) in enumerate(zip(axes[0], panels, mosaics)):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(label, fontsize=8)
+        ax.set_xticks([])
+        ax.grid(False)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        if index == 0:
+            ax.set_yticks([PAD / 2 + cell * (r + 0.5) for r in range(rows)], class_names or [str(int(c)) for c in classes], fontsize=7)
+            ax.set_ylabel("class")
+        else:
+            ax.set_yticks([])
+    if title:
+        figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=150, bbox_inches="tight", metadata={"Software": None})
+    plt.close(figure)
+    return out

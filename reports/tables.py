@@ -80,13 +80,17 @@ class ReportData:
     description: str = ""
     dataset: str = ""  # e.g. "digits 16x16, 10 classes"
     run_dir: str | None = None  # where stages/<kind>/<key>/samples.npz live (None: no sample grids)
-    axis_stage: dict[str, str] = field(default_factory=dict)  # axis -> stage kind it determines
+    axis_stage: dict[str, str] = field(default_factory=dict)  # axis -> stage kind it determines (+ the schema's)
+
+    def __post_init__(self) -> None:
+        from space.schema import AXES_OF_STAGE
+
+        known = {axis: kind for kind, axes in AXES_OF_STAGE.items() for axis in axes}
+        self.axis_stage = {**known, **self.axis_stage}
 
     @classmethod
     def from_results(cls, results: Any, run_dir: str | None = None) -> ReportData:
         """From `sweep.results.Results` (duck-typed: spec, rows, losses, evaluations())."""
-        from space.schema import AXES, stage_of
-
         spec = results.spec
         studies = [StudyInfo(s.name, dict(s.vary), s.description, dict(s.fixed)) for s in spec.studies]
         rows = dict(results.rows)
@@ -102,7 +106,6 @@ class ReportData:
             description=spec.description,
             dataset=f"{dataset.name} {dataset.image_size}x{dataset.image_size}, {dataset.num_classes} classes",
             run_dir=str(run_dir) if run_dir is not None else getattr(results, "run_dir", None),
-            axis_stage={name: stage_of(name) for name in AXES},
         )
 
 

@@ -33,7 +33,8 @@ from runners.evaluation.classifier import (
 )
 from runners.evaluation.metrics import METRICS_CODE_VERSION, feature_extractor_name, image_metrics
 from runners.generators import GENERATOR_SIZES, GENERATORS, GeneratorConfig
-from runners.sampling import SAMPLING_CODE_VERSION, sample_ar
+from runners.sampling import CFG_SCHEDULES, SAMPLING_CODE_VERSION
+from runners.scan import SCAN_ORDERS, from_scan, scan_positions, to_scan
 from runners.tokenizers import TOKENIZERS
 from runners.tokenizers.backbone import BACKBONE_SIZES
 from runners.train_generator import evaluate_loss, train_generator
@@ -68,6 +69,20 @@ def code_versions(kind: str, settings: Any) -> dict[str, str]:
     return versions
 
 
+# Sampling knobs any generator reads; an entry's own `sample_knobs` says which of them determine its samples.
+SAMPLING_AXES = ("cfg_scale", "cfg_schedule", "top_k", "top_p", "temperature", "mlm_steps", "mlm_tau")
+
+
+def ignored_axes(kind: str, settings: Any) -> set[str]:
+    """Axes of a stage kind that the chosen registry entries do not read: left out of its key, so that
+    e.g. MLM evaluations differing only in top_k are one stage."""
+    if kind == "evaluation" and settings.modeling in GENERATORS:
+        return set(SAMPLING_AXES) - set(GENERATORS[settings.modeling].sample_knobs)
+    if kind == "generator" and settings.modeling != "mlm":
+        return {"mask_schedule_steps"}
+    return set()
+
+
 def check_settings(settings: Any, dataset: Any) -> list[tuple[str, str]]:
     """Cross-axis rules that need the registries: (axis, message naming the value and the fix)."""
     problems = []
@@ -76,6 +91,8 @@ def check_settings(settings: Any, dataset: Any) -> list[tuple[str, str]]:
         ("tokenizer_size", settings.tokenizer_size, BACKBONE_SIZES),
         ("modeling", settings.modeling, GENERATORS),
         ("size", settings.size, GENERATOR_SIZES),
+        ("scan_order", settings.scan_order, SCAN_ORDERS),
+        ("cfg_schedule", settings.cfg_schedule, CFG_SCHEDULES),
     ):
         if value not in registry:
             problems.append((axis, f"{axis} must be one of {', '.join(registry)}, but got {value!r}"))
@@ -95,6 +112,7 @@ def generator_config(settings: dict[str, Any], code_dim: int, grid: tuple[int, i
         size=settings["size"], grid_height=grid[0], grid_width=grid[1], token_each=settings["token_each"],
         bits_each=code_dim // settings["token_each"], num_classes=num_classes,
         dropout=settings["dropout"], class_dropout=settings["class_dropout"],
+        mask_schedule_steps=settings.get("mask_schedule_steps", 10),
     )
 
 
@@ -232,6 +250,7 @@ def generator_stage(
     tokenizer = load_tokenizer(inputs["tokenizer"], device)
     vocab = Vocabulary(code_dim=tokenizer.code_dim, token_each=s["token_each"])
     grid = tuple(tokenizer.grid)
+    positions = scan_positions(s["scan_order"], *grid, device=device)  # (N, 2) grid coordinates in scan order
 
     # The frozen tokenizer encodes the training set once into bit probabilities; every step then draws
     # fresh Bernoulli bits from them (ELM's stochastic augmentation), or thresholds them.
@@ -243,7 +262,7 @@ def generator_stage(
         index = torch.randint(len(probs), (s["generator_batch"],), generator=generator, device=generator.device)
         p = probs[index]
         bits = torch.bernoulli(p, generator=generator) if s["encode"] == "bernoulli" else (p > 0.5).float()
-        return probs_to_ids(bits, vocab), labels[index]
+        return to_scan(probs_to_ids(bits, vocab), s["scan_order"], *grid), labels[index]
 
     config = generator_config(s, tokenizer.code_dim, grid, data.num_classes)
     torch.manual_seed(s["seed"])
@@ -251,17 +270,19 @@ def generator_stage(
     result = train_generator(
         model, batch_fn, steps=s["generator_steps"], lr=s["generator_lr"], seed=s["seed"],
         weight_decay=s["weight_decay"], warmup_steps=s["generator_warmup"], on_log=log,
+        precision=s["precision"], compile=bool(stage.runtime.get("compile", False)), positions=positions,
     )
-    save_model(result.model, out, {"modeling": s["modeling"], "config": config.__dict__})
+    save_model(result.model, out, {"modeling": s["modeling"], "config": config.__dict__, "scan_order": s["scan_order"]})
 
     heldout_images, heldout_labels = stack(data.heldout)
     heldout_ids = probs_to_ids((encode_probs(tokenizer, heldout_images) > 0.5).float(), vocab)
+    heldout_ids = to_scan(heldout_ids, s["scan_order"], *grid)
     return {
         "parameter_count": GENERATORS[s["modeling"]].parameter_count(config),
         "uniform_loss": math.log(vocab.size),
         "initial_loss": result.initial_loss,
         "final_loss": result.final_loss,
-        "heldout_loss": evaluate_loss(result.model, heldout_ids, heldout_labels.to(device)),
+        "heldout_loss": evaluate_loss(result.model, heldout_ids, heldout_labels.to(device), positions=positions),
         "steps_per_s": result.steps_per_s,
     }
 
@@ -274,7 +295,10 @@ def evaluation_stage(
     device = pick_device(stage.resources.gpus)
     data = dataset_of(s)
     tokenizer = load_tokenizer(inputs["tokenizer"], device)
-    generator, config, _ = load_generator(inputs["generator"], device)
+    generator, config, saved = load_generator(inputs["generator"], device)
+    entry = GENERATORS[saved["modeling"]]
+    order, grid = saved["scan_order"], (config.grid_height, config.grid_width)
+    positions = scan_positions(order, *grid, device=device)
     classifier = load_classifier(inputs["classifier"]).to(device)
     vocab = Vocabulary(code_dim=config.token_each * config.bits_each, token_each=config.token_each)
 
@@ -285,11 +309,9 @@ def evaluation_stage(
     for batch, start in enumerate(range(0, len(labels), SAMPLE_BATCH)):
         fault_point("evaluation")
         rng = torch.Generator(device=device).manual_seed(s["sampling_seed"] * 1_000_003 + batch)
-        ids = sample_ar(
-            generator, labels[start : start + SAMPLE_BATCH], cfg_scale=s["cfg_scale"],
-            temperature=s["temperature"], top_k=s["top_k"], generator=rng,
-        )
-        images.append(tokenizer.decode(ids_to_bits(ids, vocab, (config.grid_height, config.grid_width))))
+        ids = entry.sample(generator, labels[start : start + SAMPLE_BATCH], s, rng, positions)  # (B, N, K) scan order
+        ids = from_scan(ids, order, *grid)  # back to raster before decoding
+        images.append(tokenizer.decode(ids_to_bits(ids, vocab, grid)))
     fake = torch.cat(images).clamp(0, 1)
     real, _ = stack(data.heldout)
     metrics = image_metrics(classifier, real.to(device), fake, labels)

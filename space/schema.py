@@ -69,14 +69,18 @@ class Settings(BaseModel):
     )
 
     # ---- generator
-    modeling: str = axis("ar", "generator", "Generator kind: `ar` (autoregressive, causal next token).")
+    modeling: str = axis("ar", "generator", "Generator kind: `ar` (causal next token) or `mlm` (masked, MaskGIT decoding).")
     size: str = axis("tiny", "generator", "Generator size rung (tiny, small, L, XL, XXL, 2B).")
     token_each: int = axis(1, "generator", "K: sub-tokens per latent position, each code_dim/K bits.", ge=1)
+    scan_order: str = axis(
+        "raster", "generator", "Order of latent positions: raster, column, row_zigzag, column_zigzag, diagonal_zigzag."
+    )
     encode: Literal["bernoulli", "threshold"] = axis(
         "bernoulli",
         "generator",
         "How the frozen tokenizer makes training tokens: fresh Bernoulli bits every step, or thresholded bits.",
     )
+    mask_schedule_steps: int = axis(10, "generator", "MLM: T of the cosine mask-ratio schedule in training.", ge=1)
     generator_steps: int = axis(400, "generator", "Generator training steps.", ge=1)
     generator_lr: float = axis(3e-3, "generator", "Generator AdamW learning rate (constant after warm-up).", gt=0)
     generator_batch: int = axis(64, "generator", "Generator batch size.", ge=1)
@@ -84,12 +88,25 @@ class Settings(BaseModel):
     weight_decay: float = axis(0.05, "generator", "AdamW weight decay on matrices only.", ge=0)
     dropout: float = axis(0.1, "generator", "Token, residual and MLP dropout.", ge=0, lt=1)
     class_dropout: float = axis(0.1, "generator", "Share of labels dropped to the null class (for CFG).", ge=0, lt=1)
+    precision: Literal["fp32", "bf16"] = axis("fp32", "generator", "Training precision (bf16 autocast on GPUs).")
 
     # ---- evaluation: sampling and scoring
     cfg_scale: float = axis(1.0, "evaluation", "Classifier-free guidance scale s (1 = no guidance).", ge=0)
-    top_k: int = axis(0, "evaluation", "Keep the k most likely ids per sub-token head (0 = all).", ge=0)
-    temperature: float = axis(1.0, "evaluation", "Logit temperature (> 0).", gt=0)
+    cfg_schedule: str = axis(
+        "constant", "evaluation", "How guidance grows over the steps: constant, linear, cosine, log, square, square_root."
+    )
+    top_k: int = axis(0, "evaluation", "AR: keep the k most likely ids per sub-token head (0 = all).", ge=0)
+    top_p: float = axis(1.0, "evaluation", "AR: nucleus sampling per sub-token head (1 = off).", gt=0, le=1)
+    temperature: float = axis(1.0, "evaluation", "AR: logit temperature (> 0).", gt=0)
+    mlm_steps: int = axis(10, "evaluation", "MLM: decoding steps.", ge=1)
+    mlm_tau: float = axis(4.5, "evaluation", "MLM: Gumbel temperature of confidence re-masking.", ge=0)
     samples_per_class: int = axis(20, "evaluation", "Generated images per class for the metrics.", ge=1)
+
+    # ---- derived: never hashed (it restates code_dim and token_each), but a column and an axis a study may vary
+    vocab: str = Field(
+        "", description="`K-c`: K sub-tokens of c bits (e.g. 2-10 means token_each 2, code_dim 20). Set it, or "
+        "token_each and code_dim; it is filled in from them.", json_schema_extra={"stage": "derived"},
+    )
 
     @field_validator("cfg_scale", "tokenizer_lr", "generator_lr", "classifier_lr", "temperature")
     @classmethod
@@ -97,6 +114,22 @@ class Settings(BaseModel):
         if not math.isfinite(value):
             raise ValueError(f"must be a finite number, but got {value}")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse_vocab(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not data.get("vocab"):
+            return data
+        match = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", str(data["vocab"]))
+        if not match or int(match[1]) < 1 or int(match[2]) < 1:
+            raise ValueError(f"vocab must read K-c (K sub-tokens of c bits, e.g. 2-10), but got vocab={data['vocab']!r}")
+        token_each, bits_each = int(match[1]), int(match[2])
+        for name, value in (("token_each", token_each), ("code_dim", token_each * bits_each)):
+            if name in data and data[name] != value:
+                raise ValueError(
+                    f"vocab {data['vocab']} means {name}={value}, but got {name}={data[name]}; set one of them"
+                )
+        return {**data, "token_each": token_each, "code_dim": token_each * bits_each, "vocab": f"{token_each}-{bits_each}"}
 
     @model_validator(mode="after")
     def _token_each_divides_code_dim(self) -> Settings:
@@ -106,6 +139,8 @@ class Settings(BaseModel):
                 f"token_each must divide code_dim ({self.code_dim}), but got token_each={self.token_each}; "
                 f"try {_or_list(divisors)}"
             )
+        if not self.vocab:
+            object.__setattr__(self, "vocab", f"{self.token_each}-{self.code_dim // self.token_each}")
         return self
 
     @property
@@ -122,9 +157,28 @@ def stage_of(name: str) -> str:
 
 
 AXES: tuple[str, ...] = tuple(Settings.model_fields)
+DERIVED_AXES: tuple[str, ...] = tuple(name for name in AXES if stage_of(name) == "derived")
 AXES_OF_STAGE: dict[str, tuple[str, ...]] = {
     kind: tuple(name for name in AXES if stage_of(name) == kind) for kind in STAGE_KINDS
 }
+
+
+def compose(baseline: Settings, *overrides: dict[str, Any]) -> Settings:
+    """Baseline settings with study overrides applied in order (later wins).
+
+    `vocab` restates token_each and code_dim: an override that sets one side replaces the other side of
+    the baseline, so `vary: {vocab: [1-16, 2-8]}` and `vary: {token_each: [1, 2]}` both compose.
+    """
+    merged = baseline.model_dump()
+    for override in overrides:
+        if "vocab" in override:
+            for name in ("token_each", "code_dim"):
+                if name not in override:
+                    merged.pop(name, None)
+        elif {"token_each", "code_dim"} & set(override):
+            merged.pop("vocab", None)
+        merged.update(override)
+    return Settings(**merged)
 
 
 class Dataset(BaseModel):
@@ -253,7 +307,7 @@ class Spec(BaseModel):
         for index, study in enumerate(self.studies):
             for point in study_points(self, study):
                 try:
-                    Settings(**{**self.baseline.model_dump(), **study.fixed, **point})
+                    compose(self.baseline, study.fixed, point)
                 except ValidationError as error:
                     raise ValueError(
                         f"studies[{index}] ({study.name}) at {point}: {_first_error(error)}"
@@ -291,7 +345,7 @@ def expand(spec: Spec) -> list[Trial]:
     trials = []
     for study in spec.studies:
         for point in study_points(spec, study):
-            settings = Settings(**{**spec.baseline.model_dump(), **study.fixed, **point})
+            settings = compose(spec.baseline, study.fixed, point)
             for seed in study.seeds or spec.seeds:
                 trials.append(Trial(study=study.name, settings=settings, seed=seed, varied=tuple(study.vary)))
     return trials

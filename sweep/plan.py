@@ -113,6 +113,13 @@ def code_versions(kind: str, settings: Settings) -> dict[str, str]:
     return runner_code_versions(kind, settings)
 
 
+def ignored_axes(kind: str, settings: Settings) -> set[str]:
+    """Axes the chosen registry entries do not read (e.g. top_k for a masked generator)."""
+    from runners.stages import ignored_axes as runner_ignored_axes
+
+    return runner_ignored_axes(kind, settings)
+
+
 def sampling_seed_of(seed: int) -> int:
     """The sampling seed of an evaluation, derived from its generator's training seed."""
     return derive_seed("sampling", seed)
@@ -126,7 +133,9 @@ def make_plan(spec: Spec) -> Plan:
     runtime = spec.runtime.model_dump()
 
     def add(kind: str, settings: Settings, own: dict[str, Any], inputs: dict[str, str], columns: dict[str, Any]) -> str:
-        determining = {"dataset": dataset, **{name: getattr(settings, name) for name in AXES_OF_STAGE[kind]}, **own}
+        ignored = ignored_axes(kind, settings)
+        axes = {name: getattr(settings, name) for name in AXES_OF_STAGE[kind] if name not in ignored}
+        determining = {"dataset": dataset, **axes, **own}
         code = code_versions(kind, settings)
         key = content_key(kind, determining, inputs, code)
         if key not in stages:

@@ -35,6 +35,14 @@ ADAPTIVE_WEIGHT_EPS = 1e-4
 ADAPTIVE_WEIGHT_MAX = 1e4
 
 
+def vgg16_features() -> nn.Sequential:
+    """torchvision's `vgg16(weights=None).features` (13 convs, 5 max-pools; same module indices), randomly
+    initialised, built without the 124M-parameter classifier that LPIPS never uses. Never downloads."""
+    from torchvision.models.vgg import cfgs, make_layers
+
+    return make_layers(cfgs["D"], batch_norm=False)
+
+
 def perceptual_state_keys() -> list[str]:
     """The exact keys (and only those) a perceptual weights file must hold."""
     keys = [f"features.{i}.{name}" for i in VGG_CONV_INDICES for name in ("weight", "bias")]
@@ -109,9 +117,7 @@ class PerceptualLoss(nn.Module):
                              f"{missing[:4]}{'...' if len(missing) > 4 else ''} and has extra "
                              f"{unexpected[:4]}{'...' if len(unexpected) > 4 else ''}; make the file with "
                              f"convert_lpips_state_dict")
-        from torchvision.models import vgg16  # architecture only: weights=None never downloads
-
-        self.features = vgg16(weights=None).features[: VGG_SLICE_ENDS[-1]]  # up to relu5_3 (the last maxpool unused)
+        self.features = vgg16_features()[: VGG_SLICE_ENDS[-1]]  # up to relu5_3 (the last maxpool is unused)
         self.lin = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in VGG_CHANNELS)
         self.load_state_dict({**{k: v for k, v in state.items() if k.startswith("features.")},
                               **{k.replace("lin", "lin.", 1): v for k, v in state.items() if k.startswith("lin")}})

@@ -80,9 +80,9 @@ def test_vector_quantize_losses_and_straight_through_literal() -> None:
     assert out["ids"].tolist() == [[[1]]]
     assert out["z_q"].detach().flatten().tolist() == [1.0, 0.0]  # forward value: the entry
     # ((1 - 0.9)^2 + (0 - 0.1)^2) / 2 = 0.01 for both; quant = 0.01 + 0.25 * 0.01.
-    assert float(out["codebook_loss"]) == pytest.approx(0.01)
-    assert float(out["commitment_loss"]) == pytest.approx(0.01)
-    assert float(out["quant_loss"]) == pytest.approx(0.0125)
+    assert out["codebook_loss"].item() == pytest.approx(0.01)
+    assert out["commitment_loss"].item() == pytest.approx(0.01)
+    assert out["quant_loss"].item() == pytest.approx(0.0125)
     (out["z_q"] * torch.tensor([3.0, -2.0]).reshape(1, 2, 1, 1)).sum().backward(retain_graph=True)
     assert z.grad.flatten().tolist() == [3.0, -2.0]  # straight-through: identity to z
     assert codebook.grad is None  # the reconstruction path does not move the entries
@@ -166,8 +166,8 @@ def test_training_uses_the_codebook_loss_and_restarts_raise_usage() -> None:
     results = {}
     for restart in (False, True):
         logs: list[dict[str, float]] = []
-        model = _tiny(codebook_size=64, restart_dead_codes=restart, restart_after_steps=5)
-        ema = train_tokenizer(model, data.train, steps=40, lr=3e-3, batch_size=16, seed=0, log_every=40,
+        model = _tiny(codebook_size=64, restart_dead_codes=restart, restart_after_steps=3)
+        ema = train_tokenizer(model, data.train, steps=20, lr=3e-3, batch_size=16, seed=0, log_every=20,
                               on_log=lambda step, terms: logs.append(terms))
         assert {"loss", "l1", "quant_loss", "codebook_loss", "commitment_loss", "code_usage"} == set(logs[0])
         assert logs[0]["loss"] == pytest.approx(logs[0]["l1"] + logs[0]["quant_loss"], rel=1e-5)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from space.schema import AXES, AXES_OF_STAGE, STAGE_KINDS, SpecError, expand, load_spec, parse_spec
+from space.schema import AXES, AXES_OF_STAGE, DERIVED_AXES, STAGE_KINDS, SpecError, expand, load_spec, parse_spec
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 
@@ -39,7 +39,8 @@ def test_fixture_expands_study_by_study():
 
 
 def test_every_axis_names_its_stage():
-    assert set(AXES) == {name for kind in STAGE_KINDS for name in AXES_OF_STAGE[kind]}
+    assert set(AXES) == {name for kind in STAGE_KINDS for name in AXES_OF_STAGE[kind]} | set(DERIVED_AXES)
+    assert DERIVED_AXES == ("vocab",)
     assert "token_each" in AXES_OF_STAGE["generator"] and "cfg_scale" in AXES_OF_STAGE["evaluation"]
 
 
@@ -110,3 +111,16 @@ def test_validate_cli_accepts_the_fixture():
     result = _cli("validate", str(FIXTURES / "plan.yaml"))
     assert result.returncode == 0, result.stderr
     assert "16 trials" in result.stdout
+
+
+def test_vocab_k_c_sets_token_each_and_code_dim():
+    spec = parse_spec(minimal(studies=[{"name": "v", "vary": {"vocab": ["1-16", "2-8", "2-10"]}}]))
+    points = [(t.settings.token_each, t.settings.code_dim, t.settings.vocab) for t in expand(spec)]
+    assert points == [(1, 16, "1-16"), (2, 16, "2-8"), (2, 20, "2-10")]
+    assert parse_spec(minimal(baseline={"token_each": 2, "code_dim": 8})).baseline.vocab == "2-4"
+
+
+def test_inconsistent_vocab_and_token_each_are_rejected():
+    message = error_of(minimal(baseline={"vocab": "2-10", "token_each": 4}))
+    assert "vocab 2-10 means token_each=2, but got token_each=4; set one of them" in message
+    assert "vocab must read K-c" in error_of(minimal(baseline={"vocab": "2x10"}))

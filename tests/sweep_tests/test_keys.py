@@ -77,8 +77,9 @@ def test_each_kind_hashes_exactly_its_own_settings():
     expected = {
         "classifier": {"dataset", *AXES_OF_STAGE["classifier"]},
         "tokenizer": {"dataset", *AXES_OF_STAGE["tokenizer"]},
-        "generator": {"dataset", "seed", *AXES_OF_STAGE["generator"]},
-        "evaluation": {"dataset", "sampling_seed", *AXES_OF_STAGE["evaluation"]},
+        # an AR generator reads neither the MLM mask schedule nor the MLM sampling knobs
+        "generator": {"dataset", "seed", *AXES_OF_STAGE["generator"]} - {"mask_schedule_steps"},
+        "evaluation": {"dataset", "sampling_seed", *AXES_OF_STAGE["evaluation"]} - {"mlm_steps", "mlm_tau"},
     }
     for stage in plan.stages.values():
         assert set(stage.settings) == expected[stage.kind], stage.kind
@@ -91,3 +92,12 @@ def test_each_kind_hashes_exactly_its_own_settings():
 def test_sampling_seed_is_derived_from_the_training_seed():
     assert derive_seed("sampling", 0) == derive_seed("sampling", 0) != derive_seed("sampling", 1)
     assert 0 <= derive_seed("sampling", 7) < 2**31
+
+
+def test_knobs_a_generator_does_not_read_leave_its_keys_alone():
+    mlm = lambda **kw: keys_by_kind(make_plan(spec_with(modeling="mlm", **kw)))  # noqa: E731
+    ar = lambda **kw: keys_by_kind(make_plan(spec_with(**kw)))  # noqa: E731
+    assert mlm(top_k=0) == mlm(top_k=50)  # MLM decoding reads no top-k
+    assert mlm(mlm_steps=8)["evaluation"] != mlm(mlm_steps=12)["evaluation"]
+    assert ar(mlm_tau=1.0) == ar(mlm_tau=3.0)
+    assert ar(top_k=0)["evaluation"] != ar(top_k=50)["evaluation"]

@@ -1,0 +1,622 @@
+"""Figures (matplotlib Agg, PNG + PDF), each made only when its data exists.
+
+| figure | made when | file |
+|---|---|---|
+| metric vs axis, one line per value of the study's other axes | a study varies a numeric axis or `size` over >= 2 values with results (FID vs size per vocabulary, FID and IS vs cfg_scale per cfg_schedule, FID vs top_k / temperature / mlm_steps, ...) | `<study>--<axis>` |
+| FID over training steps per modeling | rows with `intermediate` true and a step column | `training-steps` |
+| training-loss curves per size, one panel per vocabulary | generator losses | `training-loss` |
+| token-randomness KL bars | analysis rows `analysis == "token_randomness"` | `token-randomness` |
+| attention locality vs layer per size | analysis rows `analysis == "attention_locality"` | `attention-locality` |
+| FID vs IS (or class accuracy) trade-off | >= 2 grid points with both | `tradeoff` |
+
+Colours come from one `Palette` keyed by (axis, value), so a value looks the same everywhere. Error
+bars are the tables' ± (sample std or Student-t 95% half-width over training seeds).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from reports.palette import SIZE_ORDER, Palette, value_key
+from reports.tables import (
+    INTERMEDIATE_COLUMN,
+    METRIC_BY_COLUMN,
+    STEP_COLUMNS,
+    Interval,
+    Metric,
+    ReportData,
+    StudyInfo,
+    ablation_table,
+    available_metrics,
+    interval_half_width,
+)
+
+# Axis labels with units for the axes the paper sweeps; any other axis is labelled by its name.
+AXIS_LABELS: dict[str, str] = {
+    "size": "generator size",
+    "cfg_scale": "CFG scale s",
+    "top_k": "top-k (ids kept per sub-token head; 0 = all)",
+    "temperature": "sampling temperature",
+    "top_p": "top-p (nucleus mass kept)",
+    "mlm_steps": "MLM decoding steps",
+    "mlm_tau": "MLM Gumbel temperature τ",
+    "generator_steps": "generator training steps",
+    "token_each": "sub-tokens per position K",
+    "code_dim": "bits per latent position D",
+    "samples_per_class": "samples per class",
+    "generator_lr": "generator learning rate",
+    "tokenizer_steps": "tokenizer training steps",
+}
+METRIC_AXIS_LABELS: dict[str, str] = {
+    "fid": "FID ↓",
+    "kid_mean": "KID ↓",
+    "inception_score": "Inception Score ↑",
+    "precision": "precision ↑",
+    "recall": "recall ↑",
+    "class_accuracy": "class accuracy ↑ (share correct)",
+    "rfid": "rFID ↓",
+    "psnr_db": "PSNR (dB) ↑",
+}
+VOCABULARY_AXES = ("token_each", "code_dim")
+SIZE = "size"
+MODELING = "modeling"
+DPI = 150
+
+
+@dataclass(frozen=True)
+class FigureFile:
+    """A written figure: PNG and PDF, its caption and the study it belongs to (None: the whole run)."""
+
+    name: str
+    title: str
+    caption: str
+    study: str | None
+    png: Path
+    pdf: Path
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update(
+        {
+            "font.size": 9,
+            "axes.titlesize": 10,
+            "axes.labelsize": 9,
+            "legend.fontsize": 8,
+            "legend.title_fontsize": 8,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+            "figure.dpi": DPI,
+        }
+    )
+    return plt
+
+
+def _save(figure: Any, out: Path, name: str, title: str, caption: str, study: str | None) -> FigureFile:
+    plt = _pyplot()
+    out.mkdir(parents=True, exist_ok=True)
+    png, pdf = out / f"{name}.png", out / f"{name}.pdf"
+    figure.savefig(png, dpi=DPI, bbox_inches="tight", metadata={"Software": None})
+    figure.savefig(pdf, bbox_inches="tight", metadata={"Creator": None, "Producer": None})
+    plt.close(figure)
+    return FigureFile(name=name, title=title, caption=caption, study=study, png=png, pdf=pdf)
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe version of a study or axis name."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
+
+
+def axis_label(axis: str) -> str:
+    return AXIS_LABELS.get(axis, axis)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def vocabulary_label(token_each: Any, code_dim: Any) -> str:
+    """ELM's `K-c` name of a vocabulary: K sub-tokens of c = D/K bits (1-16, 2-12, ...)."""
+    try:
+        k, d = int(token_each), int(code_dim)
+        return f"{k}-{d // k}"
+    except (TypeError, ValueError, ZeroDivisionError):
+        return f"{token_each}-?"
+
+
+def _with_generator_columns(frame: pd.DataFrame, data: ReportData, columns: list[str]) -> pd.DataFrame:
+    """`frame` with generator-row columns (e.g. parameter_count, size) joined on generator_key where missing."""
+    generators = data.rows.get("generator")
+    missing = [c for c in columns if c not in frame]
+    if not missing or generators is None or generators.empty or "generator_key" not in frame or "key" not in generators:
+        return frame
+    present = [c for c in missing if c in generators]
+    if not present:
+        return frame
+    extra = generators[["key", *present]].drop_duplicates("key").rename(columns={"key": "generator_key"})
+    return frame.merge(extra, on="generator_key", how="left")
+
+
+def _size_rank(value: Any) -> tuple[int, str]:
+    text = value_key(value)
+    return (SIZE_ORDER.index(text) if text in SIZE_ORDER else len(SIZE_ORDER), text)
+
+
+def _format_count(count: float) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.3g}{unit}"
+    return f"{count:.0f}"
+
+
+# ---------------------------------------------------------------- metric vs axis, per study
+
+
+def _x_axes(study: StudyInfo) -> list[str]:
+    """The axes of a study that make an x axis: numeric or `size` over >= 2 values; failing those,
+    the first categorical axis (a dot plot)."""
+    multi = [a for a, values in study.vary.items() if len(values) >= 2]
+    ordered = [a for a in multi if a == SIZE or all(_is_number(v) for v in study.vary[a])]
+    return ordered or multi[:1]
+
+
+def _series(study: StudyInfo, x: str, table: pd.DataFrame, data: ReportData) -> tuple[str | None, list[tuple[str, str, pd.DataFrame]]]:
+    """(legend title, [(label, colour key axis, rows)]) of the lines of a figure over `x`."""
+    others = [a for a in study.varied if a != x]
+    if not others:
+        return None, [("", "", table)]
+    groups = []
+    if set(others) <= set(VOCABULARY_AXES):
+        for _, rows in table.groupby(others, sort=False, dropna=False):
+            first = rows.iloc[0]
+            k = first["token_each"] if "token_each" in rows else study.fixed.get("token_each", data.baseline.get("token_each"))
+            d = first["code_dim"] if "code_dim" in rows else study.fixed.get("code_dim", data.baseline.get("code_dim"))
+            groups.append((vocabulary_label(k, d), "vocabulary", rows))
+        return "vocabulary (K-c)", groups
+    for values, rows in table.groupby(others, sort=False, dropna=False):
+        values = values if isinstance(values, tuple) else (values,)
+        if len(others) == 1:
+            groups.append((value_key(values[0]), others[0], rows))
+        else:
+            groups.append((", ".join(f"{a}={value_key(v)}" for a, v in zip(others, values)), "series", rows))
+    return (others[0] if len(others) == 1 else ", ".join(others)), groups
+
+
+def _x_positions(study: StudyInfo, x: str, data: ReportData) -> tuple[dict[str, float], dict[str, str], str]:
+    """value key -> x coordinate, value key -> tick label, scale ('linear' | 'log' | 'category')."""
+    values = study.vary[x]
+    keys = [value_key(v) for v in values]
+    if x != SIZE and all(_is_number(v) for v in values):
+        numbers = sorted(float(v) for v in values)
+        positive = [n for n in numbers if n > 0]
+        spread = positive and max(positive) / min(positive) >= 20
+        if spread and len(positive) == len(numbers):
+            return {value_key(v): float(v) for v in values}, {}, "log"
+        if spread:  # a 0 (e.g. top_k = 0: all ids) next to values spanning decades: evenly spaced ticks
+            order = sorted(values, key=float)
+            return (
+                {value_key(v): float(i) for i, v in enumerate(order)},
+                {value_key(v): ("all (0)" if x == "top_k" and float(v) == 0 else value_key(v)) for v in order},
+                "category",
+            )
+        return {value_key(v): float(v) for v in values}, {}, "linear"
+    order = sorted(values, key=_size_rank) if x == SIZE else list(values)
+    labels = {value_key(v): value_key(v) for v in order}
+    if x == SIZE:
+        rows = _with_generator_columns(data.evaluations, data, ["parameter_count"])
+        if "parameter_count" in rows and SIZE in rows:
+            counts = rows.dropna(subset=["parameter_count"]).groupby(SIZE)["parameter_count"].median()
+            for size, count in counts.items():
+                if value_key(size) in labels:
+                    labels[value_key(size)] += f"\n{_format_count(float(count))} params"
+    return {value_key(v): float(i) for i, v in enumerate(order)}, labels, "category"
+
+
+def _panel_metrics(available: tuple[Metric, ...]) -> list[Metric]:
+    """FID, then IS if it exists, else class accuracy (the paper's pairs)."""
+    columns = [m.column for m in available]
+    picked = [METRIC_BY_COLUMN["fid"]] if "fid" in columns else list(available[:1])
+    for second in ("inception_score", "class_accuracy"):
+        if second in columns:
+            picked.append(METRIC_BY_COLUMN[second])
+            break
+    return picked
+
+
+def axis_figures(data: ReportData, out: Path, palette: Palette, interval: Interval) -> list[FigureFile]:
+    """Per study and x axis: the panel metrics vs the axis, one line per value of the other axes."""
+    plt = None
+    files = []
+    available = available_metrics(data.evaluations)
+    metrics = _panel_metrics(available)
+    for study in data.studies:
+        for x in _x_axes(study):
+            table = ablation_table(data.evaluations, study, study.varied, tuple(metrics), interval=interval, baseline=data.baseline)
+            with_values = table[table[f"{metrics[0].column}_mean"].notna()] if len(table) else table
+            if with_values.empty or with_values[x].map(value_key).nunique() < 2:
+                continue
+            plt = plt or _pyplot()
+            positions, ticks, scale = _x_positions(study, x, data)
+            legend_title, groups = _series(study, x, table, data)
+            figure, axes = plt.subplots(1, len(metrics), figsize=(4.0 * len(metrics), 3.2), squeeze=False)
+            for ax, metric in zip(axes[0], metrics):
+                for label, colour_axis, rows in groups:
+                    rows = rows[rows[f"{metric.column}_mean"].notna()]
+                    if rows.empty:
+                        continue
+                    rows = rows.assign(_x=rows[x].map(lambda v: positions.get(value_key(v), np.nan))).sort_values("_x")
+                    colour = palette(colour_axis, label) if colour_axis else palette("study", study.name)
+                    ax.errorbar(
+                        rows["_x"], rows[f"{metric.column}_mean"], yerr=rows[f"{metric.column}_half"].fillna(0.0),
+                        marker="o", markersize=4, capsize=3, linewidth=1.5, color=colour, label=label or None,
+                    )
+                    base = rows[rows["baseline"]]
+                    if len(base):
+                        ax.scatter(base["_x"], base[f"{metric.column}_mean"], s=90, facecolors="none", edgecolors="black", linewidths=1.0, zorder=5)
+                if scale == "log":
+                    ax.set_xscale("log")
+                if scale == "category" or ticks:
+                    ax.set_xticks(list(positions.values()), [ticks.get(k, k) for k in positions])
+                    if scale == "category":
+                        ax.set_xlim(min(positions.values()) - 0.4, max(positions.values()) + 0.4)
+                else:
+                    ax.set_xticks(sorted(positions.values()), [k for k, _ in sorted(positions.items(), key=lambda kv: kv[1])])
+                ax.set_xlabel(axis_label(x))
+                ax.set_ylabel(METRIC_AXIS_LABELS.get(metric.column, f"{metric.label} {metric.arrow}"))
+            if legend_title is not None:
+                axes[0][-1].legend(title=legend_title, frameon=False, loc="best")
+            names = " and ".join(m.label for m in metrics)
+            title = f"{study.name}: {names} vs {x}"
+            figure.suptitle(title, fontsize=10)
+            figure.tight_layout()
+            caption = (
+                f"{names} against {x} in study {study.name}"
+                + (f", one line per {legend_title}" if legend_title else "")
+                + f"; points are means over training seeds, bars the {_interval_words(interval)}; the ringed point is the baseline."
+            )
+            files.append(_save(figure, out, f"{safe_name(study.name)}--{safe_name(x)}", title, caption, study.name))
+    return files
+
+
+def _interval_words(interval: Interval) -> str:
+    return "Student-t 95% interval of the mean" if interval == "t95" else "sample standard deviation"
+
+
+# ---------------------------------------------------------------- FID over training steps (AR vs MLM)
+
+
+def intermediate_rows(data: ReportData) -> pd.DataFrame:
+    """Evaluations of intermediate checkpoints (any kind's rows with `intermediate` true), with a `step`."""
+    frames = []
+    for frame in data.rows.values():
+        if frame is None or frame.empty or INTERMEDIATE_COLUMN not in frame:
+            continue
+        rows = frame[frame[INTERMEDIATE_COLUMN].fillna(False).astype(bool)]
+        step = next((c for c in STEP_COLUMNS if c in rows), None)
+        if step is None or rows.empty:
+            continue
+        frames.append(rows.assign(_step=pd.to_numeric(rows[step], errors="coerce")))
+    if not frames:
+        return pd.DataFrame()
+    rows = pd.concat(frames, ignore_index=True)
+    if "status" in rows:
+        rows = rows[rows["status"].fillna("finished") == "finished"]
+    return rows
+
+
+def training_step_figure(data: ReportData, out: Path, palette: Palette, interval: Interval) -> list[FigureFile]:
+    """FID of intermediate checkpoints over training steps, one line per modeling, a panel per size."""
+    rows = intermediate_rows(data)
+    if rows.empty or "fid" not in rows or rows["_step"].nunique() < 2:
+        return []
+    rows = _with_generator_columns(rows, data, [MODELING, SIZE])
+    rows = rows.assign(
+        _modeling=rows[MODELING].astype(str) if MODELING in rows else "all",
+        _size=rows[SIZE].astype(str) if SIZE in rows else "",
+        fid=pd.to_numeric(rows["fid"], errors="coerce"),
+    ).dropna(subset=["fid", "_step"])
+    sizes = sorted(rows["_size"].unique(), key=_size_rank)
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(sizes), figsize=(4.0 * len(sizes), 3.2), squeeze=False, sharey=True)
+    for ax, size in zip(axes[0], sizes):
+        for modeling, group in rows[rows["_size"] == size].groupby("_modeling", sort=True):
+            stats = group.groupby("_step")["fid"].agg(["mean", lambda v: interval_half_width(v, interval)]).reset_index()
+            stats.columns = ["step", "mean", "half"]
+            colour = palette(MODELING, modeling)
+            ax.plot(stats["step"], stats["mean"], marker="o", markersize=3, color=colour, label=str(modeling).upper())
+            ax.fill_between(stats["step"], stats["mean"] - stats["half"].fillna(0), stats["mean"] + stats["half"].fillna(0), color=colour, alpha=0.15, linewidth=0)
+        ax.set_title(f"size {size}" if size else "")
+        ax.set_xlabel("generator training step")
+    axes[0][0].set_ylabel("FID ↓")
+    axes[0][-1].legend(title=MODELING, frameon=False)
+    title = "FID over training steps: AR vs MLM"
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    caption = f"FID of checkpoints evaluated during training, per modeling (bands: {_interval_words(interval)} over training seeds)."
+    return [_save(figure, out, "training-steps", title, caption, None)]
+
+
+# ---------------------------------------------------------------- training losses per size
+
+
+def loss_figure(data: ReportData, out: Path, palette: Palette, interval: Interval) -> list[FigureFile]:
+    """Generator training losses: a panel per vocabulary (losses of different vocabularies are not
+    comparable: ln|V| differs), a colour per size, mean over seeds with a min-max band."""
+    losses = data.losses
+    generators = data.rows.get("generator")
+    if losses is None or losses.empty or generators is None or generators.empty or not {"key", "step", "loss"} <= set(losses.columns):
+        return []
+    losses = losses[losses["kind"] == "generator"] if "kind" in losses else losses
+    if "generator_key" in data.evaluations:
+        losses = losses[losses["key"].isin(set(data.evaluations["generator_key"].dropna()))]
+    if losses.empty:
+        return []
+    info = generators.drop_duplicates("key").set_index("key")
+    generator_axes = [a for a, kind in data.axis_stage.items() if kind == "generator" and a in info.columns]
+    differing = [a for a in generator_axes if info.loc[info.index.isin(losses["key"]), a].map(value_key).nunique() > 1]
+    panel_axes = [a for a in (MODELING, *VOCABULARY_AXES, "tokenizer") if a in info.columns]
+    line_axes = [a for a in differing if a not in panel_axes and a != "seed"]
+    colour_axis = SIZE if SIZE in info.columns else (line_axes[0] if line_axes else None)
+
+    def panel_of(key: str) -> str:
+        row = info.loc[key]
+        parts = []
+        if MODELING in info and info[MODELING].nunique() > 1:
+            parts.append(str(row[MODELING]).upper())
+        if "tokenizer" in info and info["tokenizer"].nunique() > 1:
+            parts.append(str(row["tokenizer"]))
+        if "token_each" in info and "code_dim" in info:
+            parts.append(f"vocabulary {vocabulary_label(row['token_each'], row['code_dim'])}")
+        return ", ".join(parts) or "all generators"
+
+    def line_of(key: str) -> tuple[str, ...]:
+        row = info.loc[key]
+        axes = [colour_axis] if colour_axis else []
+        axes += [a for a in line_axes if a != colour_axis]
+        return tuple(f"{a}={value_key(row[a])}" for a in axes)
+
+    losses = losses.assign(_panel=losses["key"].map(panel_of), _line=losses["key"].map(line_of))
+    panels = list(dict.fromkeys(losses.sort_values("key")["_panel"]))
+    panels.sort()
+    plt = _pyplot()
+    columns = min(3, len(panels))
+    rows_n = math.ceil(len(panels) / columns)
+    figure, axes = plt.subplots(rows_n, columns, figsize=(4.0 * columns, 3.0 * rows_n), squeeze=False)
+    styles = ["-", "--", ":", "-."]
+    for ax, panel in zip(axes.flat, panels):
+        part = losses[losses["_panel"] == panel]
+        lines = sorted(part["_line"].unique(), key=lambda line: (_size_rank(line[0].split("=", 1)[1]) if line else (0, ""), line))
+        styles_used: dict[str, int] = {}
+        for line in lines:
+            group = part[part["_line"] == line]
+            per_step = group.groupby("step")["loss"]
+            mean, low, high = per_step.mean(), per_step.min(), per_step.max()
+            window = max(1, len(mean) // 50)  # light smoothing for long runs; short runs stay raw
+            mean = mean.rolling(window, min_periods=1).mean()
+            colour_value = line[0].split("=", 1)[1] if line else panel
+            colour = palette(colour_axis or "panel", colour_value)
+            style = styles[styles_used.get(colour_value, 0) % len(styles)]  # same colour, other settings: other dash
+            styles_used[colour_value] = styles_used.get(colour_value, 0) + 1
+            seeds = group["key"].nunique()
+            label = ", ".join([colour_value, *line[1:]]) if line else "loss"
+            ax.plot(mean.index, mean.values, color=colour, linestyle=style, linewidth=1.5, label=f"{label} ({seeds} seed{'s' * (seeds > 1)})")
+            if seeds > 1:
+                ax.fill_between(low.index, low.values, high.values, color=colour, alpha=0.15, linewidth=0)
+        keys = part["key"].unique()
+        if "uniform_loss" in info:
+            uniform = info.loc[keys, "uniform_loss"].dropna().unique()
+            if len(uniform) == 1:
+                ax.axhline(float(uniform[0]), color="0.5", linestyle="--", linewidth=1, label="uniform (ln |V|)")
+        ax.set_title(panel)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("training loss (nats per sub-token)")
+        ax.legend(title=SIZE if colour_axis == SIZE else colour_axis, frameon=False, loc="upper right")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    title = "Generator training loss per size"
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    caption = (
+        "Training loss of the generators, one panel per vocabulary (losses of different vocabularies are not "
+        "comparable), one colour per size; lines are means over training seeds, bands their min-max; dashed grey: "
+        "the loss of a uniform guess."
+    )
+    return [_save(figure, out, "training-loss", title, caption, None)]
+
+
+# ---------------------------------------------------------------- analyses
+
+
+def analysis_rows(data: ReportData, name: str) -> pd.DataFrame:
+    """Rows of any kind with `analysis == name` (a future `analysis` stage kind), finished only."""
+    frames = [f[f["analysis"] == name] for f in data.rows.values() if f is not None and not f.empty and "analysis" in f]
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return pd.DataFrame()
+    rows = pd.concat(frames, ignore_index=True)
+    if "status" in rows:
+        rows = rows[rows["status"].fillna("finished") == "finished"]
+    return rows
+
+
+def token_randomness_figure(data: ReportData, out: Path, palette: Palette, interval: Interval) -> list[FigureFile]:
+    """Bars of KL(p || uniform) per subject (BAE tokens, VQ tokens, text), a bar per n-gram order if
+    the rows say, with the finite-sample floor (the KL a truly uniform sample of that size shows)."""
+    rows = analysis_rows(data, "token_randomness")
+    if rows.empty or not {"subject", "kl"} <= set(rows.columns):
+        return []
+    order_column = next((c for c in ("order", "ngram", "n_gram") if c in rows), None)
+    rows = rows.assign(kl=pd.to_numeric(rows["kl"], errors="coerce"), _order=rows[order_column].astype(str) if order_column else "")
+    subjects = list(dict.fromkeys(rows["subject"].astype(str)))
+    orders = list(dict.fromkeys(rows["_order"]))
+    plt = _pyplot()
+    figure, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(subjects) * max(1, len(orders)) ** 0.5 + 1.5), 3.2))
+    width = 0.8 / len(orders)
+    labelled: set[str] = set()
+    for j, order in enumerate(orders):
+        for i, subject in enumerate(subjects):
+            group = rows[(rows["subject"].astype(str) == subject) & (rows["_order"] == order)]
+            if group.empty:
+                continue
+            x = i + (j - (len(orders) - 1) / 2) * width
+            colour = palette(order_column, order) if order_column else palette("subject", subject)
+            half = interval_half_width(group["kl"].dropna(), interval)
+            label = order if order_column and order not in labelled else None
+            labelled.add(order)
+            ax.bar(x, group["kl"].mean(), width=width * 0.9, color=colour, yerr=0 if math.isnan(half) else half, capsize=3, label=label)
+            if "uniform_floor_kl" in group:
+                floor = pd.to_numeric(group["uniform_floor_kl"], errors="coerce").mean()
+                if not math.isnan(floor):
+                    label = "uniform floor (same sample size)" if "floor" not in labelled else None
+                    labelled.add("floor")
+                    ax.plot([x - width * 0.45, x + width * 0.45], [floor, floor], color="black", linewidth=2, label=label)
+    values = pd.concat([rows["kl"], pd.to_numeric(rows.get("uniform_floor_kl", pd.Series(dtype=float)), errors="coerce")]).dropna()
+    positive = values[values > 0]
+    if len(positive) and positive.max() / positive.min() > 100:
+        ax.set_yscale("log")
+    ax.set_xticks(range(len(subjects)), subjects)
+    ax.set_xlabel("token source")
+    ax.set_ylabel("KL(p ‖ uniform) = log|V| − H(p) (nats)")
+    ax.legend(title=order_column, frameon=False)
+    title = "Token randomness: distance from uniform"
+    ax.set_title(title)
+    figure.tight_layout()
+    caption = (
+        "KL divergence of the token distribution from uniform per token source"
+        + (f" and {order_column}" if order_column else "")
+        + "; black ticks: the KL a uniform sample of the same size shows (the estimator's floor). Image tokens near "
+        "the floor are close to random."
+    )
+    return [_save(figure, out, "token-randomness", title, caption, None)]
+
+
+def attention_locality_figure(data: ReportData, out: Path, palette: Palette, interval: Interval) -> list[FigureFile]:
+    """Attention mass inside a local neighbourhood per layer, a line per size (and mean attention
+    distance when the rows carry it)."""
+    rows = analysis_rows(data, "attention_locality")
+    if rows.empty or not {"layer", "local_mass"} <= set(rows.columns):
+        return []
+    rows = _with_generator_columns(rows, data, [SIZE])
+    rows = rows.assign(_size=rows[SIZE].astype(str) if SIZE in rows else "all")
+    panels = [c for c in ("local_mass", "mean_distance") if c in rows]
+    ylabels = {
+        "local_mass": "attention mass inside the neighbourhood (share)",
+        "mean_distance": "mean attention distance (latent positions)",
+    }
+    window = next((c for c in ("neighbourhood", "window", "k") if c in rows), None)
+    if window:
+        ylabels["local_mass"] = f"attention mass inside {value_key(rows[window].iloc[0])}×{value_key(rows[window].iloc[0])} (share)"
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
+    for ax, column in zip(axes[0], panels):
+        for size in sorted(rows["_size"].unique(), key=_size_rank):
+            group = rows[rows["_size"] == size].assign(_v=lambda f: pd.to_numeric(f[column], errors="coerce"))
+            stats = group.groupby("layer")["_v"].agg(["mean", lambda v: interval_half_width(v.dropna(), interval)]).reset_index()
+            stats.columns = ["layer", "mean", "half"]
+            colour = palette(SIZE, size)
+            ax.plot(stats["layer"], stats["mean"], marker="o", markersize=3, color=colour, label=size)
+            ax.fill_between(stats["layer"], stats["mean"] - stats["half"].fillna(0), stats["mean"] + stats["half"].fillna(0), color=colour, alpha=0.15, linewidth=0)
+        ax.set_xlabel("layer (0 = first)")
+        ax.set_ylabel(ylabels[column])
+    axes[0][-1].legend(title=SIZE, frameon=False)
+    title = "Attention locality per layer"
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    caption = "Head-averaged attention per layer and generator size: the share of attention mass on nearby latent positions" + (
+        " and the mean attention distance." if "mean_distance" in panels else "."
+    )
+    return [_save(figure, out, "attention-locality", title, caption, None)]
+
+
+# ---------------------------------------------------------------- trade-off
+
+
+def tradeoff_figure(data: ReportData, out: Path, palette: Palette, interval: Interval) -> list[FigureFile]:
+    """FID against IS (or class accuracy) of every grid point, a colour per study, the baseline ringed."""
+    available = [m.column for m in available_metrics(data.evaluations)]
+    other = next((c for c in ("inception_score", "class_accuracy") if c in available), None)
+    if "fid" not in available or other is None:
+        return []
+    pair = (METRIC_BY_COLUMN["fid"], METRIC_BY_COLUMN[other])
+    tables = [(s, ablation_table(data.evaluations, s, s.varied, pair, interval=interval, baseline=data.baseline)) for s in data.studies]
+    points = sum(int((t["fid_mean"].notna() & t[f"{other}_mean"].notna()).sum()) for _, t in tables)
+    if points < 2:
+        return []
+    plt = _pyplot()
+    figure, ax = plt.subplots(figsize=(5.2, 3.8))
+    for study, table in tables:
+        table = table[table["fid_mean"].notna() & table[f"{other}_mean"].notna()]
+        if table.empty:
+            continue
+        colour = palette("study", study.name)
+        single_numeric = len(study.varied) == 1 and all(_is_number(v) for v in study.vary[study.varied[0]])
+        if single_numeric:
+            table = table.sort_values(study.varied[0])
+        ax.errorbar(
+            table[f"{other}_mean"], table["fid_mean"], xerr=table[f"{other}_half"].fillna(0), yerr=table["fid_half"].fillna(0),
+            color=colour, marker="o", markersize=5, capsize=2, linewidth=1.0 if single_numeric else 0,
+            elinewidth=0.8, label=f"{study.name} ({', '.join(study.varied)})",
+        )
+        for row in table.to_dict("records"):
+            text = ", ".join(value_key(row[a]) for a in study.varied)
+            ax.annotate(text, (row[f"{other}_mean"], row["fid_mean"]), textcoords="offset points", xytext=(5, 4), fontsize=7, color=colour)
+        base = table[table["baseline"]]
+        if len(base):
+            ax.scatter(base[f"{other}_mean"], base["fid_mean"], s=110, facecolors="none", edgecolors="black", linewidths=1.0, zorder=5)
+    ax.set_xlabel(METRIC_AXIS_LABELS[other])
+    ax.set_ylabel(METRIC_AXIS_LABELS["fid"])
+    ax.legend(title="study (axes)", frameon=False, loc="best")
+    title = f"Trade-off: FID vs {pair[1].label}"
+    ax.set_title(title)
+    figure.tight_layout()
+    caption = (
+        f"Every grid point of every study: FID against {pair[1].label} (means over training seeds, bars the "
+        f"{_interval_words(interval)}); labels are the study's axis values, the ringed point the baseline. "
+        "Down and to the right is better."
+    )
+    return [_save(figure, out, "tradeoff", title, caption, None)]
+
+
+FigureBuilder = Callable[[ReportData, Path, Palette, Interval], list[FigureFile]]
+FIGURES: dict[str, FigureBuilder] = {
+    "axis": axis_figures,
+    "training_steps": training_step_figure,
+    "training_loss": loss_figure,
+    "token_randomness": token_randomness_figure,
+    "attention_locality": attention_locality_figure,
+    "tradeoff": tradeoff_figure,
+}
+
+
+def report_palette(data: ReportData) -> Palette:
+    """One palette for a report: every value of every varied axis, sizes, modelings, studies."""
+    values: dict[str, set[Any]] = {"study": {s.name for s in data.studies}}
+    for study in data.studies:
+        for axis, axis_values in study.vary.items():
+            values.setdefault(axis, set()).update(value_key(v) for v in axis_values)
+    for axis in (SIZE, MODELING):
+        if axis in data.evaluations:
+            values.setdefault(axis, set()).update(value_key(v) for v in data.evaluations[axis].dropna().unique())
+    return Palette(values)
+
+
+def make_figures(data: ReportData, out: Path, palette: Palette | None = None, interval: Interval = "std") -> list[FigureFile]:
+    """Every figure whose data exists, written under `out` as PNG and PDF."""
+    palette = palette or report_palette(data)
+    files: list[FigureFile] = []
+    for builder in FIGURES.values():
+        files += builder(data, out, palette, interval)
+    return files
