@@ -14,10 +14,13 @@ Entry point: `write_report(results, out)`; `build_report(data, out)` takes a `Re
 from __future__ import annotations
 
 import os
+import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from reports.figures import FigureFile, make_figures, report_palette, safe_name
@@ -25,7 +28,7 @@ from reports.grids import SAMPLES_FILE, choose_classes, compare_grid, read_sampl
 from reports.html import Picture, StudySection, report_html
 from reports.latex import latex_document, latex_table
 from reports.markdown import escape_markdown, format_value, markdown_study
-from reports.tables import INTERVALS, Interval, ReportData, StudyTable, study_table
+from reports.tables import INTERVALS, Interval, ReportData, StudyInfo, StudyTable, is_baseline, study_table
 
 FORMATS: tuple[str, ...] = ("md", "html", "latex", "csv")
 TRIAL_GRID_PER_CLASS = 8
@@ -117,10 +120,6 @@ def _per_class(path: Path | None, cap: int) -> int:
     """Columns of a grid: `cap`, or fewer when every class has fewer samples."""
     if path is None:
         return cap
-    import zipfile
-
-    import numpy as np
-
     with zipfile.ZipFile(path) as archive, archive.open("labels.npy") as stream:
         labels = np.lib.format.read_array(stream)
     if labels.size == 0:
@@ -128,9 +127,7 @@ def _per_class(path: Path | None, cap: int) -> int:
     return max(1, min(cap, int(np.bincount(labels - labels.min()).max())))
 
 
-def _is_baseline_row(row: dict[str, Any], study: Any, data: ReportData) -> bool:
-    from reports.tables import is_baseline
-
+def _is_baseline_row(row: dict[str, Any], study: StudyInfo, data: ReportData) -> bool:
     return is_baseline({a: row[a] for a in study.varied if a in row}, study, data.baseline)
 
 
@@ -225,7 +222,7 @@ def build_report(
         if study.description:
             parts += [study.description.strip(), ""]
         parts += [markdown_study(table), ""]
-        links = [f"[CSV](tables/{stem}.csv)" for _ in [0] if "csv" in formats] + [f"[LaTeX](tables/{stem}.tex)" for _ in [0] if "latex" in formats]
+        links = ([f"[CSV](tables/{stem}.csv)"] if "csv" in formats else []) + ([f"[LaTeX](tables/{stem}.tex)"] if "latex" in formats else [])
         if links:
             parts += ["Table as " + " · ".join(links), ""]
         for figure in by_study.get(study.name, []):
@@ -277,12 +274,10 @@ def _study_keys(data: ReportData, study: str, grids: Grids) -> list[str]:
     return [k for k in dict.fromkeys(keys) if k in grids.trials]
 
 
-def report_markdown(results: Any) -> str:
-    """The tables-only Markdown report (no files written besides nothing): a pure function of the rows."""
-    import tempfile
-
+def report_markdown(results: Any, interval: Interval = "std") -> str:
+    """The tables-only Markdown report of a run, writing nothing (no figures, no grids)."""
     with tempfile.TemporaryDirectory() as tmp:
-        return build_report(ReportData.from_results(results), Path(tmp), ("md",), figures=False, grids=False)
+        return build_report(ReportData.from_results(results), Path(tmp), ("md",), interval=interval, figures=False, grids=False)
 
 
 def write_report(

@@ -212,7 +212,12 @@ def _x_positions(study: StudyInfo, x: str, data: ReportData) -> tuple[dict[str, 
                 {value_key(v): ("all (0)" if x == "top_k" and float(v) == 0 else value_key(v)) for v in order},
                 "category",
             )
-        return {value_key(v): float(v) for v in values}, {}, "linear"
+        linear = {value_key(v): float(v) for v in values}
+        if x in VOCABULARY_AXES:  # name the vocabulary K-c at each tick
+            k = {value_key(v): (v if x == "token_each" else study.fixed.get("token_each", data.baseline.get("token_each"))) for v in values}
+            d = {value_key(v): (v if x == "code_dim" else study.fixed.get("code_dim", data.baseline.get("code_dim"))) for v in values}
+            return linear, {key: f"{key}\n({vocabulary_label(k[key], d[key])})" for key in linear}, "linear"
+        return linear, {}, "linear"
     order = sorted(values, key=_size_rank) if x == SIZE else list(values)
     labels = {value_key(v): value_key(v) for v in order}
     if x == SIZE:
@@ -225,12 +230,19 @@ def _x_positions(study: StudyInfo, x: str, data: ReportData) -> tuple[dict[str, 
     return {value_key(v): float(i) for i, v in enumerate(order)}, labels, "category"
 
 
-def _panel_metrics(available: tuple[Metric, ...]) -> list[Metric]:
-    """FID, then IS if it exists, else class accuracy (the paper's pairs)."""
-    columns = [m.column for m in available]
-    picked = [METRIC_BY_COLUMN["fid"]] if "fid" in columns else list(available[:1])
-    for second in ("inception_score", "class_accuracy"):
-        if second in columns:
+PANEL_CANDIDATES: tuple[str, ...] = ("fid", "inception_score", "class_accuracy")
+
+
+def _panel_metrics(table: pd.DataFrame, x: str) -> list[Metric]:
+    """FID, then IS, else class accuracy (the paper's pairs): those with values at >= 2 x values."""
+
+    def spread(metric: str) -> int:
+        column = f"{metric}_mean"
+        return table.loc[table[column].notna(), x].map(value_key).nunique() if column in table else 0
+
+    picked = [METRIC_BY_COLUMN["fid"]] if spread("fid") >= 2 else []
+    for second in PANEL_CANDIDATES[1:]:
+        if spread(second) >= 2:
             picked.append(METRIC_BY_COLUMN[second])
             break
     return picked
@@ -240,13 +252,12 @@ def axis_figures(data: ReportData, out: Path, palette: Palette, interval: Interv
     """Per study and x axis: the panel metrics vs the axis, one line per value of the other axes."""
     plt = None
     files = []
-    available = available_metrics(data.evaluations)
-    metrics = _panel_metrics(available)
+    candidates = tuple(m for m in available_metrics(data.evaluations) if m.column in PANEL_CANDIDATES)
     for study in data.studies:
         for x in _x_axes(study):
-            table = ablation_table(data.evaluations, study, study.varied, tuple(metrics), interval=interval, baseline=data.baseline)
-            with_values = table[table[f"{metrics[0].column}_mean"].notna()] if len(table) else table
-            if with_values.empty or with_values[x].map(value_key).nunique() < 2:
+            table = ablation_table(data.evaluations, study, study.varied, candidates, interval=interval, baseline=data.baseline)
+            metrics = _panel_metrics(table, x) if len(table) else []
+            if not metrics:
                 continue
             plt = plt or _pyplot()
             positions, ticks, scale = _x_positions(study, x, data)
@@ -268,16 +279,19 @@ def axis_figures(data: ReportData, out: Path, palette: Palette, interval: Interv
                         ax.scatter(base["_x"], base[f"{metric.column}_mean"], s=90, facecolors="none", edgecolors="black", linewidths=1.0, zorder=5)
                 if scale == "log":
                     ax.set_xscale("log")
-                if scale == "category" or ticks:
-                    ax.set_xticks(list(positions.values()), [ticks.get(k, k) for k in positions])
-                    if scale == "category":
-                        ax.set_xlim(min(positions.values()) - 0.4, max(positions.values()) + 0.4)
-                else:
-                    ax.set_xticks(sorted(positions.values()), [k for k, _ in sorted(positions.items(), key=lambda kv: kv[1])])
-                ax.set_xlabel(axis_label(x))
+                ax.set_xticks(list(positions.values()), [ticks.get(k, k) for k in positions])
+                ax.minorticks_off()
+                if scale == "category":
+                    ax.set_xlim(min(positions.values()) - 0.4, max(positions.values()) + 0.4)
+                ax.margins(x=0.08)
+                ax.set_xlabel(axis_label(x) + (" (vocabulary K-c)" if x in VOCABULARY_AXES else ""))
                 ax.set_ylabel(METRIC_AXIS_LABELS.get(metric.column, f"{metric.label} {metric.arrow}"))
-            if legend_title is not None:
-                axes[0][-1].legend(title=legend_title, frameon=False, loc="best")
+            if legend_title is not None:  # one legend for all panels, right of them
+                handles: dict[str, Any] = {}
+                for ax in axes[0]:
+                    for handle, label in zip(*ax.get_legend_handles_labels()):
+                        handles.setdefault(label, handle)
+                figure.legend(handles.values(), handles.keys(), title=legend_title, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
             names = " and ".join(m.label for m in metrics)
             title = f"{study.name}: {names} vs {x}"
             figure.suptitle(title, fontsize=10)
@@ -476,7 +490,7 @@ def token_randomness_figure(data: ReportData, out: Path, palette: Palette, inter
             half = interval_half_width(group["kl"].dropna(), interval)
             label = order if order_column and order not in labelled else None
             labelled.add(order)
-            ax.bar(x, group["kl"].mean(), width=width * 0.9, color=colour, yerr=0 if math.isnan(half) else half, capsize=3, label=label)
+            ax.bar(x, group["kl"].mean(), width=width * 0.9, color=colour, yerr=None if math.isnan(half) else half, capsize=3, label=label)
             if "uniform_floor_kl" in group:
                 floor = pd.to_numeric(group["uniform_floor_kl"], errors="coerce").mean()
                 if not math.isnan(floor):
@@ -513,14 +527,15 @@ def attention_locality_figure(data: ReportData, out: Path, palette: Palette, int
     rows = rows.assign(_size=rows[SIZE].astype(str) if SIZE in rows else "all")
     panels = [c for c in ("local_mass", "mean_distance") if c in rows]
     ylabels = {
-        "local_mass": "attention mass inside the neighbourhood (share)",
-        "mean_distance": "mean attention distance (latent positions)",
+        "local_mass": "local attention mass (share)",
+        "mean_distance": "mean attention distance (positions)",
     }
-    window = next((c for c in ("neighbourhood", "window", "k") if c in rows), None)
+    window = next((c for c in ("neighbourhood", "window", "k", "locality_k") if c in rows), None)
     if window:
-        ylabels["local_mass"] = f"attention mass inside {value_key(rows[window].iloc[0])}×{value_key(rows[window].iloc[0])} (share)"
+        side = value_key(rows[window].iloc[0])
+        ylabels["local_mass"] = f"attention mass in {side}×{side} (share)"
     plt = _pyplot()
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.2), squeeze=False)
     for ax, column in zip(axes[0], panels):
         for size in sorted(rows["_size"].unique(), key=_size_rank):
             group = rows[rows["_size"] == size].assign(_v=lambda f: pd.to_numeric(f[column], errors="coerce"))
@@ -529,15 +544,25 @@ def attention_locality_figure(data: ReportData, out: Path, palette: Palette, int
             colour = palette(SIZE, size)
             ax.plot(stats["layer"], stats["mean"], marker="o", markersize=3, color=colour, label=size)
             ax.fill_between(stats["layer"], stats["mean"] - stats["half"].fillna(0), stats["mean"] + stats["half"].fillna(0), color=colour, alpha=0.15, linewidth=0)
+            chance = f"uniform_{column}"  # the same measure for uniform attention: the chance level
+            if chance in group:
+                level = group.assign(_c=pd.to_numeric(group[chance], errors="coerce")).groupby("layer")["_c"].mean()
+                ax.plot(level.index, level.values, color=colour, linestyle=":", linewidth=1.2)
         ax.set_xlabel("layer (0 = first)")
         ax.set_ylabel(ylabels[column])
-    axes[0][-1].legend(title=SIZE, frameon=False)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if any(f"uniform_{c}" in rows for c in panels):  # one grey proxy for the dotted chance levels of every size
+        from matplotlib.lines import Line2D
+
+        handles.append(Line2D([], [], color="0.4", linestyle=":", linewidth=1.2))
+        labels.append("uniform attention (chance)")
+    axes[0][-1].legend(handles, labels, title=SIZE, frameon=False, loc="best")
     title = "Attention locality per layer"
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     caption = "Head-averaged attention per layer and generator size: the share of attention mass on nearby latent positions" + (
-        " and the mean attention distance." if "mean_distance" in panels else "."
-    )
+        " and the mean attention distance" if "mean_distance" in panels else ""
+    ) + ("; dotted: the same for uniform attention (chance level)." if any(f"uniform_{c}" in rows for c in panels) else ".")
     return [_save(figure, out, "attention-locality", title, caption, None)]
 
 
@@ -557,6 +582,8 @@ def tradeoff_figure(data: ReportData, out: Path, palette: Palette, interval: Int
         return []
     plt = _pyplot()
     figure, ax = plt.subplots(figsize=(5.2, 3.8))
+    annotated: set[tuple[float, float]] = set()  # a point shared by studies (the baseline) is labelled once
+    annotated_text: set[str] = set()
     for study, table in tables:
         table = table[table["fid_mean"].notna() & table[f"{other}_mean"].notna()]
         if table.empty:
@@ -571,7 +598,14 @@ def tradeoff_figure(data: ReportData, out: Path, palette: Palette, interval: Int
             elinewidth=0.8, label=f"{study.name} ({', '.join(study.varied)})",
         )
         for row in table.to_dict("records"):
-            text = ", ".join(value_key(row[a]) for a in study.varied)
+            where = (round(row[f"{other}_mean"], 9), round(row["fid_mean"], 9))
+            if where in annotated:
+                continue
+            annotated.add(where)
+            if row["baseline"] and "baseline" in annotated_text:
+                continue  # the ring marks it; one label is enough
+            text = "baseline" if row["baseline"] else ", ".join(value_key(row[a]) for a in study.varied)
+            annotated_text.add(text)
             ax.annotate(text, (row[f"{other}_mean"], row["fid_mean"]), textcoords="offset points", xytext=(5, 4), fontsize=7, color=colour)
         base = table[table["baseline"]]
         if len(base):
@@ -603,14 +637,14 @@ FIGURES: dict[str, FigureBuilder] = {
 
 def report_palette(data: ReportData) -> Palette:
     """One palette for a report: every value of every varied axis, sizes, modelings, studies."""
-    values: dict[str, set[Any]] = {"study": {s.name for s in data.studies}}
+    values: dict[str, set[Any]] = {}
     for study in data.studies:
         for axis, axis_values in study.vary.items():
             values.setdefault(axis, set()).update(value_key(v) for v in axis_values)
     for axis in (SIZE, MODELING):
         if axis in data.evaluations:
             values.setdefault(axis, set()).update(value_key(v) for v in data.evaluations[axis].dropna().unique())
-    return Palette(values)
+    return Palette(values, ordered={"study": [s.name for s in data.studies]})  # studies: distinct, in spec order
 
 
 def make_figures(data: ReportData, out: Path, palette: Palette | None = None, interval: Interval = "std") -> list[FigureFile]:

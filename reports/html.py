@@ -26,7 +26,7 @@ table.ablation tbody tr:last-child td{border-bottom:2px solid #222}
 table.ablation tr.baseline td{background:#f3f6fa}
 .notes{font-size:.85em;color:#444;max-width:900px}.notes p{margin:.2em 0}
 .downloads{font-size:.85em}.downloads a{margin-right:1em}
-figure{margin:1.2em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
+figure{margin:1.2em 0}figure img{max-width:min(100%,960px);height:auto;border:1px solid #eee}
 figcaption{font-size:.85em;color:#444;max-width:900px}
 .grids{display:flex;flex-wrap:wrap;gap:1em}.grids figure{margin:.5em 0}
 details summary{cursor:pointer;color:#225;margin:.6em 0}

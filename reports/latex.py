@@ -76,7 +76,7 @@ def latex_table(table: StudyTable) -> str:
     header = [latex_escape(a) for a in varied] + [latex_escape(f"{m.label} {m.arrow}") for m in metrics] + ["$n$"]
     lines = [
         "% needs \\usepackage{booktabs,graphicx}",
-        "\\begin{table}[t]",
+        "\\begin{table}[htbp]",
         "\\centering",
         f"\\caption{{{latex_escape(name)}{': ' + latex_escape(table.study.description.strip()) if table.study.description.strip() else ''}}}",
         f"\\label{{tab:{_label(name)}}}",

@@ -2,8 +2,8 @@
 
 A colour is keyed by `(axis, value)`: `ar` is the same orange in the size figure, the training-step
 figure and the loss curves. Values the paper uses have fixed colours (`KNOWN`); sizes get an ordered
-ramp so a bigger model always reads darker. Any other value hashes (sha256, not Python's salted
-`hash`) into `CYCLE`; a `Palette` built from the values a report shows moves such a value to the next
+ramp so a bigger model always reads darker. A small integer n takes `CYCLE[n]`; any other value
+hashes (sha256, not Python's salted `hash`) into `CYCLE`; a `Palette` built from the values a report shows moves such a value to the next
 free colour when two values of one axis would collide, so one figure never shows two series in one
 colour.
 """
@@ -15,15 +15,15 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-# 20 distinct colours: matplotlib's tab10, then the darker half of tab20's pairs.
+# 20 distinct colours: matplotlib's tab10 and tab20b/c picks, without greys (grey marks reference lines).
 CYCLE: tuple[str, ...] = (
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
-    "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1", "#636363",
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#393b79",
+    "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1", "#d6616b", "#ce6dbd",
 )
 
 # Ordered generator sizes (the ladder of runners/ plus the paper's rungs): a light-to-dark ramp.
 SIZE_ORDER: tuple[str, ...] = ("tiny", "small", "base", "medium", "L", "XL", "XXL", "2B")
-_SIZE_RAMP: tuple[str, ...] = ("#9ecae1", "#6baed6", "#4292c6", "#2171b5", "#fd8d3c", "#e6550d", "#a63603", "#54278f")
+_SIZE_RAMP: tuple[str, ...] = ("#41b6c4", "#225ea8", "#253494", "#081d58", "#fd8d3c", "#e31a1c", "#800026", "#54278f")
 
 KNOWN: dict[tuple[str, str], str] = {
     ("modeling", "ar"): "#ff7f0e",
@@ -40,6 +40,8 @@ KNOWN: dict[tuple[str, str], str] = {
     ("cfg_schedule", "sqrt"): "#8c564b",
     ("encode", "bernoulli"): "#17becf",
     ("encode", "threshold"): "#bcbd22",
+    ("order", "unigram"): "#4c72b0",
+    ("order", "bigram"): "#dd8452",
     **{("size", name): colour for name, colour in zip(SIZE_ORDER, _SIZE_RAMP)},
 }
 
@@ -60,6 +62,10 @@ def value_key(value: Any) -> str:
 
 
 def _hashed_index(axis: str, key: str) -> int:
+    """Small integers (K = 1, 2, 4; D = 16; steps) take consecutive colours, so the usual values of
+    an axis never collide; anything else hashes."""
+    if key.isdigit() and int(key) < len(CYCLE):
+        return int(key)
     digest = hashlib.sha256(f"{axis}={key}".encode()).digest()
     return int.from_bytes(digest[:4], "big") % len(CYCLE)
 
@@ -75,10 +81,15 @@ class Palette:
     axis resolved in sorted value order (so the result depends only on the set of values, not on the
     order figures ask for them)."""
 
-    def __init__(self, values: Mapping[str, Iterable[Any]] | None = None) -> None:
+    def __init__(self, values: Mapping[str, Iterable[Any]] | None = None, ordered: Mapping[str, list[Any]] | None = None) -> None:
+        """values: axis -> values to keep apart; ordered: axis -> values coloured CYCLE[0], CYCLE[1], ...
+        in that order (for names that mean something only inside one report, e.g. its studies)."""
         self._assigned: dict[tuple[str, str], str] = {}
         for axis, axis_values in (values or {}).items():
             self._assign(axis, axis_values)
+        for axis, axis_values in (ordered or {}).items():
+            for index, value in enumerate(axis_values):
+                self._assigned[(axis, value_key(value))] = CYCLE[index % len(CYCLE)]
 
     def _assign(self, axis: str, axis_values: Iterable[Any]) -> None:
         keys = sorted({value_key(v) for v in axis_values})

@@ -274,7 +274,7 @@ def statistic_note(interval: Interval) -> str:
 def _distinct(values: pd.Series) -> list[str]:
     out = []
     for value in values.dropna().unique():
-        text = str(value)
+        text = str(int(value)) if isinstance(value, (float, np.floating)) and float(value).is_integer() else str(value)
         if len(text) == 64 and all(c in "0123456789abcdef" for c in text):  # a sha256: its first 12 digits
             text = text[:12]
         out.append(text)
@@ -331,8 +331,3 @@ def study_table(data: ReportData, study: StudyInfo, interval: Interval = "std") 
         footnote.append("Held for this study: " + ", ".join(f"{k} = {v}" for k, v in study.fixed.items()) + ".")
     footnote += protocol_note(rows, data.dataset)
     return StudyTable(study=study, frame=frame, metrics=metrics, footnote=footnote, interval=interval)
-
-
-def csv_frame(table: StudyTable) -> pd.DataFrame:
-    """The machine-readable table: full precision, every statistic, one row per grid point."""
-    return table.frame.copy()

@@ -1,7 +1,8 @@
 """The checkpoint protocol of training stages: resume exactly where a killed stage stopped.
 
 A training loop asks `checkpointer.restore()` once before its first step and, if a state comes back,
-continues from `state["step"] + 1`; after every step it calls `checkpointer.maybe_save(step, state_fn)`,
+continues after the `state["step"]` steps it had completed; after every step it calls
+`checkpointer.maybe_save(completed_steps, state_fn)`,
 which writes a checkpoint every `every_steps` steps or `every_s` seconds (whichever comes first).
 A state holds everything that decides the next step: model, optimizer, EMA weights, the step, and
 every random state (the global torch RNG that drives dropout, and each torch.Generator that draws

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from runners.checkpoint import Checkpointer
 from runners.data import ImageDataset, load_dataset, stack
 from sweep.faults import fault_point
 from runners.evaluation.classifier import (
@@ -137,6 +138,16 @@ def describe(stage: Any) -> dict[str, Any]:
         "vocab": f"{config.token_each}-{config.bits_each}",
         "train_flops": 6.0 * params * tokens,
     }
+
+
+def checkpointer_of(stage: Any, folder: Path | None) -> Checkpointer:
+    """The checkpoint cadence of the spec's runtime settings, in the stage's checkpoint folder."""
+    runtime = stage.runtime
+    return Checkpointer(
+        folder, every_steps=int(runtime.get("checkpoint_every_steps", 0)),
+        every_s=60.0 * float(runtime.get("checkpoint_every_minutes", 0.0)),
+        on_save=lambda step: fault_point("checkpoint_saved"),
+    )
 
 
 def device_name(gpus: float) -> str:
@@ -265,12 +276,15 @@ def generator_stage(
         return to_scan(probs_to_ids(bits, vocab), s["scan_order"], *grid), labels[index]
 
     config = generator_config(s, tokenizer.code_dim, grid, data.num_classes)
+    checkpointer = checkpointer_of(stage, checkpoints)
+    resumed = checkpointer.restore()
     torch.manual_seed(s["seed"])
     model = GENERATORS[s["modeling"]].build(config).to(device)
     result = train_generator(
         model, batch_fn, steps=s["generator_steps"], lr=s["generator_lr"], seed=s["seed"],
         weight_decay=s["weight_decay"], warmup_steps=s["generator_warmup"], on_log=log,
         precision=s["precision"], compile=bool(stage.runtime.get("compile", False)), positions=positions,
+        checkpointer=checkpointer,
     )
     save_model(result.model, out, {"modeling": s["modeling"], "config": config.__dict__, "scan_order": s["scan_order"]})
 
@@ -284,6 +298,7 @@ def generator_stage(
         "final_loss": result.final_loss,
         "heldout_loss": evaluate_loss(result.model, heldout_ids, heldout_labels.to(device), positions=positions),
         "steps_per_s": result.steps_per_s,
+        "resumed_from_step": -1 if resumed is None else int(resumed["step"]),
     }
 
 

@@ -29,6 +29,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from runners.checkpoint import Checkpointer, rng_state, set_rng_state
+
 PRECISIONS = ("fp32", "bf16")
 
 BatchFn = Callable[[int, torch.Generator], tuple[Tensor, Tensor]]
@@ -85,13 +87,15 @@ def train_generator(
     precision: Literal["fp32", "bf16"] = "fp32",
     compile: bool = False,
     positions: Tensor | None = None,
+    checkpointer: Checkpointer | None = None,
 ) -> TrainResult:
     """Train `model` (in place) for `steps` optimizer steps on batches from `batch_fn`.
 
     model must provide `loss(ids, labels, *, positions, generator) -> scalar Tensor`. precision
     "bf16" autocasts forward + loss to bfloat16 on the model's device; compile=True runs the loss
     through torch.compile; positions (N, 2) is the scan order handed to every loss call (None =
-    raster). on_log(step, metrics)
+    raster). checkpointer (runners.checkpoint) saves model, optimizer, EMA, losses and every RNG
+    state when due; a loop that finds a checkpoint continues after its step, bit-identically. on_log(step, metrics)
     is called every `log_every` steps and at the last step with metrics "loss" (mean since the
     last log), "lr" and "grad_norm". A non-finite loss raises FloatingPointError at once.
     """
@@ -120,8 +124,25 @@ def train_generator(
     model.train()
     losses: list[tuple[int, float]] = []
     since_log: list[float] = []
+    first_step = 0
+    checkpointer = checkpointer or Checkpointer(None)
+    if (state := checkpointer.restore()) is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        set_rng_state(state["rng"], generator)
+        losses, since_log, first_step = state["losses"], state["since_log"], state["step"]  # steps completed
+
+    def snapshot() -> dict:
+        return {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None, "rng": rng_state(generator),
+            "losses": losses, "since_log": since_log,
+        }
+
     start = time.perf_counter()
-    for step in range(steps):
+    for step in range(first_step, steps):
         step_lr = lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps else lr  # linear warmup, then constant
         for group in optimizer.param_groups:
             group["lr"] = step_lr
@@ -142,6 +163,8 @@ def train_generator(
         if on_log is not None and ((step + 1) % log_every == 0 or step == steps - 1):
             on_log(step, {"loss": sum(since_log) / len(since_log), "lr": step_lr, "grad_norm": float(grad_norm)})
             since_log = []
+        if step < steps - 1:
+            checkpointer.maybe_save(step + 1, snapshot)  # counted in completed steps
     wall_s = time.perf_counter() - start
 
     tail = max(1, steps // 10)
@@ -154,7 +177,7 @@ def train_generator(
         initial_loss=losses[0][1],
         final_loss=final_loss,
         wall_s=wall_s,
-        steps_per_s=steps / wall_s if wall_s > 0 else float("inf"),
+        steps_per_s=(steps - first_step) / wall_s if wall_s > 0 else float("inf"),
     )
 
 

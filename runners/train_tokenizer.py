@@ -127,12 +127,13 @@ def train_tokenizer(
 
     Args:
         model: a tokenizer whose forward(images, generator) returns dict(recon, ...): BAE "probs" (bit-usage
-            penalty), VQ "quant_loss" (codebook + commitment); `model.last_layer` for the adaptive GAN weight.
+            penalty), VQ "quant_loss" (codebook + commitment); `model.last_layer` for the adaptive GAN weight,
+            `model.channels` and `model.image_size` for the discriminator.
         train: items (image (C, H, W) in [0, 1], label); a TensorDataset is indexed directly (fast path).
         steps: optimizer steps.
         lr: AdamW learning rate (constant).
         batch_size: images per step (the last partial batch of each epoch is dropped).
-        seed: seeds the data order and the Bernoulli draws.
+        seed: seeds the data order, the Bernoulli draws / dead-code restarts and the discriminator init.
         bit_usage_weight: weight of `bit_usage_penalty` (0 turns it off).
         ema_decay: EMA decay; warmed up as min(ema_decay, (1 + t) / (10 + t)) so that short runs are not
             dominated by the random initial weights (0.999 ** 300 would still leave 74% of the init).
@@ -168,8 +169,7 @@ def train_tokenizer(
     discriminator: nn.Module | None = None
     disc_optimizer: torch.optim.Optimizer | None = None
     if gan_weight > 0:
-        first_image, _ = train[0]
-        channels, image_size = int(first_image.shape[0]), int(first_image.shape[-1])
+        channels, image_size = int(model.channels), int(model.image_size)  # (reading train[0] could draw a flip)
         layers = patch_discriminator_layers(image_size) if disc_layers is None else disc_layers
         discriminator = PatchDiscriminator(channels, width=disc_width, layers=layers,
                                            generator=torch.Generator().manual_seed(seed + 2)).to(device).train()

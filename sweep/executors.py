@@ -83,7 +83,7 @@ class Ledger:
 
 def skipped_row(stage: Stage, context: dict[str, Any], reason: str) -> dict[str, Any]:
     row = base_row(stage, context)
-    row.update(status="skipped", error=reason, started_at=now_iso(), ended_at=now_iso(), wall_s=0.0)
+    row.update(status="skipped", failure_kind="upstream", error=reason, started_at=now_iso(), ended_at=now_iso(), wall_s=0.0)
     return row
 
 
@@ -254,7 +254,7 @@ def _row_of(store: Any, stage: Stage, context: dict[str, Any], result: dict[str,
         return pd.read_parquet(failure).iloc[0].to_dict()
     reason = "the worker process died before the stage wrote its row" if error else str((result or {}).get("error", ""))
     row = base_row(stage, context)
-    row.update(status="failed", error=reason, started_at=now_iso(), ended_at=now_iso(), wall_s=0.0)
+    row.update(status="failed", failure_kind="lost", error=reason, started_at=now_iso(), ended_at=now_iso(), wall_s=0.0)
     store.record_failure(stage.kind, stage.key, row)
     return row
 
@@ -276,14 +276,20 @@ def end_stale_ray_processes(run_dir: Path) -> int:
     path = Path(run_dir) / "ray_processes.json"
     if not path.is_file():
         return 0
-    ended = 0
+    doomed = []
     for record in json.loads(path.read_text()):
         try:
             process = psutil.Process(record["pid"])
             if abs(process.create_time() - record["create_time"]) < 1e-3:
-                process.kill()
-                ended += 1
+                doomed += [process, *process.children(recursive=True)]  # workers started after the record too
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
+    for process in doomed:
+        try:
+            process.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    gone, alive = psutil.wait_procs(doomed, timeout=10)
+    ended = len(gone)
     path.unlink(missing_ok=True)
     return ended

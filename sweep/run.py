@@ -134,6 +134,7 @@ def run_sweep(
         except KeyboardInterrupt:
             reporter.note("interrupted: finished stages are kept; run the same command again to resume")
             raise
+        store.clean_temporaries()  # what workers lost during this run left behind
         summary.wall_s = time.perf_counter() - started
         reporter.end(summary)
         return summary

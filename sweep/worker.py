@@ -27,6 +27,8 @@ from sweep.store import LOSSES_FILE, ROW_FILE, Store, write_json, write_rows
 RUN_METADATA_COLUMNS: tuple[str, ...] = (
     "wall_s",
     "steps_per_s",
+    "resumed_from_step",
+    "attempts",
     "started_at",
     "ended_at",
     "worker_pid",

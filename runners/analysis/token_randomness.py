@@ -48,8 +48,9 @@ def _check_vocab(ids: Tensor, vocab_size: int) -> None:
         raise ValueError(f"vocab_size must be >= 2, but got vocab_size={vocab_size}")
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
         raise ValueError(
-            f"ids must lie in [0, vocab_size) = [0, {vocab_size}), but got ids in [{int(ids.min())}, {int(ids.max())}]; "
-            f"pass the vocabulary size of the tokens (2**bits_each for one sub-token stream)"
+            f"ids must lie in [0, vocab_size) = [0, {vocab_size}), but got ids in "
+            f"[{int(ids.min())}, {int(ids.max())}]; pass the vocabulary size of the tokens (2**bits_each for one "
+            f"sub-token stream)"
         )
 
 
@@ -93,9 +94,10 @@ def unigram_kl(
     if count == 0:
         raise ValueError("ids must hold at least one token, but got none")
     kl = _kl_from_counts(torch.unique(flat, return_counts=True)[1], vocab_size)
-    floor = _uniform_floor(
-        lambda generator: torch.randint(0, vocab_size, (count,), generator=generator), vocab_size, floor_draws, floor_seed
-    )
+    def draw(generator: torch.Generator) -> Tensor:  # `count` uniform tokens
+        return torch.randint(0, vocab_size, (count,), generator=generator)
+
+    floor = _uniform_floor(draw, vocab_size, floor_draws, floor_seed)
     log_v = math.log(vocab_size)
     return {"log_v": log_v, "entropy": log_v - kl, "kl": kl, "count": count, "uniform_floor_kl": floor}
 

@@ -1,1 +1,2 @@
-"""Evaluation: a dataset classifier as feature extractor, FID / KID through torch-fidelity, class accuracy."""
+"""Evaluation: feature extractors (the dataset classifier; the standard FID Inception-v3, offline), FID / KID via
+torch-fidelity, precision / recall, Inception Score, class accuracy, the protocol record and reference files."""

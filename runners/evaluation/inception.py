@@ -87,7 +87,9 @@ def resolve_inception_path(weights_path: str | Path | None = None) -> Path:
         return path
     path = default_inception_path()
     if path is None:
-        raise FileNotFoundError(f"no Inception weights found: {FID_HELPER_PACKAGE} is not installed; {_MISSING_WEIGHTS_FIX}")
+        raise FileNotFoundError(
+            f"no Inception weights found: {FID_HELPER_PACKAGE} is not installed; {_MISSING_WEIGHTS_FIX}"
+        )
     return path
 
 
@@ -295,7 +297,7 @@ class InceptionFeatures(nn.Module):
             )
 
     def logits(self, images: Tensor) -> Tensor:
-        """Images `(B, C, H, W)` -> unbiased logits `(B, 1008)` (pool3 @ W; needs a weights file with the classifier)."""
+        """Images `(B, C, H, W)` -> unbiased logits `(B, 1008)` = pool3 @ W (needs weights with the classifier)."""
         self._check_logits()
         return self._run(images)[1]
 

@@ -138,6 +138,8 @@ def protocol_id(record: dict[str, str | int]) -> str:
     """12-hex-digit id of the comparable part of a protocol record (PROTOCOL_ID_KEYS; no seed, no versions)."""
     missing = [key for key in PROTOCOL_ID_KEYS if key not in record]
     if missing:
-        raise ValueError(f"a protocol record must hold {list(PROTOCOL_ID_KEYS)}, but it lacks {missing}; use protocol()")
+        raise ValueError(
+            f"a protocol record must hold {list(PROTOCOL_ID_KEYS)}, but it lacks {missing}; build it with protocol()"
+        )
     canonical = json.dumps({key: record[key] for key in PROTOCOL_ID_KEYS}, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]

@@ -49,7 +49,8 @@ def perceptual_state_keys() -> list[str]:
     return keys + [f"lin{i}.weight" for i in range(len(VGG_CHANNELS))]
 
 
-def convert_lpips_state_dict(vgg16_state: Mapping[str, Tensor], lpips_lin_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def convert_lpips_state_dict(vgg16_state: Mapping[str, Tensor],
+                             lpips_lin_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Official weights -> the state dict `PerceptualLoss` reads (pure; run it offline, once).
 
     Args:
@@ -117,10 +118,16 @@ class PerceptualLoss(nn.Module):
                              f"{missing[:4]}{'...' if len(missing) > 4 else ''} and has extra "
                              f"{unexpected[:4]}{'...' if len(unexpected) > 4 else ''}; make the file with "
                              f"convert_lpips_state_dict")
-        self.features = vgg16_features()[: VGG_SLICE_ENDS[-1]]  # up to relu5_3 (the last maxpool is unused)
-        self.lin = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in VGG_CHANNELS)
-        self.load_state_dict({**{k: v for k, v in state.items() if k.startswith("features.")},
-                              **{k.replace("lin", "lin.", 1): v for k, v in state.items() if k.startswith("lin")}})
+        with torch.device("meta"):  # shapes only: the file supplies every weight (no random init to pay for)
+            self.features = vgg16_features()[: VGG_SLICE_ENDS[-1]]  # up to relu5_3 (the last maxpool is unused)
+            self.lin = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in VGG_CHANNELS)
+        renamed = {k.replace("lin", "lin.", 1) if k.startswith("lin") else k: v.float() for k, v in state.items()}
+        for (key, value), name in zip(state.items(), renamed):
+            expected_shape = self.get_parameter(name).shape
+            if value.shape != expected_shape:
+                raise ValueError(f"perceptual_weights[{key!r}] must have shape {tuple(expected_shape)}, but got "
+                                 f"{tuple(value.shape)} in {str(path)!r}; make the file with convert_lpips_state_dict")
+        self.load_state_dict(renamed, assign=True)
         self.register_buffer("shift", torch.tensor(LPIPS_SHIFT).reshape(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor(LPIPS_SCALE).reshape(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)

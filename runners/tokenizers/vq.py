@@ -36,14 +36,20 @@ from runners.vocab import Vocabulary
 VQ_SIZES = {name: BACKBONE_SIZES[name] for name in ("tiny", "small", "imagenet")}
 
 
+NEAREST_CHUNK_ELEMENTS = 2**27  # distance-matrix elements per chunk (512 MB float32): bounds memory at 16384 codes
+
+
 def nearest_code(z: Tensor, codebook: Tensor) -> Tensor:
     """Encoder outputs z (M, e) and codebook (V, e) -> ids (M,) of the nearest entry in squared L2 distance.
 
     Ties go to the lowest id (argmin's first minimum). ||z - c||^2 = ||z||^2 - 2 z.c + ||c||^2; ||z||^2 is the same
-    for every entry, so it is left out.
+    for every entry, so it is left out. Rows go in chunks so that a (M, V) matrix never exceeds 2^27 elements.
     """
-    distance = codebook.pow(2).sum(1) - 2.0 * z @ codebook.t()  # (M, V), up to the per-row constant ||z||^2
-    return distance.argmin(dim=1)
+    squared_norms = codebook.pow(2).sum(1)  # (V,)
+    rows = max(1, NEAREST_CHUNK_ELEMENTS // codebook.shape[0])
+    ids = [(squared_norms - 2.0 * chunk @ codebook.t()).argmin(dim=1)  # (m, V) -> (m,)
+           for chunk in z.split(rows)]
+    return torch.cat(ids) if ids else torch.zeros(0, dtype=torch.int64, device=z.device)
 
 
 def vector_quantize(z: Tensor, codebook: Tensor, commitment: float) -> dict[str, Tensor]:

@@ -344,7 +344,8 @@ def test_array_checksums() -> None:
     assert statistics_sha256(stats) != statistics_sha256({"mu": np.zeros(2), "sigma": 2 * np.eye(2)})
 
 
-GOLDEN_ZEROS_SHA256 = "45e2f25e02832ebe2ff01c77369d754e8270cc3707914b80bc591ac522b5e197"  # sha256(b"(2,)" + 16 zero bytes)
+# sha256(b"(2,)" + 16 zero bytes): the shape's repr, then the float64 values
+GOLDEN_ZEROS_SHA256 = "45e2f25e02832ebe2ff01c77369d754e8270cc3707914b80bc591ac522b5e197"
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -31,7 +31,11 @@ def weights_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random LPIPS-VGG16 file in the documented format, made the documented way (convert_lpips_state_dict)."""
     torch.manual_seed(0)
     # torchvision's vgg16 state-dict keys (features + a stand-in classifier entry the converter must drop).
-    vgg_state = {f"features.{k}": v for k, v in vgg16_features().state_dict().items()}
+    with torch.device("meta"):
+        shapes = {f"features.{k}": v.shape for k, v in vgg16_features().state_dict().items()}
+    # He-scaled normal conv weights keep the random features' magnitudes sane through 13 layers.
+    vgg_state = {k: torch.randn(shape) * (2.0 / math.prod(shape[1:])) ** 0.5 if k.endswith("weight")
+                 else torch.zeros(shape) for k, shape in shapes.items()}
     vgg_state["classifier.0.weight"] = torch.zeros(2, 2)
     lin_state = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate((64, 128, 256, 512, 512))}
     path = tmp_path_factory.mktemp("lpips") / "lpips_vgg16.safetensors"
@@ -72,6 +76,10 @@ def test_perceptual_loss_reads_a_torch_file_too(weights_file: Path, tmp_path: Pa
     torch.save(state, tmp_path / "partial.pt")
     with pytest.raises(ValueError, match=r"must hold exactly the LPIPS-VGG16 keys.*lacks \['lin4.weight'\]"):
         PerceptualLoss(str(tmp_path / "partial.pt"))
+    state["lin4.weight"] = torch.zeros(1, 256, 1, 1)
+    torch.save(state, tmp_path / "misshapen.pt")
+    with pytest.raises(ValueError, match=r"perceptual_weights\['lin4.weight'\] must have shape \(1, 512, 1, 1\)"):
+        PerceptualLoss(str(tmp_path / "misshapen.pt"))
 
 
 def test_missing_weights_are_a_clear_error_never_a_download(tmp_path: Path) -> None:
@@ -124,7 +132,9 @@ def test_patch_discriminator_shapes_and_init() -> None:
     assert [patch_discriminator_layers(s) for s in (8, 16, 32, 256)] == [1, 2, 3, 3]
     with pytest.raises(ValueError, match="image_size must be >= 8"):
         patch_discriminator_layers(4)
-    make = lambda seed: PatchDiscriminator(1, width=8, layers=2, generator=torch.Generator().manual_seed(seed))  # noqa: E731
+    def make(seed: int) -> PatchDiscriminator:
+        return PatchDiscriminator(1, width=8, layers=2, generator=torch.Generator().manual_seed(seed))
+
     a, b = make(0), make(0)
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
     assert a(torch.rand(3, 1, 16, 16)).shape == (3, 1, 2, 2)  # one logit per patch

@@ -73,6 +73,16 @@ def test_nearest_code_literal() -> None:
     assert nearest_code(z, codebook).tolist() == [1, 2, 0, 0]
 
 
+def test_nearest_code_in_chunks_matches_brute_force(monkeypatch: pytest.MonkeyPatch) -> None:
+    import runners.tokenizers.vq as vq
+
+    generator = torch.Generator().manual_seed(0)
+    z, codebook = torch.randn(300, 4, generator=generator), torch.randn(50, 4, generator=generator)
+    brute = torch.cdist(z, codebook).argmin(dim=1)
+    monkeypatch.setattr(vq, "NEAREST_CHUNK_ELEMENTS", 7 * 50)  # 7 rows per chunk, a ragged last chunk
+    assert torch.equal(nearest_code(z, codebook), brute)
+
+
 def test_vector_quantize_losses_and_straight_through_literal() -> None:
     z = torch.tensor([0.9, 0.1]).reshape(1, 2, 1, 1).requires_grad_(True)  # one position, e = 2
     codebook = torch.tensor([[0.0, 0.0], [1.0, 0.0]], requires_grad=True)

@@ -1,0 +1,126 @@
+"""Figures are made only when their data exists, handle axes the schema does not know yet, and draw
+one colour per axis value. `_save` is replaced by a recorder: no file is rendered, so this stays fast."""
+
+
+import matplotlib.colors as mcolors
+import pandas as pd
+import pytest
+
+import reports.figures as figures
+from reports.figures import FigureFile, make_figures, report_palette
+from reports.palette import colour
+from reports.tables import ReportData, StudyInfo
+
+BASELINE = {"cfg_scale": 2.0, "size": "tiny", "token_each": 1, "code_dim": 8, "modeling": "ar", "mlm_steps": 8, "cfg_schedule": "constant"}
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """name -> {"lines": {label: hex colour}, "xlabels": [...], "ylabels": [...]} of every figure made."""
+    seen = {}
+
+    def record(figure, out, name, title, caption, study):
+        lines = {}
+        for ax in figure.axes:
+            for line in ax.get_lines():
+                if not line.get_label().startswith("_"):
+                    lines[line.get_label()] = mcolors.to_hex(line.get_color())
+            for container in ax.containers:  # errorbar lines carry their label on the container
+                label = container.get_label()
+                if label and not label.startswith("_") and hasattr(container, "lines"):
+                    lines[label] = mcolors.to_hex(container.lines[0].get_color())
+        seen[name] = {
+            "lines": lines,
+            "xlabels": [ax.get_xlabel() for ax in figure.axes],
+            "ylabels": [ax.get_ylabel() for ax in figure.axes],
+            "caption": caption,
+        }
+        figures._pyplot().close(figure)
+        return FigureFile(name, title, caption, study, out / f"{name}.png", out / f"{name}.pdf")
+
+    monkeypatch.setattr(figures, "_save", record)
+    return seen
+
+
+def rows(study: str, points: list[dict], fids: dict, **extra) -> list[dict]:
+    out = []
+    for point in points:
+        for seed, fid in enumerate(fids[tuple(point.values())]):
+            out.append({"study": study, **BASELINE, **point, "seed": seed, "status": "finished", "fid": fid, **extra})
+    return out
+
+
+def data_of(studies: list[StudyInfo], evaluations: list[dict], **kwargs) -> ReportData:
+    return ReportData(name="t", studies=studies, baseline=BASELINE, evaluations=pd.DataFrame(evaluations), **kwargs)
+
+
+def test_a_guidance_study_makes_no_size_loss_analysis_or_step_figure(drawn, tmp_path):
+    study = StudyInfo("guidance", {"cfg_scale": [1.0, 2.0, 4.0]})
+    data = data_of([study], rows("guidance", [{"cfg_scale": c} for c in (1.0, 2.0, 4.0)], {(1.0,): [9, 10], (2.0,): [5, 6], (4.0,): [7, 8]}))
+    made = make_figures(data, tmp_path)
+    assert [f.name for f in made] == ["guidance--cfg_scale"]  # FID only: no IS, no class accuracy, one study
+    assert drawn["guidance--cfg_scale"]["xlabels"] == ["CFG scale s"]
+
+
+def test_nothing_is_drawn_without_two_values_with_results(drawn, tmp_path):
+    study = StudyInfo("guidance", {"cfg_scale": [1.0, 2.0]})
+    evaluations = rows("guidance", [{"cfg_scale": 1.0}], {(1.0,): [9.0]}) + [
+        {"study": "guidance", **BASELINE, "cfg_scale": 2.0, "seed": 0, "status": "failed", "fid": None}
+    ]
+    assert make_figures(data_of([study], evaluations), tmp_path) == []
+    assert drawn == {}
+
+
+def test_future_axes_and_metrics_are_plotted_with_one_colour_per_value(drawn, tmp_path):
+    mlm = StudyInfo("mlm", {"mlm_steps": [4, 8, 16], "modeling": ["ar", "mlm"]})
+    schedule = StudyInfo("schedule", {"cfg_scale": [1.5, 3.0], "cfg_schedule": ["linear", "cosine"]})
+    fids = {(s, m): [10.0 / s + (1.0 if m == "mlm" else 0.0)] * 2 for s in (4, 8, 16) for m in ("ar", "mlm")}
+    evaluations = rows("mlm", [{"mlm_steps": s, "modeling": m} for s in (4, 8, 16) for m in ("ar", "mlm")], fids, inception_score_mean=100.0)
+    fids = {(c, k): [4.0 + c, 5.0 + c] for c in (1.5, 3.0) for k in ("linear", "cosine")}
+    evaluations += rows("schedule", [{"cfg_scale": c, "cfg_schedule": k} for c in (1.5, 3.0) for k in ("linear", "cosine")], fids)
+    for row in evaluations:
+        row["inception_score"] = 100.0 + row["cfg_scale"] * 10 + row["mlm_steps"]
+    intermediate = pd.DataFrame(
+        [{"modeling": m, "size": "tiny", "intermediate": True, "step": step, "fid": 9.0 - step / 100, "status": "finished"}
+         for m in ("ar", "mlm") for step in (100, 200)]
+    )
+    data = data_of([mlm, schedule], evaluations, rows={"evaluation": intermediate})
+    made = {f.name for f in make_figures(data, tmp_path)}
+    assert made == {"mlm--mlm_steps", "schedule--cfg_scale", "training-steps", "tradeoff"}
+    assert drawn["mlm--mlm_steps"]["xlabels"] == ["MLM decoding steps", "MLM decoding steps"]
+    assert drawn["mlm--mlm_steps"]["ylabels"] == ["FID ↓", "Inception Score ↑"]
+    ar, mlm_colour = colour("modeling", "ar"), colour("modeling", "mlm")
+    assert drawn["mlm--mlm_steps"]["lines"] == {"ar": ar, "mlm": mlm_colour}
+    assert drawn["training-steps"]["lines"] == {"AR": ar, "MLM": mlm_colour}  # the same value, the same colour
+    assert drawn["schedule--cfg_scale"]["lines"] == {"linear": colour("cfg_schedule", "linear"), "cosine": colour("cfg_schedule", "cosine")}
+
+
+def test_size_figure_only_when_size_varies_and_sizes_follow_the_ladder(drawn, tmp_path):
+    study = StudyInfo("scaling", {"size": ["XL", "L"], "token_each": [1, 2]})
+    fids = {(s, k): [3.0 if s == "L" else 2.0, 2.5] for s in ("L", "XL") for k in (1, 2)}
+    evaluations = rows("scaling", [{"size": s, "token_each": k} for s in ("XL", "L") for k in (1, 2)], fids)
+    made = {f.name for f in make_figures(data_of([study], evaluations), tmp_path)}
+    assert made == {"scaling--size", "scaling--token_each"}
+    assert drawn["scaling--size"]["lines"] == {"1-8": colour("vocabulary", "1-8"), "2-4": colour("vocabulary", "2-4")}
+    assert drawn["scaling--token_each"]["lines"] == {"L": colour("size", "L"), "XL": colour("size", "XL")}
+
+
+def test_analysis_figures_need_their_rows(drawn, tmp_path):
+    data = data_of([StudyInfo("g", {"cfg_scale": [1.0]})], rows("g", [{"cfg_scale": 1.0}], {(1.0,): [5.0]}))
+    assert make_figures(data, tmp_path) == []
+    analysis = pd.DataFrame(
+        [{"analysis": "token_randomness", "subject": s, "kl": kl, "uniform_floor_kl": 0.001} for s, kl in (("bae", 0.01), ("text", 3.0))]
+        + [{"analysis": "attention_locality", "size": size, "layer": layer, "local_mass": 0.5} for size in ("L", "XL") for layer in range(3)]
+    )
+    data.rows = {"analysis": analysis}
+    made = {f.name for f in make_figures(data, tmp_path)}
+    assert made == {"token-randomness", "attention-locality"}
+    assert drawn["attention-locality"]["lines"] == {"L": colour("size", "L"), "XL": colour("size", "XL")}
+
+
+def test_report_palette_covers_every_varied_value():
+    data = data_of([StudyInfo("s", {"token_each": [1, 2]})], rows("s", [{"token_each": 1}], {(1,): [1.0]}))
+    palette = report_palette(data)
+    assert palette("token_each", 2) == colour("token_each", 2)
+    two = report_palette(data_of([StudyInfo("b", {"token_each": [1]}), StudyInfo("a", {"token_each": [2]})], []))
+    assert (two("study", "b"), two("study", "a")) == ("#1f77b4", "#ff7f0e")  # studies: distinct colours in spec order
