@@ -33,6 +33,7 @@ from runners.evaluation.classifier import (
     train_classifier,
 )
 from runners.evaluation.metrics import METRICS_CODE_VERSION, extract_features, feature_extractor_name, image_metrics
+from runners.evaluation.inception import InceptionFeatures
 from runners.evaluation.protocol import array_sha256, protocol, protocol_id
 from runners.evaluation.reference import to_uint8_nhwc
 from runners.generators import GENERATOR_SIZES, GENERATORS, GeneratorConfig
@@ -124,8 +125,10 @@ def latent_grid(settings: dict[str, Any], image_size: int) -> tuple[int, int]:
     return side, side
 
 
-def describe(stage: Any) -> dict[str, Any]:
-    """Facts about a planned stage computed without allocating anything (instant for 2B)."""
+def describe(stage: Any, tflops: float = 400.0) -> dict[str, Any]:
+    """Facts about a planned generator computed without allocating anything (instant for 2B): parameter
+    count, and a cost estimate: training FLOPs ~ 6 x parameters x tokens seen, GPU-hours at `tflops`
+    sustained TFLOP/s per GPU."""
     if stage.kind != "generator":
         return {}
     s = {**stage.columns}
@@ -139,6 +142,7 @@ def describe(stage: Any) -> dict[str, Any]:
         "sequence_length": config.seq_len,
         "vocab": f"{config.token_each}-{config.bits_each}",
         "train_flops": 6.0 * params * tokens,
+        "gpu_hours": 6.0 * params * tokens / (tflops * 1e12) / 3600.0,
     }
 
 
@@ -241,7 +245,7 @@ def tokenizer_stage(
     device = pick_device(stage.resources.gpus)
     data = dataset_of(s)
     kwargs = {"code_dim": s["code_dim"], "size": s["tokenizer_size"], "channels": data.channels,
-              "image_size": data.image_size, "bernoulli": True}
+              "image_size": data.image_size, "bernoulli": s["bernoulli"]}
     torch.manual_seed(s["tokenizer_seed"])
     model = TOKENIZERS[s["tokenizer"]].build(**kwargs).to(device)
     model = train_tokenizer(
@@ -331,17 +335,18 @@ def evaluation_stage(
         images.append(tokenizer.decode(ids_to_bits(ids, vocab, grid)))
     fake = torch.cat(images).clamp(0, 1)
     real, _ = stack(data.heldout)
-    real_features = extract_features(classifier, real.to(device))
-    metrics = image_metrics(classifier, real.to(device), fake, labels, real_features=real_features)
+    extractor = classifier if s["feature_extractor"] == "classifier" else InceptionFeatures().to(device)
+    real_features = extract_features(extractor, real.to(device))
+    metrics = image_metrics(classifier, real.to(device), fake, labels, real_features=real_features, extractor=extractor)
     record = protocol(
-        extractor=classifier, num_samples=len(labels), samples_per_class=s["samples_per_class"],
+        extractor=extractor, num_samples=len(labels), samples_per_class=s["samples_per_class"],
         image_size=data.image_size, reference=f"{s['dataset']['name']}/heldout",
         reference_checksum=array_sha256(real_features), k=3, sampling_seed=s["sampling_seed"],
     )
     # Samples as scored (uint8 by truncation, as torch-fidelity does), NHWC: the ADM evaluator reads arr_0.
     # arr_0 is what the ADM evaluator reads; labels let reports draw per-class grids.
     np.savez(out / "samples.npz", arr_0=to_uint8_nhwc(fake), labels=labels.cpu().numpy())
-    return {**metrics, **record, "protocol_id": protocol_id(record), "feature_extractor": feature_extractor_name(classifier),
+    return {**metrics, **record, "protocol_id": protocol_id(record), "feature_extractor_name": feature_extractor_name(extractor),
             "num_samples": len(labels)}
 
 

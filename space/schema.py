@@ -64,6 +64,9 @@ class Settings(BaseModel):
     tokenizer_lr: float = axis(3e-3, "tokenizer", "Tokenizer AdamW learning rate.", gt=0)
     tokenizer_batch: int = axis(32, "tokenizer", "Tokenizer batch size.", ge=1)
     tokenizer_seed: int = axis(0, "tokenizer", "Tokenizer training seed (fixed unless a study varies it).", ge=0)
+    bernoulli: bool = axis(
+        True, "tokenizer", "BAE training quantisation: Bernoulli-sampled bits (true) or the deterministic threshold 0.5."
+    )
     bit_usage_weight: float = axis(
         0.01, "tokenizer", "Penalty on each bit's mean probability away from 0.5 (keeps bits in use).", ge=0
     )
@@ -101,6 +104,11 @@ class Settings(BaseModel):
     mlm_steps: int = axis(10, "evaluation", "MLM: decoding steps.", ge=1)
     mlm_tau: float = axis(4.5, "evaluation", "MLM: Gumbel temperature of confidence re-masking.", ge=0)
     samples_per_class: int = axis(20, "evaluation", "Generated images per class for the metrics.", ge=1)
+    feature_extractor: Literal["classifier", "inception"] = axis(
+        "classifier", "evaluation",
+        "Feature space of FID/KID/precision/recall: the dataset's own classifier (fast, small images) or the "
+        "standard FID Inception-v3 (torch-fidelity's; ImageNet-scale runs, slow on a CPU).",
+    )
 
     # ---- derived: never hashed (it restates code_dim and token_each), but a column and an axis a study may vary
     vocab: str = Field(

@@ -39,7 +39,7 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
     spec = _load(args.spec)
     plan = make_plan(spec)
     if args.json:
-        stages = [{**stage.to_json(), "depends_on": list(stage.depends_on), **describe_stage(stage)} for stage in plan.stages.values()]
+        stages = [{**stage.to_json(), "depends_on": list(stage.depends_on), **describe_stage(stage, args.tflops)} for stage in plan.stages.values()]
         trials = [
             {"study": t.trial.study, "trial_id": t.trial_id, "seed": t.trial.seed, "keys": t.keys}
             for t in plan.trials
@@ -51,13 +51,14 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
         f"[bold]{spec.name}[/]: {len(plan.trials)} trials -> {len(plan.stages)} stages ("
         + ", ".join(f"{counts[k]} {k}" for k in STAGE_KINDS) + ")"
     )
-    table = Table("kind", "key", "inputs", "settings", title="stages")
+    table = Table("kind", "key", "needs", "inputs", "settings", title="stages")
     for stage in plan.stages.values():
         shown = {k: v for k, v in stage.settings.items() if k != "dataset"}
-        extra = describe_stage(stage)
+        extra = describe_stage(stage, args.tflops)
         if "parameter_count" in extra:
-            shown["params"] = f"{extra['parameter_count'] / 1e6:.2f}M"
-        table.add_row(stage.kind, stage.key, " ".join(stage.inputs.values()), _short(shown))
+            shown = {"params": f"{extra['parameter_count'] / 1e6:.2f}M", "gpu_h": f"{extra['gpu_hours']:.3g}", **shown}
+        needs = f"{stage.resources.cpus:g} CPU" + (f", {stage.resources.gpus:g} GPU" if stage.resources.gpus else "")
+        table.add_row(stage.kind, stage.key, needs, " ".join(stage.inputs.values()), _short(shown))
     console.print(table)
     return 0
 
@@ -139,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="expand a spec into stages without running anything")
     p.add_argument("spec")
     p.add_argument("--json", action="store_true", help="print every stage as JSON")
+    p.add_argument("--tflops", type=float, default=400.0, help="sustained TFLOP/s per GPU for the GPU-hours estimate")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("run", help="run every unfinished stage of a spec (resumes where it stopped)")

@@ -25,7 +25,7 @@ def check_spec(spec: Spec, source: str = "spec") -> None:
                 raise SpecError(f"studies[{index}] ({study.name}) at {point}: {message}", source)
 
 
-def describe_stage(stage: Any) -> dict[str, Any]:
+def describe_stage(stage: Any, tflops: float = 400.0) -> dict[str, Any]:
     from runners.stages import describe
 
-    return describe(stage)
+    return describe(stage, tflops)

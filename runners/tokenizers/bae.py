@@ -50,7 +50,8 @@ def token_ids_to_bits(ids: Tensor, vocab: Vocabulary, grid: tuple[int, int]) -> 
         raise ValueError(f"ids must have shape (B, h*w={grid[0] * grid[1]}, K={vocab.token_each}), "
                          f"but got {tuple(ids.shape)}")
     bits = vocab.ids_to_bits(ids)  # (B, h*w, D)
-    return bits.transpose(1, 2).reshape(ids.shape[0], vocab.code_dim, *grid)
+    # contiguous: a strided input takes another conv kernel path whose float rounding differs (~1e-6)
+    return bits.transpose(1, 2).reshape(ids.shape[0], vocab.code_dim, *grid).contiguous()
 
 
 def quantize_bits(probs: Tensor, mode: QuantizeMode, generator: torch.Generator | None = None) -> Tensor:

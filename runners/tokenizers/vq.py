@@ -5,10 +5,11 @@
       --straight-through z + sg(z_q - z)--> 1x1 conv --> (B, latent_width, h, w) --Decoder--> sigmoid
       --> images (B, C, H, W) in [0, 1]
 
-Losses (taming-transformers' VectorQuantizer, van den Oord et al. 2017): the codebook loss ||sg(z) - z_q||^2
-pulls the chosen entries towards the encoder outputs; the commitment loss ||z - sg(z_q)||^2, weighted by
-`commitment` (0.25, ELM.md "VQGAN"), keeps the encoder close to its entries. The forward pass returns both in
-`quant_loss` = codebook + commitment * commitment_loss; the training loop adds it to the reconstruction loss.
+Losses (VQ-VAE, van den Oord et al. 2017; LlamaGen's VQ): the codebook loss ||sg(z) - z_q||^2 pulls the chosen
+entries towards the encoder outputs; the commitment loss ||z - sg(z_q)||^2, weighted by `commitment` (beta = 0.25,
+ELM.md "VQGAN"), keeps the encoder close to its entries. The forward pass returns both in `quant_loss` =
+codebook + commitment * commitment_loss; the training loop adds it to the reconstruction loss. (taming's code
+with its default legacy=True puts beta on the codebook term instead; we follow the paper's definition.)
 
 Codebook init as taming: U(-1/codebook_size, 1/codebook_size). With it most entries are never the nearest of any
 encoder output and so never move (ELM: VQGAN uses a few % of its codes at scale). Dead-code restarts
@@ -63,7 +64,7 @@ def vector_quantize(z: Tensor, codebook: Tensor, commitment: float) -> dict[str,
     B, e, h, w = z.shape
     flat = z.detach().permute(0, 2, 3, 1).reshape(-1, e)  # (B*h*w, e)
     ids = nearest_code(flat, codebook.detach()).reshape(B, h, w)  # (B, h, w)
-    chosen = F.embedding(ids, codebook).permute(0, 3, 1, 2)  # (B, e, h, w), differentiable in the entries
+    chosen = F.embedding(ids, codebook).permute(0, 3, 1, 2).contiguous()  # (B, e, h, w), differentiable in entries
     codebook_loss = F.mse_loss(chosen, z.detach())
     commitment_loss = F.mse_loss(z, chosen.detach())
     z_q = z + (chosen - z).detach()  # straight-through estimator
@@ -166,7 +167,8 @@ class VQTokenizer(nn.Module):
 
     def embed(self, ids: Tensor) -> Tensor:
         """ids (B, h, w) -> codebook entries z_q (B, e, h, w)."""
-        return self.codebook(ids).permute(0, 3, 1, 2)
+        # contiguous, as in forward: a strided input takes another conv kernel whose float rounding differs
+        return self.codebook(ids).permute(0, 3, 1, 2).contiguous()
 
     def encode(self, images: Tensor) -> Tensor:
         """Images (B, C, H, W) -> codebook ids (B, h, w) int64."""

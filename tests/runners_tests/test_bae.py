@@ -13,8 +13,10 @@ import torch.nn as nn
 from runners.data import load_dataset, stack
 from runners.tokenizers import TOKENIZERS, TokenizerEntry, get_tokenizer
 from runners.tokenizers.backbone import AttentionBlock, count_parameters
-from runners.tokenizers.bae import BAE_SIZES, BinaryAutoencoder, bit_usage_penalty, quantize_bits
+from runners.tokenizers.bae import (BAE_SIZES, BinaryAutoencoder, bit_usage_penalty, bits_to_token_ids,
+                                    quantize_bits, token_ids_to_bits)
 from runners.train_tokenizer import reconstruction_metrics, train_tokenizer
+from runners.vocab import Vocabulary
 
 # The digits demo recipe (also the defaults proposed for the demo spec).
 DIGITS_RECIPE = dict(steps=200, lr=3e-3, batch_size=32, bit_usage_weight=0.01)
@@ -153,6 +155,28 @@ def test_decode_output_is_an_image_in_unit_range() -> None:
     assert float(recon.min()) < 0.01 and float(recon.max()) > 0.99  # saturates, never overshoots
 
 
+def test_token_ids_literal_and_interface() -> None:
+    # Position 0 holds bits [1, 0, 1, 1], position 1 (to its right) [0, 0, 0, 1]: (B=1, D=4, h=1, w=2).
+    bits = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 0.0], [1.0, 1.0]]).reshape(1, 4, 1, 2)
+    vocab = Vocabulary(code_dim=4, token_each=2)
+    ids = bits_to_token_ids(bits, vocab)
+    assert ids.tolist() == [[[2, 3], [0, 1]]]  # (B, h*w, K), first bit most significant
+    assert torch.equal(token_ids_to_bits(ids, vocab, (1, 2)), bits)
+
+    model = _tiny(code_dim=8).eval()
+    images = torch.rand(2, 1, 16, 16)
+    vocab = Vocabulary(code_dim=8, token_each=2)
+    with torch.no_grad():
+        ids = model.encode_ids(images, mode="threshold", vocab=vocab)
+        assert torch.equal(ids, bits_to_token_ids(model.encode(images, "threshold"), vocab))
+        assert torch.equal(model.decode_ids(ids, vocab), model.decode(model.encode(images, "threshold")))
+        assert torch.equal(model.decode_ids(ids), model.decode_ids(ids, vocab))  # K read from the ids
+        assert torch.equal(torch.sigmoid(model.encode_logits(images)), model.encode_probs(images))
+    assert model.token_shape(vocab) == (2, 16) and model.latent_kind == "bits" and model.stochastic_encoding
+    with pytest.raises(ValueError, match=r"vocab must be a Vocabulary with code_dim=8.*token_each=K"):
+        model.encode_ids(images, mode="threshold", vocab=Vocabulary(code_dim=4, token_each=1))
+
+
 def test_bit_usage_penalty_literals() -> None:
     assert float(bit_usage_penalty(torch.full((4, 3, 2, 2), 0.5))) == 0.0
     assert float(bit_usage_penalty(torch.zeros(4, 3, 2, 2))) == pytest.approx(0.25)  # every bit stuck
@@ -200,6 +224,11 @@ def test_reconstruction_metrics_literals() -> None:
     assert metrics["bit_entropy_mean"] == pytest.approx(0.5)  # (1 bit + 0 bits) / 2
     assert metrics["mean_image_psnr_db"] == pytest.approx(20.0)  # mean 0.3, every pixel off by 0.1
     assert metrics["mean_image_l1"] == pytest.approx(0.1)
+    assert "token_usage" not in metrics  # sub-token id statistics need a vocabulary
+    # With Vocabulary(2, 1) the ids are 2 * bit0 + bit1 = [1, 1, 3, 3]: 2 of 4 ids used, 1 bit of entropy.
+    with_vocab = reconstruction_metrics(codec, images, batch_size=8, vocab=Vocabulary(code_dim=2, token_each=1))
+    assert with_vocab["token_usage"] == pytest.approx(0.5) and with_vocab["token_entropy_bits"] == pytest.approx(1.0)
+    assert with_vocab["psnr_db"] == metrics["psnr_db"]
 
 
 # ---------------------------------------------------------------------------------------------------------- training
