@@ -67,7 +67,9 @@ def vector_quantize(z: Tensor, codebook: Tensor, commitment: float) -> dict[str,
     chosen = F.embedding(ids, codebook).permute(0, 3, 1, 2).contiguous()  # (B, e, h, w), differentiable in entries
     codebook_loss = F.mse_loss(chosen, z.detach())
     commitment_loss = F.mse_loss(z, chosen.detach())
-    z_q = z + (chosen - z).detach()  # straight-through estimator
+    # Straight-through estimator: value exactly chosen (adding an exact 0, unlike taming's z + (z_q - z).detach(),
+    # which is off by float rounding), gradient to z as if identity, none to the entries along this path.
+    z_q = chosen.detach() + (z - z.detach())
     return dict(z_q=z_q, ids=ids, codebook_loss=codebook_loss, commitment_loss=commitment_loss,
                 quant_loss=codebook_loss + commitment * commitment_loss)
 

@@ -74,6 +74,8 @@ def test_token_round_trip_shapes_and_ranges(name: str) -> None:
     assert ids.shape == (3, 16, K) and ids.dtype == torch.int64 and torch.equal(ids, again)
     assert int(ids.min()) >= 0 and int(ids.max()) < V
     assert decoded.shape == images.shape and float(decoded.min()) >= 0.0 and float(decoded.max()) <= 1.0
+    with torch.no_grad():
+        assert torch.equal(decoded, model(images)["recon"])  # tokens carry exactly what the eval forward decodes
     assert random_images.shape == (5, CHANNELS, IMAGE_SIZE, IMAGE_SIZE)
     assert float(random_images.min()) >= 0.0 and float(random_images.max()) <= 1.0
     assert torch.equal(drawn[0], drawn[1])  # a seeded generator reproduces the draw
