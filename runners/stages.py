@@ -39,17 +39,17 @@ from runners.evaluation.reference import to_uint8_nhwc
 from runners.generators import GENERATOR_SIZES, GENERATORS, GeneratorConfig
 from runners.sampling import CFG_SCHEDULES, SAMPLING_CODE_VERSION
 from runners.scan import SCAN_ORDERS, from_scan, scan_positions, to_scan
-from runners.tokenizers import TOKENIZERS
+from runners.encode import encode_dataset, token_batch
+from runners.tokenizers import TOKENIZERS, vocabulary_for
 from runners.tokenizers.backbone import BACKBONE_SIZES
 from runners.train_generator import evaluate_loss, train_generator
 from runners.train_tokenizer import reconstruction_metrics, train_tokenizer
-from runners.vocab import Vocabulary
 
 Log = Callable[[int, dict[str, float]], None]
 StageFunction = Callable[..., dict[str, Any]]  # (stage, inputs, out, log, *, checkpoints) -> metrics
 
 # Bumped when a stage function changes what it computes (part of every key of that kind).
-STAGE_CODE_VERSIONS = {"classifier": "1", "tokenizer": "1", "generator": "1", "evaluation": "1"}
+STAGE_CODE_VERSIONS = {"classifier": "1", "tokenizer": "2", "generator": "2", "evaluation": "2"}
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 SAMPLE_BATCH = 100  # fixed micro-batch of the sampler: samples do not depend on the worker's batch size
@@ -82,9 +82,15 @@ def ignored_axes(kind: str, settings: Any) -> set[str]:
     e.g. MLM evaluations differing only in top_k are one stage."""
     if kind == "evaluation" and settings.modeling in GENERATORS:
         return set(SAMPLING_AXES) - set(GENERATORS[settings.modeling].sample_knobs)
-    if kind == "generator" and settings.modeling != "mlm":
-        return {"mask_schedule_steps"}
-    return set()
+    ignored: set[str] = set()
+    if kind == "generator":
+        if settings.modeling != "mlm":
+            ignored.add("mask_schedule_steps")
+        if settings.tokenizer == "vq":
+            ignored.add("encode")  # codebook ids are deterministic: nothing to sample
+    if kind == "tokenizer":
+        ignored |= {"restart_dead_codes"} if settings.tokenizer == "bae" else {"bernoulli", "bit_usage_weight"}
+    return ignored
 
 
 def check_settings(settings: Any, dataset: Any) -> list[tuple[str, str]]:
@@ -105,6 +111,9 @@ def check_settings(settings: Any, dataset: Any) -> list[tuple[str, str]]:
         if dataset.image_size % down:
             problems.append(("tokenizer_size", f"tokenizer_size {settings.tokenizer_size!r} downsamples by {down}, "
                              f"which must divide dataset.image_size ({dataset.image_size}); pick another size or image_size"))
+    if settings.tokenizer == "vq" and settings.token_each != 1:
+        problems.append(("token_each", f"a vq tokenizer gives one codebook id per position (K = 1), but got "
+                         f"token_each={settings.token_each}; set token_each: 1 (vocab 1-{settings.code_dim})"))
     if settings.bits_each > 20:
         problems.append(("token_each", f"code_dim/token_each = {settings.bits_each} bits gives a 2^{settings.bits_each}-word "
                          f"head per sub-token; use at most 20 bits per sub-token (raise token_each)"))
@@ -198,26 +207,6 @@ def load_generator(folder: Path, device: torch.device) -> tuple[torch.nn.Module,
     return model.to(device).eval(), config, saved
 
 
-@torch.no_grad()
-def encode_probs(tokenizer: torch.nn.Module, images: Tensor, batch_size: int = 256) -> Tensor:
-    """Bit probabilities (N, D, h, w) of a stack of images, on the images' device."""
-    device = next(tokenizer.parameters()).device
-    chunks = [tokenizer.encode_probs(images[i : i + batch_size].to(device)) for i in range(0, len(images), batch_size)]
-    return torch.cat(chunks)
-
-
-def probs_to_ids(probs_or_bits: Tensor, vocab: Vocabulary) -> Tensor:
-    """(B, D, h, w) bits -> (B, h*w, K) sub-token ids in raster order."""
-    bits = probs_or_bits.flatten(2).transpose(1, 2)  # (B, h*w, D)
-    return vocab.bits_to_ids(bits)
-
-
-def ids_to_bits(ids: Tensor, vocab: Vocabulary, grid: tuple[int, int]) -> Tensor:
-    """(B, h*w, K) ids -> (B, D, h, w) bits: the exact inverse of probs_to_ids on bits."""
-    bits = vocab.ids_to_bits(ids)  # (B, h*w, D)
-    return bits.transpose(1, 2).reshape(ids.shape[0], vocab.code_dim, *grid)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # the stages
 
@@ -244,17 +233,22 @@ def tokenizer_stage(
     s = stage.settings
     device = pick_device(stage.resources.gpus)
     data = dataset_of(s)
-    kwargs = {"code_dim": s["code_dim"], "size": s["tokenizer_size"], "channels": data.channels,
-              "image_size": data.image_size, "bernoulli": s["bernoulli"]}
+    kwargs: dict[str, Any] = {"size": s["tokenizer_size"], "channels": data.channels, "image_size": data.image_size}
+    if s["tokenizer"] == "vq":  # a codebook of 2^code_dim entries: ids of code_dim bits, as the vocab column says
+        kwargs.update(codebook_size=2 ** s["code_dim"], restart_dead_codes=s["restart_dead_codes"])
+    else:
+        kwargs.update(code_dim=s["code_dim"], bernoulli=s["bernoulli"])
     torch.manual_seed(s["tokenizer_seed"])
     model = TOKENIZERS[s["tokenizer"]].build(**kwargs).to(device)
     model = train_tokenizer(
         model, data.train, steps=s["tokenizer_steps"], lr=s["tokenizer_lr"], batch_size=s["tokenizer_batch"],
-        seed=s["tokenizer_seed"], bit_usage_weight=s["bit_usage_weight"], on_log=log,
+        seed=s["tokenizer_seed"], bit_usage_weight=s.get("bit_usage_weight", 0.0), on_log=log,
+        gan_weight=s["gan_weight"], gan_start=s["gan_start"],
     )
     save_model(model, out, {"tokenizer": s["tokenizer"], "kwargs": kwargs})
     heldout_images, _ = stack(data.heldout)
-    metrics = reconstruction_metrics(model, heldout_images.to(device))
+    vocab = vocabulary_for(model, 1) if s["tokenizer"] == "bae" else None  # ids of one whole latent position
+    metrics = reconstruction_metrics(model, heldout_images.to(device), vocab=vocab)
     return {name: float(value) for name, value in metrics.items()}
 
 
@@ -265,23 +259,21 @@ def generator_stage(
     device = pick_device(stage.resources.gpus)
     data = dataset_of(s)
     tokenizer = load_tokenizer(inputs["tokenizer"], device)
-    vocab = Vocabulary(code_dim=tokenizer.code_dim, token_each=s["token_each"])
+    vocab = vocabulary_for(tokenizer, s["token_each"])  # None for codebook tokenizers (one id per position)
     grid = tuple(tokenizer.grid)
     positions = scan_positions(s["scan_order"], *grid, device=device)  # (N, 2) grid coordinates in scan order
 
-    # The frozen tokenizer encodes the training set once into bit probabilities; every step then draws
-    # fresh Bernoulli bits from them (ELM's stochastic augmentation), or thresholds them.
-    images, labels = stack(data.train)
-    probs = encode_probs(tokenizer, images)  # (N, D, h, w)
-    labels = labels.to(device)
+    # The frozen tokenizer encodes the training set once (BAE: bit logits, VQ: ids); every step then
+    # draws fresh Bernoulli bits from the cache (ELM's stochastic augmentation), or thresholds them.
+    encoded = {name: t.to(device) for name, t in encode_dataset(tokenizer, data.train).items()}
 
     def batch_fn(step: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        index = torch.randint(len(probs), (s["generator_batch"],), generator=generator, device=generator.device)
-        p = probs[index]
-        bits = torch.bernoulli(p, generator=generator) if s["encode"] == "bernoulli" else (p > 0.5).float()
-        return to_scan(probs_to_ids(bits, vocab), s["scan_order"], *grid), labels[index]
+        index = torch.randint(len(encoded["labels"]), (s["generator_batch"],), generator=generator)
+        ids = token_batch(encoded, index, mode=s.get("encode", "threshold"), vocab=vocab, generator=generator)  # (B, N, K) raster
+        return to_scan(ids, s["scan_order"], *grid), encoded["labels"][index.to(device)]
 
-    config = generator_config(s, tokenizer.code_dim, grid, data.num_classes)
+    token_each, vocab_size = tokenizer.token_shape(vocab)
+    config = generator_config(s, token_each * int(math.log2(vocab_size)), grid, data.num_classes)
     checkpointer = checkpointer_of(stage, checkpoints)
     resumed = checkpointer.restore()
     torch.manual_seed(s["seed"])
@@ -295,11 +287,12 @@ def generator_stage(
     save_model(result.model, out, {"modeling": s["modeling"], "config": config.__dict__, "scan_order": s["scan_order"]})
 
     heldout_images, heldout_labels = stack(data.heldout)
-    heldout_ids = probs_to_ids((encode_probs(tokenizer, heldout_images) > 0.5).float(), vocab)
+    with torch.no_grad():
+        heldout_ids = tokenizer.encode_ids(heldout_images.to(device), mode="threshold", vocab=vocab)
     heldout_ids = to_scan(heldout_ids, s["scan_order"], *grid)
     return {
         "parameter_count": GENERATORS[s["modeling"]].parameter_count(config),
-        "uniform_loss": math.log(vocab.size),
+        "uniform_loss": math.log(vocab_size),
         "initial_loss": result.initial_loss,
         "final_loss": result.final_loss,
         "heldout_loss": evaluate_loss(result.model, heldout_ids, heldout_labels.to(device), positions=positions),
@@ -317,11 +310,11 @@ def evaluation_stage(
     data = dataset_of(s)
     tokenizer = load_tokenizer(inputs["tokenizer"], device)
     generator, config, saved = load_generator(inputs["generator"], device)
+    vocab = vocabulary_for(tokenizer, config.token_each)
     entry = GENERATORS[saved["modeling"]]
     order, grid = saved["scan_order"], (config.grid_height, config.grid_width)
     positions = scan_positions(order, *grid, device=device)
     classifier = load_classifier(inputs["classifier"]).to(device)
-    vocab = Vocabulary(code_dim=config.token_each * config.bits_each, token_each=config.token_each)
 
     # Class-balanced labels; fixed micro-batches, each drawing from its own generator seeded from
     # (sampling seed, batch index): the images do not depend on how the work is split.
@@ -332,7 +325,7 @@ def evaluation_stage(
         rng = torch.Generator(device=device).manual_seed(s["sampling_seed"] * 1_000_003 + batch)
         ids = entry.sample(generator, labels[start : start + SAMPLE_BATCH], s, rng, positions)  # (B, N, K) scan order
         ids = from_scan(ids, order, *grid)  # back to raster before decoding
-        images.append(tokenizer.decode(ids_to_bits(ids, vocab, grid)))
+        images.append(tokenizer.decode_ids(ids, vocab))
     fake = torch.cat(images).clamp(0, 1)
     real, _ = stack(data.heldout)
     extractor = classifier if s["feature_extractor"] == "classifier" else InceptionFeatures().to(device)

@@ -57,8 +57,10 @@ class Settings(BaseModel):
     classifier_batch: int = axis(64, "classifier", "Batch size of the dataset classifier.", ge=1)
 
     # ---- tokenizer
-    tokenizer: str = axis("bae", "tokenizer", "Tokenizer kind: `bae` (binary autoencoder).")
-    code_dim: int = axis(8, "tokenizer", "Bits per latent position (D) of a BAE.", ge=1, le=64)
+    tokenizer: str = axis("bae", "tokenizer", "Tokenizer kind: `bae` (binary autoencoder) or `vq` (VQGAN-style codebook).")
+    code_dim: int = axis(
+        8, "tokenizer", "Bits per latent position: D of a BAE; for vq the codebook holds 2^code_dim entries.", ge=1, le=64
+    )
     tokenizer_size: str = axis("tiny", "tokenizer", "Rung of the conv backbone ladder (tiny, small, imagenet).")
     tokenizer_steps: int = axis(200, "tokenizer", "Tokenizer training steps.", ge=1)
     tokenizer_lr: float = axis(3e-3, "tokenizer", "Tokenizer AdamW learning rate.", gt=0)
@@ -67,6 +69,11 @@ class Settings(BaseModel):
     bernoulli: bool = axis(
         True, "tokenizer", "BAE training quantisation: Bernoulli-sampled bits (true) or the deterministic threshold 0.5."
     )
+    restart_dead_codes: bool = axis(
+        False, "tokenizer", "vq: re-initialise codebook entries unused for a while (off reproduces the paper's VQGAN)."
+    )
+    gan_weight: float = axis(0.0, "tokenizer", "Weight of the adaptive patch-GAN hinge loss (0 = off).", ge=0)
+    gan_start: int = axis(0, "tokenizer", "Step from which the GAN loss is on.", ge=0)
     bit_usage_weight: float = axis(
         0.01, "tokenizer", "Penalty on each bit's mean probability away from 0.5 (keeps bits in use).", ge=0
     )
