@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from space.schema import Spec, SpecError, study_points
+from space.schema import Spec, SpecError, compose, study_points
 
 
 def check_spec(spec: Spec, source: str = "spec") -> None:
@@ -17,7 +17,7 @@ def check_spec(spec: Spec, source: str = "spec") -> None:
         raise SpecError(f"baseline.{axis}: {message}", source)
     for index, study in enumerate(spec.studies):
         for point in study_points(spec, study):
-            settings = spec.baseline.model_copy(update={**study.fixed, **point})
+            settings = compose(spec.baseline, study.fixed, point)
             for axis, message in check_settings(settings, spec.dataset):
                 where = "vary" if axis in study.vary else "fixed" if axis in study.fixed else None
                 if where:
