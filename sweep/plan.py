@@ -150,7 +150,7 @@ def make_plan(spec: Spec) -> Plan:
         keys["tokenizer"] = add("tokenizer", s, {}, {}, axes("tokenizer"))
         keys["generator"] = add(
             "generator", s, {"seed": trial.seed}, {"tokenizer": keys["tokenizer"]},
-            {**axes("tokenizer"), **axes("generator"), "seed": trial.seed},
+            {**axes("tokenizer"), **axes("generator"), "vocab": s.vocab, "seed": trial.seed},
         )
         sampling_seed = sampling_seed_of(trial.seed)
         keys["evaluation"] = add(
