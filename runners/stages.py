@@ -22,6 +22,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from runners.analysis.attention import attention_maps, locality
+from runners.analysis.token_randomness import bigram_kl, text_corpus_ids, unigram_kl
 from runners.checkpoint import Checkpointer
 from runners.data import ImageDataset, load_dataset, stack
 from sweep.faults import fault_point
@@ -49,7 +51,7 @@ Log = Callable[[int, dict[str, float]], None]
 StageFunction = Callable[..., dict[str, Any]]  # (stage, inputs, out, log, *, checkpoints) -> metrics
 
 # Bumped when a stage function changes what it computes (part of every key of that kind).
-STAGE_CODE_VERSIONS = {"classifier": "1", "tokenizer": "2", "generator": "2", "evaluation": "2"}
+STAGE_CODE_VERSIONS = {"classifier": "1", "tokenizer": "2", "generator": "2", "evaluation": "2", "analysis": "1"}
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 SAMPLE_BATCH = 100  # fixed micro-batch of the sampler: samples do not depend on the worker's batch size
@@ -343,9 +345,53 @@ def evaluation_stage(
             "num_samples": len(labels)}
 
 
+@torch.no_grad()
+def analysis_stage(
+    stage: Any, inputs: dict[str, Path], out: Path, log: Log, checkpoints: Path | None = None
+) -> dict[str, Any]:
+    """ELM's analyses beyond FID; returns `rows`: one row per (subject, n-gram order) or per layer."""
+    s = stage.settings
+    device = pick_device(stage.resources.gpus)
+    if s["analysis"] == "token_randomness_text":
+        ids = text_corpus_ids(s["text_bpe_vocab"], s["text_corpus"])
+        subject = f"text (BPE {s['text_bpe_vocab']})"
+        return {"rows": [
+            {"analysis": "token_randomness", "subject": subject, "order": order, **measure(ids, s["text_bpe_vocab"])}
+            for order, measure in (("unigram", unigram_kl), ("bigram", bigram_kl))
+        ]}
+
+    data = dataset_of(s)
+    tokenizer = load_tokenizer(inputs["tokenizer"], device)
+    images, labels = stack(data.heldout, limit=s["images"])
+    grid = tuple(tokenizer.grid)
+    if s["analysis"] == "token_randomness":
+        vocab = vocabulary_for(tokenizer, s["token_each"])
+        _, vocab_size = tokenizer.token_shape(vocab)
+        ids = to_scan(tokenizer.encode_ids(images.to(device), mode="threshold", vocab=vocab), s["scan_order"], *grid)
+        sequences = ids.flatten(1).cpu()  # (B, N*K): sub-tokens in scan order, consecutive pairs are bigrams
+        name = stage.columns["tokenizer"]
+        subject = f"{name} {stage.columns['vocab']}" if name == "bae" else f"{name} {vocab_size}"
+        return {"rows": [
+            {"analysis": "token_randomness", "subject": subject, "order": order, **measure(sequences, vocab_size)}
+            for order, measure in (("unigram", unigram_kl), ("bigram", bigram_kl))
+        ]}
+
+    # attention locality of a trained generator on real held-out tokens
+    generator, config, saved = load_generator(inputs["generator"], device)
+    vocab = vocabulary_for(tokenizer, config.token_each)
+    positions = scan_positions(saved["scan_order"], *grid, device=device)
+    ids = to_scan(tokenizer.encode_ids(images.to(device), mode="threshold", vocab=vocab), saved["scan_order"], *grid)
+    maps = attention_maps(generator, ids, labels.to(device), positions=positions)  # (layers, B, H, T, T)
+    causal = saved["modeling"] == "ar"
+    slots = positions[: maps.shape[-1] - 1] if causal else positions.repeat_interleave(maps.shape[-1] // len(positions), 0)
+    per_layer = locality(maps, slots[: maps.shape[-1] - 1], k=s["locality_k"], causal=causal)
+    return {"rows": [{"analysis": "attention_locality", **layer} for layer in per_layer]}
+
+
 STAGE_FUNCTIONS: dict[str, StageFunction] = {
     "classifier": classifier_stage,
     "tokenizer": tokenizer_stage,
     "generator": generator_stage,
     "evaluation": evaluation_stage,
+    "analysis": analysis_stage,
 }

@@ -88,13 +88,18 @@ def train_generator(
     compile: bool = False,
     positions: Tensor | None = None,
     checkpointer: Checkpointer | None = None,
+    loss_fn: Callable[..., Tensor] | None = None,
 ) -> TrainResult:
     """Train `model` (in place) for `steps` optimizer steps on batches from `batch_fn`.
 
     model must provide `loss(ids, labels, *, positions, generator) -> scalar Tensor`. precision
     "bf16" autocasts forward + loss to bfloat16 on the model's device; compile=True runs the loss
     through torch.compile; positions (N, 2) is the scan order handed to every loss call (None =
-    raster). checkpointer (runners.checkpoint) saves model, optimizer, EMA, losses and every RNG
+    raster). loss_fn, when given, computes the loss in place of `model.loss` (same arguments): data-
+    parallel training (runners/distributed.py) passes a DistributedDataParallel wrapper whose forward
+    is `model.loss`, so backward all-reduces the gradients while the optimizer, EMA and checkpoints
+    keep working on the plain `model` (same parameter tensors, plain state_dict keys).
+    checkpointer (runners.checkpoint) saves model, optimizer, EMA, losses and every RNG
     state when due; a loop that finds a checkpoint continues after its step, bit-identically. on_log(step, metrics)
     is called every `log_every` steps and at the last step with metrics "loss" (mean since the
     last log), "lr" and "grad_norm". A non-finite loss raises FloatingPointError at once.
@@ -119,7 +124,8 @@ def train_generator(
     optimizer = _optimizer(model, lr, weight_decay, betas)
     ema = copy.deepcopy(model).requires_grad_(False) if ema_decay is not None else None
     device_type = next(model.parameters()).device.type
-    loss_fn = torch.compile(model.loss) if compile else model.loss
+    loss_fn = loss_fn if loss_fn is not None else model.loss
+    loss_fn = torch.compile(loss_fn) if compile else loss_fn
 
     model.train()
     losses: list[tuple[int, float]] = []

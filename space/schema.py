@@ -29,8 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 SCHEMA_VERSION = 1
 
-StageKind = Literal["classifier", "tokenizer", "generator", "evaluation"]
-STAGE_KINDS: tuple[str, ...] = ("classifier", "tokenizer", "generator", "evaluation")
+StageKind = Literal["classifier", "tokenizer", "generator", "evaluation", "analysis"]
+STAGE_KINDS: tuple[str, ...] = ("classifier", "tokenizer", "generator", "evaluation", "analysis")
 
 
 class SpecError(ValueError):
@@ -240,6 +240,24 @@ class Runtime(BaseModel):
     retries: int = Field(0, description="Extra attempts of a stage that raised (a lost worker is always run again).", ge=0)
 
 
+class Analyses(BaseModel):
+    """The paper's analyses beyond FID, run as stages of the sweep when switched on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    token_randomness: bool = Field(
+        False, description="KL to uniform of unigram and bigram token distributions per tokenizer x vocabulary, "
+        "beside a BPE-tokenized text corpus."
+    )
+    text_bpe_vocab: int = Field(2048, description="Vocabulary of the text baseline's BPE (1k-4k fit the corpus).", ge=256)
+    text_corpus: str | None = Field(None, description="UTF-8 text file of the baseline (default: Python's pydoc topics).")
+    attention_locality: bool = Field(
+        False, description="Per layer, attention mass in a k x k grid neighbourhood and mean 2D attention distance."
+    )
+    locality_k: int = Field(3, description="Side of the neighbourhood (odd).", ge=1)
+    images: int = Field(64, description="Held-out images whose tokens the analyses read.", ge=1)
+
+
 class Study(BaseModel):
     """A grid over some axes around the spec's baseline."""
 
@@ -290,6 +308,7 @@ class Spec(BaseModel):
         default_factory=dict, description="Per stage kind; kinds not listed get 1 CPU, no GPU."
     )
     runtime: Runtime = Field(default_factory=Runtime, description="Checkpointing and retries.")
+    analyses: Analyses = Field(default_factory=Analyses, description="Analyses beyond FID (off by default).")
 
     @field_validator("schema_version")
     @classmethod

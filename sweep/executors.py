@@ -98,7 +98,8 @@ class SerialExecutor:
         ledger = Ledger(stages)
         while (stage := ledger.ready()) is not None:
             on_event("started", stage, {})
-            row = execute(stage, store_root, context, {"executor": self.name})
+            row = execute(stage, store_root, context, {"executor": self.name},
+                          report=lambda values, stage=stage: on_event("progress", stage, values))
             on_event(row["status"], stage, row)
             for skipped, reason in ledger.complete(stage.key, row):
                 skip = skipped_row(skipped, context, reason)
@@ -160,7 +161,17 @@ class RayExecutor:
 
         ledger = Ledger(stages)
         store = Store(store_root)
-
+        for key, reason in unschedulable(stages).items():  # never submitted: they would wait forever
+            stage = ledger.by_key[key]
+            ledger.pending.remove(key)
+            row = skipped_row(stage, context, reason)
+            row.update(status="failed", failure_kind="error")
+            store.record_failure(stage.kind, key, row)
+            on_event("failed", stage, row)
+            for skipped, why in ledger.complete(key, row):
+                skip = skipped_row(skipped, context, why)
+                store.record_failure(skipped.kind, skipped.key, skip)
+                on_event("skipped", skipped, skip)
         searcher = _stage_searcher_class()(ledger, store, context, on_event)
 
         def resources(config: dict[str, Any]) -> Any:
@@ -186,7 +197,8 @@ class RayExecutor:
             ),
         )
         try:
-            tuner.fit()
+            if not ledger.done:
+                tuner.fit()
         finally:
             if started_here:
                 ray.shutdown()
@@ -223,6 +235,10 @@ def _stage_searcher_class() -> type:
             self.on_event("started", stage, {})
             return {"stage": stage.to_json(), "store": str(self.store.root), "context": self.context}
 
+        def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+            if trial_id in self.trial_keys and "step" in result:
+                self.on_event("progress", self.ledger.by_key[self.trial_keys[trial_id]], result)
+
         def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
             key = self.trial_keys[trial_id]
             stage = self.ledger.by_key[key]
@@ -234,6 +250,25 @@ def _stage_searcher_class() -> type:
                 self.on_event("skipped", skipped, skip)
 
     return StageSearcher
+
+
+def unschedulable(stages: list[Stage]) -> dict[str, str]:
+    """Keys of the stages that no alive node of the connected Ray cluster can ever fit, with the reason."""
+    import ray
+
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    most_cpus = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
+    most_gpus = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
+    found = {}
+    for stage in stages:
+        need = stage.resources
+        if need.cpus > most_cpus or need.gpus > most_gpus:
+            found[stage.key] = (
+                f"needs {need.cpus:g} CPUs and {need.gpus:g} GPUs on one node, but the largest node of this Ray "
+                f"cluster has {most_cpus:g} CPUs and {most_gpus:g} GPUs; lower resources.{stage.kind} in the spec "
+                f"or add a node that fits"
+            )
+    return found
 
 
 def _trial_name(trial: Any) -> str:

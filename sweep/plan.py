@@ -28,6 +28,7 @@ INPUTS_OF: dict[str, tuple[str, ...]] = {
     "tokenizer": (),
     "generator": ("tokenizer",),
     "evaluation": ("generator", "tokenizer", "classifier"),
+    "analysis": ("tokenizer", "generator"),  # what each analysis reads of these
 }
 
 
@@ -158,6 +159,19 @@ def make_plan(spec: Spec) -> Plan:
             {"generator": keys["generator"], "tokenizer": keys["tokenizer"], "classifier": keys["classifier"]},
             {**s.model_dump(), "seed": trial.seed, "sampling_seed": sampling_seed},
         )
+        analyses = spec.analyses
+        if analyses.token_randomness:
+            own = {"analysis": "token_randomness", "token_each": s.token_each, "scan_order": s.scan_order,
+                   "images": analyses.images}
+            add("analysis", s, own, {"tokenizer": keys["tokenizer"]},
+                {**axes("tokenizer"), "vocab": s.vocab, "scan_order": s.scan_order})
+            text = {"analysis": "token_randomness_text", "text_bpe_vocab": analyses.text_bpe_vocab,
+                    "text_corpus": analyses.text_corpus}
+            add("analysis", s, text, {}, {})
+        if analyses.attention_locality:
+            own = {"analysis": "attention_locality", "locality_k": analyses.locality_k, "images": analyses.images}
+            add("analysis", s, own, {"generator": keys["generator"], "tokenizer": keys["tokenizer"]},
+                {**axes("tokenizer"), **axes("generator"), "vocab": s.vocab, "seed": trial.seed})
         trial_id = content_key("trial", {"study": trial.study, "evaluation": keys["evaluation"]}, {}, {})
         planned.append(PlannedTrial(trial, trial_id, sampling_seed, keys))
 

@@ -57,6 +57,11 @@ class Reporter:
         else:
             self.console.print(f"[red]{event:<7}[/] {label}: {row.get('error', '')}", highlight=False)
 
+    def running(self, stage: Stage, values: dict[str, Any]) -> None:
+        """A running stage's latest training loss, on its kind's bar."""
+        if self.progress is not None and "loss" in values and stage.kind in self.tasks:
+            self.progress.update(self.tasks[stage.kind], note=f"{stage.key[:8]} step {values.get('step')} loss {values['loss']:.4g}")
+
     def note(self, text: str) -> None:
         self.console.print(text, highlight=False)
 

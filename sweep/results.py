@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from space.schema import Spec, parse_spec
+from space.schema import STAGE_KINDS, Spec, parse_spec
 from sweep.run import SPEC_COPY, STORE_DIR, TRIALS_FILE
 from sweep.store import Store
 
@@ -41,7 +41,7 @@ def load_results(run_dir: str | Path) -> Results:
         raise FileNotFoundError(f"{run_dir} holds no {SPEC_COPY}: is it a run folder made by `sweep run`?")
     spec = parse_spec(yaml.safe_load(spec_path.read_text()), str(spec_path))
     store = Store(run_dir / STORE_DIR)
-    kinds = ("classifier", "tokenizer", "generator", "evaluation")
+    kinds = STAGE_KINDS
     trials = pd.read_parquet(run_dir / TRIALS_FILE)
     losses = pd.concat([store.losses(kind) for kind in kinds], ignore_index=True)
     return Results(spec=spec, trials=trials, rows={kind: store.rows(kind) for kind in kinds}, losses=losses)

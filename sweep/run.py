@@ -120,6 +120,9 @@ def run_sweep(
                           "`sweep run --retry-failed` runs them again")
 
         def on_event(event: str, stage: Stage, row: dict[str, Any]) -> None:
+            if event == "progress":
+                reporter.running(stage, row)
+                return
             if event == "started":
                 fault_point("stage_started")
             else:

@@ -122,12 +122,13 @@ def execute(
             shutil.rmtree(tmp, ignore_errors=True)
             if attempt == attempts:
                 return fail("error", f"{type(error).__name__}: {error}", traceback.format_exc())
+    extra_rows = metrics.pop("rows", None)  # an analysis gives several rows: one per subject or layer
     row.update(metrics, status="finished", failure_kind="", error="", attempts=attempt)
     row.update(wall_s=time.perf_counter() - started, ended_at=now_iso())
     if losses.rows():
         write_rows(tmp / LOSSES_FILE, losses.rows())
     write_json(tmp / "stage.json", stage.to_json())
-    write_rows(tmp / ROW_FILE, [row])
+    write_rows(tmp / ROW_FILE, [{**row, **extra} for extra in extra_rows] if extra_rows else [row])
     store.commit(tmp, stage.kind, stage.key)
     return row
 

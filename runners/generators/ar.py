@@ -185,6 +185,16 @@ class KVCache:
         return self.angles.shape[0]
 
 
+def check_positions(config: GeneratorConfig, positions: Tensor | None, device: torch.device) -> Tensor:
+    """(N, 2) (row, col) of each sequence position on `device`; raster order when None."""
+    N = config.seq_len
+    if positions is None:
+        return raster_positions(config.grid_height, config.grid_width, device)
+    if positions.shape != (N, 2):
+        raise ValueError(f"positions must have shape (N, 2) = ({N}, 2) of (row, col), but got {tuple(positions.shape)}")
+    return positions.to(device)
+
+
 class ARGenerator(nn.Module):
     """Class-conditional causal transformer over K sub-tokens per latent position."""
 
@@ -209,14 +219,7 @@ class ARGenerator(nn.Module):
 
     # ---------------------------------------------------------------- helpers
     def _check_positions(self, positions: Tensor | None, device: torch.device) -> Tensor:
-        N = self.config.seq_len
-        if positions is None:
-            return raster_positions(self.config.grid_height, self.config.grid_width, device)
-        if positions.shape != (N, 2):
-            raise ValueError(
-                f"positions must have shape (N, 2) = ({N}, 2) of (row, col), but got {tuple(positions.shape)}"
-            )
-        return positions.to(device)
+        return check_positions(self.config, positions, device)
 
     def _drop_labels(self, labels: Tensor, generator: torch.Generator | None) -> Tensor:
         """Replace labels with the null class with probability class_dropout (training only)."""

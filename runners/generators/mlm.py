@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from runners.generators.ar import GeneratorConfig, raster_positions
+from runners.generators.ar import GeneratorConfig, check_positions
 from runners.generators.layers import Block, RMSNorm, block_parameter_count, drop_labels, init_weights, rotary_angles_2d
 
 
@@ -90,14 +90,7 @@ class MLMGenerator(nn.Module):
         return self.config.vocab_size
 
     def _check_positions(self, positions: Tensor | None, device: torch.device) -> Tensor:
-        N = self.config.seq_len
-        if positions is None:
-            return raster_positions(self.config.grid_height, self.config.grid_width, device)
-        if positions.shape != (N, 2):
-            raise ValueError(
-                f"positions must have shape (N, 2) = ({N}, 2) of (row, col), but got {tuple(positions.shape)}"
-            )
-        return positions.to(device)
+        return check_positions(self.config, positions, device)
 
     def _check_ids(self, ids: Tensor, labels: Tensor, allow_mask: bool) -> None:
         cfg = self.config

@@ -35,7 +35,7 @@ def test_plan_matches_the_golden_file():
 def test_identical_stages_are_planned_once():
     plan = make_plan(load_spec(FIXTURES / "plan.yaml"))
     # 16 trials but: one classifier; tokenizers for code_dim 8 and 12; generators per (code_dim, K, seed)
-    assert plan.counts() == {"classifier": 1, "tokenizer": 2, "generator": 7, "evaluation": 13}
+    assert plan.counts() == {"classifier": 1, "tokenizer": 2, "generator": 7, "evaluation": 13, "analysis": 0}
     # the vocabulary study's three generators per seed share one tokenizer
     vocab = [t for t in plan.trials if t.trial.study == "vocabulary"]
     assert len({t.keys["tokenizer"] for t in vocab}) == 1

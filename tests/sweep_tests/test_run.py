@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from space.schema import AXES, load_spec
+from space.schema import AXES, Resources, load_spec
 from sweep.executors import RayExecutor, SerialExecutor
 from sweep.progress import Reporter
 from sweep.results import load_results
@@ -112,3 +112,13 @@ def test_a_half_written_artifact_is_not_finished(serial_run, tmp_path):
     summary = run_sweep(load_spec(FIXTURES / "e2e.yaml"), copy, SerialExecutor(), quiet())
     assert summary.counts == {"finished": 1} and summary.cached == 5
     assert not list((copy / "stages" / "evaluation").glob(".tmp-*"))
+
+
+def test_a_stage_no_node_can_fit_fails_with_the_reason(tmp_path):
+    spec = load_spec(FIXTURES / "e2e.yaml")
+    spec = spec.model_copy(update={"resources": {k: Resources(cpus=99) for k in ("classifier", "tokenizer", "generator", "evaluation")}})
+    summary = run_sweep(spec, tmp_path, RayExecutor(tmp_path, num_cpus=2), quiet())
+    assert summary.counts == {"failed": 2, "skipped": 4}
+    rows = load_results(tmp_path).rows
+    assert "needs 99 CPUs" in rows["tokenizer"]["error"].iloc[0] and "lower resources.tokenizer" in rows["tokenizer"]["error"].iloc[0]
+    assert set(rows["evaluation"]["status"]) == {"skipped"}
