@@ -72,3 +72,28 @@ def test_trained_generator_with_guidance_beats_chance_and_its_untrained_self(run
     baseline = evaluation_stage(stage, {**inputs, "generator": untrained}, evaluation, lambda *_: None)
     assert trained["fid"] <= 0.5 * baseline["fid"], (trained["fid"], baseline["fid"])
     shutil.rmtree(evaluation)
+
+
+def test_samples_do_not_depend_on_how_blocks_are_split_over_workers(run):
+    from runners.stages import (
+        SAMPLE_BATCH, balanced_labels, load_generator, load_tokenizer, sample_blocks, scan_positions, vocabulary_for,
+    )
+
+    out, plan = run
+    stage = plan.of_kind("evaluation")[0]
+    folder = lambda role: out / "stages" / role / stage.inputs[role]  # noqa: E731
+    device = torch.device("cpu")
+    tokenizer = load_tokenizer(folder("tokenizer"), device)
+    model, config, saved = load_generator(folder("generator"), device)
+    grid = (config.grid_height, config.grid_width)
+    args = (vocabulary_for(tokenizer, config.token_each), model, GENERATORS[saved["modeling"]], saved["scan_order"],
+            grid, scan_positions(saved["scan_order"], *grid))
+    labels = balanced_labels(10, 30, device)  # 300 images: 3 blocks of SAMPLE_BATCH
+    blocks = range(len(labels) // SAMPLE_BATCH)
+    one_worker = sample_blocks(blocks, labels, stage.settings, tokenizer, *args)
+    four_workers = {}
+    for worker in range(4):  # round-robin, in reverse order within each worker
+        four_workers.update(sample_blocks(list(blocks)[worker::4][::-1], labels, stage.settings, tokenizer, *args))
+    assert sorted(four_workers) == list(blocks)
+    for block in blocks:
+        assert torch.equal(one_worker[block], four_workers[block])
