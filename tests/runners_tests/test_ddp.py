@@ -97,7 +97,9 @@ def test_bad_arguments_fail_before_ray_starts() -> None:
     with pytest.raises(ValueError, match="num_workers must be an int >= 1, but got num_workers=0"):
         train_generator_ddp(build_model, batch_fn, num_workers=0, steps=1, lr=1e-3, seed=0)
     with pytest.raises(ValueError, match="precision must be one of"):
-        train_generator_ddp(build_model, batch_fn, num_workers=1, steps=1, lr=1e-3, seed=0, precision="fp16")  # type: ignore[arg-type]
+        train_generator_ddp(
+            build_model, batch_fn, num_workers=1, steps=1, lr=1e-3, seed=0, precision="fp16"  # type: ignore[arg-type]
+        )
 
 
 def test_importing_runners_distributed_does_not_import_ray() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -108,7 +109,9 @@ def test_a_half_written_artifact_is_not_finished(serial_run, tmp_path):
     shutil.copytree(serial_run, copy)
     evaluation = next((copy / "stages" / "evaluation").iterdir())
     (evaluation / "row.parquet").unlink()  # as if killed before the row was written
-    os.rename(evaluation, evaluation.with_name(".tmp-" + evaluation.name + "-1-abc"))
+    dead = subprocess.Popen(["true"])  # a process id that no longer runs: the writer died
+    dead.wait()
+    os.rename(evaluation, evaluation.with_name(f".tmp-{evaluation.name}-{dead.pid}-abc"))
     summary = run_sweep(load_spec(FIXTURES / "e2e.yaml"), copy, SerialExecutor(), quiet())
     assert summary.counts == {"finished": 1} and summary.cached == 5
     assert not list((copy / "stages" / "evaluation").glob(".tmp-*"))
