@@ -162,6 +162,8 @@ class RayExecutor:
         ledger = Ledger(stages)
         store = Store(store_root)
         for key, reason in unschedulable(stages).items():  # never submitted: they would wait forever
+            if key not in ledger.pending:
+                continue  # already skipped: an input of it cannot be scheduled either
             stage = ledger.by_key[key]
             ledger.pending.remove(key)
             row = skipped_row(stage, context, reason)
