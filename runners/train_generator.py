@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -35,6 +35,13 @@ PRECISIONS = ("fp32", "bf16")
 
 BatchFn = Callable[[int, torch.Generator], tuple[Tensor, Tensor]]
 """(step, generator) -> (ids (B, N, K) int64, labels (B,) int64) on the model's device."""
+
+Hook = tuple[int, Callable[[int, nn.Module], bool | None]]
+"""(every, fn): after every `every` completed steps (not after the last), fn(completed_steps, model)
+runs with the model as it would be returned (the EMA copy when EMA is on) in eval mode and without
+gradients; it must draw no randomness from torch's global RNG (so training stays bit-identical with
+or without it). fn returning True stops training there (early stopping): the checkpoint is saved
+first, so a stopped stage keeps it."""
 
 
 @dataclass
@@ -52,6 +59,8 @@ class TrainResult:
     wall_s: float
     """wall-clock seconds of the loop"""
     steps_per_s: float = field(default=0.0)
+    stopped_at: int | None = None
+    """completed steps when a hook stopped training early (None: it ran all `steps`)"""
 
 
 def _optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]) -> torch.optim.AdamW:
@@ -89,6 +98,7 @@ def train_generator(
     positions: Tensor | None = None,
     checkpointer: Checkpointer | None = None,
     loss_fn: Callable[..., Tensor] | None = None,
+    hooks: Sequence[Hook] = (),
 ) -> TrainResult:
     """Train `model` (in place) for `steps` optimizer steps on batches from `batch_fn`.
 
@@ -102,7 +112,8 @@ def train_generator(
     checkpointer (runners.checkpoint) saves model, optimizer, EMA, losses and every RNG
     state when due; a loop that finds a checkpoint continues after its step, bit-identically. on_log(step, metrics)
     is called every `log_every` steps and at the last step with metrics "loss" (mean since the
-    last log), "lr" and "grad_norm". A non-finite loss raises FloatingPointError at once.
+    last log), "lr" and "grad_norm". A non-finite loss raises FloatingPointError at once. hooks: see
+    `Hook` (intermediate evaluations, early stopping); a stopped run returns with `stopped_at` set.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, but got steps={steps}")
@@ -112,6 +123,9 @@ def train_generator(
         raise ValueError(f"warmup_steps must be >= 0, but got warmup_steps={warmup_steps}")
     if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
         raise ValueError(f"ema_decay must lie in [0, 1) or be None, but got ema_decay={ema_decay}")
+    for every, _ in hooks:
+        if every < 1:
+            raise ValueError(f"a hook's interval must be >= 1 step, but got {every}")
     if log_every < 1:
         raise ValueError(f"log_every must be >= 1, but got log_every={log_every}")
     if not callable(getattr(model, "loss", None)):
@@ -148,6 +162,7 @@ def train_generator(
         }
 
     start = time.perf_counter()
+    stopped_at = None
     for step in range(first_step, steps):
         step_lr = lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps else lr  # linear warmup, then constant
         for group in optimizer.param_groups:
@@ -170,10 +185,17 @@ def train_generator(
             on_log(step, {"loss": sum(since_log) / len(since_log), "lr": step_lr, "grad_norm": float(grad_norm)})
             since_log = []
         if step < steps - 1:
-            checkpointer.maybe_save(step + 1, snapshot)  # counted in completed steps
+            saved = checkpointer.maybe_save(step + 1, snapshot)  # counted in completed steps
+            due = [fn for every, fn in hooks if (step + 1) % every == 0]
+            if due and _run_hooks(due, step + 1, ema if ema is not None else model, model):
+                if checkpointer.enabled and not saved:
+                    checkpointer.save(step + 1, snapshot())
+                stopped_at = step + 1
+                break
     wall_s = time.perf_counter() - start
 
-    tail = max(1, steps // 10)
+    done = len(losses)
+    tail = max(1, done // 10)
     final_loss = sum(v for _, v in losses[-tail:]) / tail
     trained = ema if ema is not None else model
     trained.eval()
@@ -183,8 +205,22 @@ def train_generator(
         initial_loss=losses[0][1],
         final_loss=final_loss,
         wall_s=wall_s,
-        steps_per_s=(steps - first_step) / wall_s if wall_s > 0 else float("inf"),
+        steps_per_s=(done - first_step) / wall_s if wall_s > 0 else float("inf"),
+        stopped_at=stopped_at,
     )
+
+
+def _run_hooks(due: list[Callable[[int, nn.Module], bool | None]], completed: int, evaluated: nn.Module,
+               trained: nn.Module) -> bool:
+    """Run the hooks due after `completed` steps on `evaluated` in eval mode; True if one asks to stop."""
+    evaluated.eval()
+    try:
+        with torch.no_grad():
+            stop = [bool(fn(completed, evaluated)) for fn in due]  # every due hook runs, even after a stop
+    finally:
+        trained.train()
+        evaluated.train(evaluated is trained)
+    return any(stop)
 
 
 @torch.no_grad()

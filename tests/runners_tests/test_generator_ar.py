@@ -355,6 +355,38 @@ def test_ema_model_returned() -> None:
         assert torch.equal(ema_p, p)
 
 
+def test_hooks_run_on_schedule_and_leave_training_unchanged(tmp_path) -> None:
+    from runners.checkpoint import Checkpointer
+
+    config = tiny_config(1, 4, num_classes=2)
+    _, batch_fn = pattern_task(config, noise=0.3)
+    torch.manual_seed(0)
+    plain = train_generator(ARGenerator(config), batch_fn, steps=10, lr=1e-2, seed=3, ema_decay=0.5)
+    seen: list[tuple[int, bool, bool]] = []
+
+    def hook(step: int, model: torch.nn.Module) -> bool:
+        seen.append((step, model.training, torch.is_grad_enabled()))
+        return False
+
+    torch.manual_seed(0)
+    hooked = train_generator(ARGenerator(config), batch_fn, steps=10, lr=1e-2, seed=3, ema_decay=0.5,
+                             hooks=[(3, hook), (4, hook)])
+    assert seen == [(3, False, False), (4, False, False), (6, False, False), (8, False, False), (9, False, False)]
+    assert hooked.losses == plain.losses and hooked.stopped_at is None
+    for a, b in zip(hooked.model.parameters(), plain.model.parameters()):
+        assert torch.equal(a, b)
+
+    # a hook that asks to stop ends training there; the checkpoint of that step is kept
+    checkpointer = Checkpointer(tmp_path, every_steps=100)
+    torch.manual_seed(0)
+    stopped = train_generator(ARGenerator(config), batch_fn, steps=10, lr=1e-2, seed=3, checkpointer=checkpointer,
+                              hooks=[(4, lambda step, model: step >= 8)])
+    assert stopped.stopped_at == 8 and [s for s, _ in stopped.losses] == list(range(8))
+    assert checkpointer.restore()["step"] == 8
+    with pytest.raises(ValueError, match="interval must be >= 1"):
+        train_generator(ARGenerator(config), batch_fn, steps=2, lr=1e-2, seed=0, hooks=[(0, hook)])
+
+
 def test_evaluate_loss() -> None:
     torch.manual_seed(0)
     config = tiny_config(1, 8)
