@@ -44,7 +44,7 @@ from runners.scan import SCAN_ORDERS, from_scan, scan_positions, to_scan
 from runners.encode import encode_dataset, token_batch
 from runners.tokenizers import TOKENIZERS, vocabulary_for
 from runners.tokenizers.backbone import BACKBONE_SIZES
-from runners.train_generator import evaluate_loss, train_generator
+from runners.train_generator import Hook, evaluate_loss, train_generator
 from runners.train_tokenizer import reconstruction_metrics, train_tokenizer
 
 Log = Callable[[int, dict[str, float]], None]
@@ -280,11 +280,12 @@ def generator_stage(
     resumed = checkpointer.restore()
     torch.manual_seed(s["seed"])
     model = GENERATORS[s["modeling"]].build(config).to(device)
+    hooks: list[Hook] = []  # (every, fn) run during training: intermediate evaluations, early stopping
     result = train_generator(
         model, batch_fn, steps=s["generator_steps"], lr=s["generator_lr"], seed=s["seed"],
         weight_decay=s["weight_decay"], warmup_steps=s["generator_warmup"], on_log=log,
         precision=s["train_precision"], compile=bool(stage.runtime.get("compile", False)), positions=positions,
-        checkpointer=checkpointer,
+        checkpointer=checkpointer, hooks=hooks,
     )
     save_model(result.model, out, {"modeling": s["modeling"], "config": config.__dict__, "scan_order": s["scan_order"]})
 
