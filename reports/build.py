@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import tempfile
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,8 @@ from reports.figures import FigureFile, make_figures, report_palette, safe_name
 from reports.grids import SAMPLES_FILE, choose_classes, compare_grid, read_samples, trial_grid
 from reports.html import Picture, StudySection, report_html
 from reports.latex import latex_document, latex_table
-from reports.markdown import escape_markdown, format_value, markdown_study
+from reports.markdown import escape_markdown, format_value, markdown_study, refusal_markdown
+from reports.protocols import Refusal
 from reports.tables import INTERVALS, Interval, ReportData, StudyInfo, StudyTable, is_baseline, study_table
 
 FORMATS: tuple[str, ...] = ("md", "html", "latex", "csv")
@@ -84,7 +85,7 @@ def make_grids(data: ReportData, out: Path) -> Grids:
                 f"rows are classes {', '.join(str(int(c)) for c in classes)} top to bottom."
             )
             grids.trials[key] = Picture(target, caption, f"samples of evaluation {key}")
-        if rows.empty or "seed" not in rows:
+        if rows.empty or "seed" not in rows or not study.varied:  # a search-only study has no points to set side by side
             continue
         with_samples = rows[rows["evaluation_key"].map(lambda k: _samples_path(data.run_dir, k) is not None)]
         if with_samples.empty:
@@ -176,9 +177,16 @@ def build_report(
     interval: Interval = "std",
     figures: bool = True,
     grids: bool = True,
+    mix_protocols: bool = False,
+    refusals: list[Refusal] | None = None,
 ) -> str:
     """Write the report files for `formats` under `out`; return the Markdown (also when "md" is not
-    among the formats). Figures and grids are written when `figures` / `grids` (and their data) exist."""
+    among the formats). Figures and grids are written when `figures` / `grids` (and their data) exist.
+
+    A comparison whose finished rows mix evaluation protocols (reports.protocols) is not drawn: its
+    study shows the reason instead of a table (no CSV or LaTeX for it), the report opens with a "Not
+    compared" section, and each refusal is appended to `refusals` when a list is given.
+    `mix_protocols` draws such comparisons anyway, marked in their footnotes and captions."""
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ValueError(f"formats must be among {FORMATS}, but got {unknown}; e.g. formats=('md', 'html')")
@@ -186,6 +194,7 @@ def build_report(
         raise ValueError(f"interval must be one of {INTERVALS}, but got {interval!r}; use 'std' or 't95'")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    data = replace(data, mix_protocols=data.mix_protocols or mix_protocols, refusals=[])  # a fresh log per report
     tables: list[StudyTable] = [study_table(data, study, interval) for study in data.studies]
     figure_files = make_figures(data, out / "figures", report_palette(data), interval) if figures else []
     grid_files = make_grids(data, out / "grids") if grids else Grids()
@@ -194,6 +203,10 @@ def build_report(
     latex_texts: dict[str, str] = {}
     for table in tables:
         stem = safe_name(table.study.name)
+        if table.refusal is not None:  # not compared: no table file (and none left from an earlier report)
+            for suffix in (".csv", ".tex"):
+                (out / "tables" / f"{stem}{suffix}").unlink(missing_ok=True)
+            continue
         if "csv" in formats:
             csv_texts[table.study.name] = table.frame.to_csv(index=False)
             _write_text(out / "tables" / f"{stem}.csv", csv_texts[table.study.name])
@@ -208,6 +221,8 @@ def build_report(
         by_study.setdefault(figure.study, []).append(figure)
     failures = _failures(data.evaluations)
     provenance = _provenance(data)
+    if refusals is not None:
+        refusals.extend(data.refusals)
 
     # ---- Markdown
     parts = [f"# {data.name}", ""]
@@ -215,6 +230,8 @@ def build_report(
         parts += [data.description.strip(), ""]
     if data.dataset:
         parts += [f"Dataset: {data.dataset}. Also as [one HTML page](report.html)." if "html" in formats else f"Dataset: {data.dataset}.", ""]
+    if data.refusals:
+        parts += ["## Not compared", ""] + [f"- {refusal_markdown(r.message)}" for r in data.refusals] + [""]
     for table in tables:
         study = table.study
         stem = safe_name(study.name)
@@ -223,7 +240,7 @@ def build_report(
             parts += [study.description.strip(), ""]
         parts += [markdown_study(table), ""]
         links = ([f"[CSV](tables/{stem}.csv)"] if "csv" in formats else []) + ([f"[LaTeX](tables/{stem}.tex)"] if "latex" in formats else [])
-        if links:
+        if links and table.refusal is None:
             parts += ["Table as " + " · ".join(links), ""]
         for figure in by_study.get(study.name, []):
             parts += [_figure_markdown(figure, out), ""]
@@ -252,8 +269,8 @@ def build_report(
             sections.append(
                 StudySection(
                     table=table,
-                    csv=csv_texts.get(name, table.frame.to_csv(index=False)),
-                    latex=latex_texts.get(name, latex_table(table)),
+                    csv=None if table.refusal else csv_texts.get(name, table.frame.to_csv(index=False)),
+                    latex=None if table.refusal else latex_texts.get(name, latex_table(table)),
                     figures=[Picture(f.png, f.caption, f.title) for f in by_study.get(name, [])],
                     compare=grid_files.compare.get(name),
                     trial_grids=[grid_files.trials[k] for k in _study_keys(data, name, grid_files)],
@@ -263,6 +280,7 @@ def build_report(
         page = report_html(
             data.name, data.description.strip(), meta, sections,
             [Picture(f.png, f.caption, f.title) for f in by_study.get(None, [])], failures, provenance,
+            [r.message for r in data.refusals],
         )
         _write_text(out / "report.html", page)
     return markdown
@@ -289,13 +307,17 @@ def write_report(
     figures: bool = True,
     grids: bool = True,
     run_dir: str | Path | None = None,
+    mix_protocols: bool = False,
+    refusals: list[Refusal] | None = None,
 ) -> str:
     """Write the report of a run (`sweep.results.Results`) under `out`; return the Markdown.
 
     formats: any of "md", "html", "latex", "csv". interval: "std" (sample standard deviation over
     seeds) or "t95" (Student-t 95% interval of the mean). run_dir: the run folder holding
     stages/evaluation/<key>/samples.npz for sample grids (default `results.run_dir` if set, else `out`
-    when it is a run folder; no grids otherwise).
+    when it is a run folder; no grids otherwise). mix_protocols: draw comparisons whose rows mix
+    evaluation protocols (marked) instead of refusing them; refusals: a list the refused comparisons
+    are appended to (the report also lists them).
     """
     out = Path(out)
     if run_dir is None:
@@ -303,4 +325,6 @@ def write_report(
     if run_dir is None and (out / "stages").is_dir():
         run_dir = out
     data = ReportData.from_results(results, run_dir=str(run_dir) if run_dir is not None else None)
-    return build_report(data, out, tuple(formats), interval=interval, figures=figures, grids=grids)
+    return build_report(
+        data, out, tuple(formats), interval=interval, figures=figures, grids=grids, mix_protocols=mix_protocols, refusals=refusals
+    )

@@ -3,14 +3,18 @@
 | figure | made when | file |
 |---|---|---|
 | metric vs axis, one line per value of the study's other axes | a study varies a numeric axis or `size` over >= 2 values with results (FID vs size per vocabulary, FID and IS vs cfg_scale per cfg_schedule, FID vs top_k / temperature / mlm_steps, ...) | `<study>--<axis>` |
-| FID over training steps per modeling | rows with `intermediate` true and a step column | `training-steps` |
+| FID over training steps per modeling | stage rows with `intermediate` true and a step column (no study) | `training-steps` |
+| FID over training steps per study, a line per cell (AR vs MLM) | `Results.intermediate()` rows of a study varying generator-side axes | `<study>--training-steps` |
+| search trace: metric per point, best so far, chosen point | `search_point` rows of one `search_id` | `search-<search_id>` |
 | training-loss curves per size, one panel per vocabulary | generator losses | `training-loss` |
 | token-randomness KL bars | analysis rows `analysis == "token_randomness"` | `token-randomness` |
 | attention locality vs layer per size | analysis rows `analysis == "attention_locality"` | `attention-locality` |
 | FID vs IS (or class accuracy) trade-off | >= 2 grid points with both | `tradeoff` |
 
 Colours come from one `Palette` keyed by (axis, value), so a value looks the same everywhere. Error
-bars are the tables' ± (sample std or Student-t 95% half-width over training seeds).
+bars are the tables' ± (sample std or Student-t 95% half-width over training seeds). A figure that
+compares rows of different evaluation protocols is not drawn (reports.protocols; logged in
+`data.refusals`) unless `data.mix_protocols`, when its caption says so.
 """
 
 from __future__ import annotations
@@ -24,10 +28,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from reports.markdown import format_chosen
 from reports.palette import SIZE_ORDER, Palette, value_key
+from reports.protocols import ProtocolCheck, check_protocols
 from reports.tables import (
     INTERMEDIATE_COLUMN,
     METRIC_BY_COLUMN,
+    SEARCH_ID,
+    SEARCH_INDEX,
+    SEARCH_MARK,
+    SEARCHED,
     STEP_COLUMNS,
     Interval,
     Metric,
@@ -35,7 +45,13 @@ from reports.tables import (
     StudyInfo,
     ablation_table,
     available_metrics,
+    comparable_rows,
+    flagged,
     interval_half_width,
+    search_points,
+    search_summary,
+    study_check,
+    study_rows,
 )
 
 # Axis labels with units for the axes the paper sweeps; any other axis is labelled by its name.
@@ -254,8 +270,13 @@ def axis_figures(data: ReportData, out: Path, palette: Palette, interval: Interv
     files = []
     candidates = tuple(m for m in available_metrics(data.evaluations) if m.column in PANEL_CANDIDATES)
     for study in data.studies:
+        check = study_check(data, study)
+        if data.refuse(check, study.name):
+            continue
         for x in _x_axes(study):
             table = ablation_table(data.evaluations, study, study.varied, candidates, interval=interval, baseline=data.baseline)
+            searched = table[table[SEARCHED]]  # the settings a search chose: stars, off the lines
+            table = table[~table[SEARCHED]]
             metrics = _panel_metrics(table, x) if len(table) else []
             if not metrics:
                 continue
@@ -277,6 +298,12 @@ def axis_figures(data: ReportData, out: Path, palette: Palette, interval: Interv
                     base = rows[rows["baseline"]]
                     if len(base):
                         ax.scatter(base["_x"], base[f"{metric.column}_mean"], s=90, facecolors="none", edgecolors="black", linewidths=1.0, zorder=5)
+                stars = searched[searched[f"{metric.column}_mean"].notna()] if len(searched) else searched
+                if len(stars):
+                    ax.scatter(
+                        stars[x].map(lambda v: positions.get(value_key(v), np.nan)), stars[f"{metric.column}_mean"],
+                        marker="*", s=110, color="black", zorder=6, label=f"chosen by search {SEARCH_MARK}",
+                    )
                 if scale == "log":
                     ax.set_xscale("log")
                 ax.set_xticks(list(positions.values()), [ticks.get(k, k) for k in positions])
@@ -292,6 +319,8 @@ def axis_figures(data: ReportData, out: Path, palette: Palette, interval: Interv
                     for handle, label in zip(*ax.get_legend_handles_labels()):
                         handles.setdefault(label, handle)
                 figure.legend(handles.values(), handles.keys(), title=legend_title, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
+            if legend_title is None and len(searched):
+                axes[0][-1].legend(frameon=False, loc="best")
             names = " and ".join(m.label for m in metrics)
             title = f"{study.name}: {names} vs {x}"
             figure.suptitle(title, fontsize=10)
@@ -299,7 +328,9 @@ def axis_figures(data: ReportData, out: Path, palette: Palette, interval: Interv
             caption = (
                 f"{names} against {x} in study {study.name}"
                 + (f", one line per {legend_title}" if legend_title else "")
-                + f"; points are means over training seeds, bars the {_interval_words(interval)}; the ringed point is the baseline."
+                + f"; points are means over training seeds, bars the {_interval_words(interval)}; the ringed point is the baseline"
+                + (f"; stars: the settings an Optuna search chose ({SEARCH_MARK}), re-evaluated on a fresh sampling seed." if len(searched) else ".")
+                + _mixed(check)
             )
             files.append(_save(figure, out, f"{safe_name(study.name)}--{safe_name(x)}", title, caption, study.name))
     return files
@@ -307,6 +338,11 @@ def axis_figures(data: ReportData, out: Path, palette: Palette, interval: Interv
 
 def _interval_words(interval: Interval) -> str:
     return "Student-t 95% interval of the mean" if interval == "t95" else "sample standard deviation"
+
+
+def _mixed(check: ProtocolCheck) -> str:
+    """The caption's mark of a comparison drawn with --mix-protocols ("" when its rows share a protocol)."""
+    return " " + check.mixed_note() if check.mixed else ""
 
 
 # ---------------------------------------------------------------- FID over training steps (AR vs MLM)
@@ -332,9 +368,13 @@ def intermediate_rows(data: ReportData) -> pd.DataFrame:
 
 
 def training_step_figure(data: ReportData, out: Path, palette: Palette, interval: Interval) -> list[FigureFile]:
-    """FID of intermediate checkpoints over training steps, one line per modeling, a panel per size."""
+    """FID of intermediate checkpoints over training steps, one line per modeling, a panel per size,
+    from rows of the stages flagged `intermediate` (rows that name no study; see study_training_figures)."""
     rows = intermediate_rows(data)
     if rows.empty or "fid" not in rows or rows["_step"].nunique() < 2:
+        return []
+    check = check_protocols(rows, "figure training-steps", (), data.axis_stage)
+    if data.refuse(check):
         return []
     rows = _with_generator_columns(rows, data, [MODELING, SIZE])
     rows = rows.assign(
@@ -359,8 +399,177 @@ def training_step_figure(data: ReportData, out: Path, palette: Palette, interval
     title = "FID over training steps: AR vs MLM"
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    caption = f"FID of checkpoints evaluated during training, per modeling (bands: {_interval_words(interval)} over training seeds)."
+    caption = f"FID of checkpoints evaluated during training, per modeling (bands: {_interval_words(interval)} over training seeds)." + _mixed(check)
     return [_save(figure, out, "training-steps", title, caption, None)]
+
+
+def _line_label(axis: str, value: Any) -> str:
+    return str(value).upper() if axis == MODELING else value_key(value)
+
+
+def _vary_rank(study: StudyInfo, axis: str, value: Any) -> int:
+    """Where a value stands in the study's `vary` list (spec order; unknown values last)."""
+    keys = [value_key(v) for v in study.vary.get(axis, [])]
+    return keys.index(value_key(value)) if value_key(value) in keys else len(keys)
+
+
+def study_training_figures(data: ReportData, out: Path, palette: Palette, interval: Interval) -> list[FigureFile]:
+    """Per study with intermediate evaluations (`data.intermediate`, from Results.intermediate()): FID vs
+    generator training step, one line per cell of the study's varied generator-side axes (e.g. AR vs
+    MLM), the mean over training seeds with a band when there are several.
+
+    A study that varies only sampling axes shares its generators with the others: it draws no figure
+    (one line per generator would repeat in every sampling study). Intermediate rows never meet the
+    final evaluations; their protocol (often a cheaper one) must agree within the figure."""
+    rows = data.intermediate
+    if rows is None or rows.empty or "study" not in rows or "fid" not in rows:
+        return []
+    step = next((c for c in STEP_COLUMNS if c in rows), None)
+    if step is None:
+        return []
+    rows = rows.assign(_step=pd.to_numeric(rows[step], errors="coerce"), fid=pd.to_numeric(rows["fid"], errors="coerce"))
+    if "status" in rows:
+        rows = rows[rows["status"].fillna("finished") == "finished"]
+    rows = rows.dropna(subset=["_step", "fid"])
+    key = next((c for c in ("generator_key", "key") if c in rows), None)
+    files = []
+    for study in data.studies:
+        part = rows[rows["study"] == study.name]
+        cells = [a for a in study.varied if a in part and data.axis_stage.get(a) != "evaluation"]
+        if part.empty or not cells or part["_step"].nunique() < 2:
+            continue
+        name = f"{safe_name(study.name)}--training-steps"
+        check = check_protocols(part, f"figure {name}", study.varied, data.axis_stage)
+        if data.refuse(check, study.name):
+            continue
+        plt = _pyplot()
+        figure, ax = plt.subplots(figsize=(5.0, 3.4))
+        groups = list(part.groupby(cells, sort=False, dropna=False))
+        groups.sort(key=lambda item: [_vary_rank(study, a, v) for a, v in zip(cells, item[0] if isinstance(item[0], tuple) else (item[0],))])
+        several = False
+        for values, group in groups:
+            values = values if isinstance(values, tuple) else (values,)
+            if len(cells) == 1:
+                label, colour = _line_label(cells[0], values[0]), palette(cells[0], value_key(values[0]))
+            else:
+                label = ", ".join(f"{a}={value_key(v)}" for a, v in zip(cells, values))
+                colour = palette("series", label)
+            seeds = group[key].nunique() if key else 1
+            stats = group.groupby("_step")["fid"].agg(["mean", lambda v: interval_half_width(v, interval)]).reset_index()
+            stats.columns = ["step", "mean", "half"]
+            ax.plot(stats["step"], stats["mean"], marker="o", markersize=3, color=colour, linewidth=1.5, label=f"{label} ({seeds} seed{'s' * (seeds > 1)})")
+            if seeds > 1:
+                several = True
+                half = stats["half"].fillna(0)
+                ax.fill_between(stats["step"], stats["mean"] - half, stats["mean"] + half, color=colour, alpha=0.15, linewidth=0)
+        ax.set_xlabel("generator training step")
+        ax.set_ylabel(METRIC_AXIS_LABELS["fid"])
+        ax.legend(title=", ".join(cells), frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        title = f"{study.name}: FID over training"
+        ax.set_title(title)
+        figure.tight_layout()
+        caption = (
+            f"FID of generator checkpoints evaluated during training in study {study.name}, one line per "
+            f"{', '.join(cells)}; lines are means over training seeds"
+            + (f", bands the {_interval_words(interval)}" if several else "")
+            + ". Checkpoint evaluations, not the final ones of the table." + _mixed(check)
+        )
+        files.append(_save(figure, out, name, title, caption, study.name))
+    return files
+
+
+# ---------------------------------------------------------------- search traces
+
+
+def search_figures(data: ReportData, out: Path, palette: Palette, interval: Interval) -> list[FigureFile]:
+    """Per Optuna search (`search_point` rows of one `search_id`): its metric per point in the order
+    tried, the best so far as a step line, the best point starred (its settings are the `searched` row)."""
+    points = search_points(data)
+    if points.empty or SEARCH_ID not in points:
+        return []
+    files = []
+    studies = {s.name: s for s in data.studies}
+    for search_id, trace in points.groupby(points[SEARCH_ID].astype(str), sort=True):
+        study = _study_of_search(data, trace, search_id)
+        info = studies.get(study) if study else None
+        column = (
+            str(trace["search_metric"].dropna().iloc[0]) if "search_metric" in trace and trace["search_metric"].notna().any()
+            else (info.search.get("metric") if info is not None and info.search.get("metric") else "fid")
+        )
+        direction = _search_direction(column)
+        column = next((c for c in (column, *_COLUMN_OF_METRIC.get(column, ())) if c in trace), None)
+        if column is None:
+            continue
+        metric = METRIC_BY_COLUMN.get(column) or Metric(column, column, higher_is_better=direction == "max", digits=3)
+        index = pd.to_numeric(trace[SEARCH_INDEX], errors="coerce") if SEARCH_INDEX in trace else pd.Series(range(len(trace)), index=trace.index)
+        trace = trace.assign(_index=index, _value=pd.to_numeric(trace[column], errors="coerce")).sort_values("_index")
+        scored = trace.dropna(subset=["_index", "_value"])
+        if scored.empty:
+            continue
+        name = f"search-{safe_name(search_id)}"
+        check = check_protocols(trace, f"figure {name}", (), data.axis_stage)
+        if data.refuse(check, study):
+            continue
+        best_so_far = scored["_value"].cummax() if metric.higher_is_better else scored["_value"].cummin()
+        best = scored.loc[scored["_value"].idxmax() if metric.higher_is_better else scored["_value"].idxmin()]
+        searched = comparable_rows(data.evaluations)
+        searched = searched[flagged(searched, SEARCHED)]
+        if SEARCH_ID in searched:
+            searched = searched[searched[SEARCH_ID].astype(str) == search_id]
+        summary = search_summary(data, searched if len(searched) else trace, info)
+        axes = [a for a in (summary.axes if summary else ()) if a in best]
+        chosen = ", ".join(f"{a} = {format_chosen(best[a])}" for a in axes)
+        plt = _pyplot()
+        figure, ax = plt.subplots(figsize=(4.8, 3.2))
+        colour = palette("study", study) if study else CYCLE_GREY
+        ax.scatter(scored["_index"], scored["_value"], s=14, color=colour, alpha=0.8, zorder=3, label="point")
+        ax.step(scored["_index"], best_so_far, where="post", color="black", linewidth=1.3, label="best so far")
+        ax.scatter([best["_index"]], [best["_value"]], marker="*", s=140, color="black", zorder=5, label="chosen " + SEARCH_MARK)
+        ax.xaxis.set_major_locator(_integer_locator())
+        ax.set_xlabel("search point (order tried)")
+        ax.set_ylabel(METRIC_AXIS_LABELS.get(column, f"{metric.label} {metric.arrow}") + " (search protocol)")
+        ax.legend(frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        title = f"Search {search_id[:12]}: {metric.label} per point"
+        ax.set_title(title)
+        figure.tight_layout()
+        caption = (
+            f"The {len(scored)} scored points of Optuna search {search_id}"
+            + (f" over {', '.join(summary.axes)}" if summary and summary.axes else "")
+            + (f" in study {study}" if study else "")
+            + f": {metric.label} of each point on the search's protocol, in the order tried; the line is the best so far, "
+            f"the star the best point{f' ({chosen})' if chosen else ''}, whose settings were re-evaluated on a fresh sampling "
+            f"seed for the table ({SEARCH_MARK})." + _mixed(check)
+        )
+        files.append(_save(figure, out, name, title, caption, study))
+    return files
+
+
+CYCLE_GREY = "#555555"
+# A search's metric name (space.schema.SEARCH_METRICS) -> other evaluation columns it may arrive under.
+_COLUMN_OF_METRIC: dict[str, tuple[str, ...]] = {"kid": ("kid_mean",)}
+
+
+def _search_direction(metric: str) -> str | None:
+    """"min" or "max": which value of a search metric is better (space.schema.SEARCH_METRICS)."""
+    from space import schema
+
+    return getattr(schema, "SEARCH_METRICS", {}).get(metric)
+
+
+def _integer_locator() -> Any:
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
+
+
+def _study_of_search(data: ReportData, trace: pd.DataFrame, search_id: str) -> str | None:
+    """The study a search belongs to: its points' `study`, else its searched rows' (None: unknown or several)."""
+    names = set(trace["study"].dropna().astype(str)) if "study" in trace else set()
+    if not names and SEARCH_ID in data.evaluations and "study" in data.evaluations:
+        rows = data.evaluations[data.evaluations[SEARCH_ID].astype(str) == search_id]
+        names = set(rows["study"].dropna().astype(str))
+    known = {s.name for s in data.studies}
+    return next(iter(names)) if len(names) == 1 and names <= known else None
 
 
 # ---------------------------------------------------------------- training losses per size
@@ -504,7 +713,7 @@ def token_randomness_figure(data: ReportData, out: Path, palette: Palette, inter
     ax.set_xticks(range(len(subjects)), subjects)
     ax.set_xlabel("token source")
     ax.set_ylabel("KL(p ‖ uniform) = log|V| − H(p) (nats)")
-    ax.legend(title=order_column, frameon=False)
+    ax.legend(title=order_column, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))  # outside: never over a bar
     title = "Token randomness: distance from uniform"
     ax.set_title(title)
     figure.tight_layout()
@@ -548,6 +757,7 @@ def attention_locality_figure(data: ReportData, out: Path, palette: Palette, int
             if chance in group:
                 level = group.assign(_c=pd.to_numeric(group[chance], errors="coerce")).groupby("layer")["_c"].mean()
                 ax.plot(level.index, level.values, color=colour, linestyle=":", linewidth=1.2)
+        ax.xaxis.set_major_locator(_integer_locator())  # layers are whole numbers: no 0.5 ticks
         ax.set_xlabel("layer (0 = first)")
         ax.set_ylabel(ylabels[column])
     handles, labels = axes[0][0].get_legend_handles_labels()
@@ -576,9 +786,15 @@ def tradeoff_figure(data: ReportData, out: Path, palette: Palette, interval: Int
     if "fid" not in available or other is None:
         return []
     pair = (METRIC_BY_COLUMN["fid"], METRIC_BY_COLUMN[other])
-    tables = [(s, ablation_table(data.evaluations, s, s.varied, pair, interval=interval, baseline=data.baseline)) for s in data.studies]
+    studies = [s for s in data.studies if not data.refuse(study_check(data, s), s.name)]  # a refused study is in no figure
+    tables = [(s, ablation_table(data.evaluations, s, s.varied, pair, interval=interval, baseline=data.baseline)) for s in studies]
     points = sum(int((t["fid_mean"].notna() & t[f"{other}_mean"].notna()).sum()) for _, t in tables)
     if points < 2:
+        return []
+    # one figure compares every study's points: they too must share a protocol
+    shown = pd.concat([study_rows(data, s) for s in studies], ignore_index=True)
+    check = check_protocols(shown, "figure tradeoff (all studies)", sorted({a for s in studies for a in s.varied}), data.axis_stage)
+    if data.refuse(check):
         return []
     plt = _pyplot()
     figure, ax = plt.subplots(figsize=(5.2, 3.8))
@@ -605,6 +821,8 @@ def tradeoff_figure(data: ReportData, out: Path, palette: Palette, interval: Int
             if row["baseline"] and "baseline" in annotated_text:
                 continue  # the ring marks it; one label is enough
             text = "baseline" if row["baseline"] else ", ".join(value_key(row[a]) for a in study.varied)
+            if row[SEARCHED]:
+                text = f"{text or 'chosen'} {SEARCH_MARK}"
             annotated_text.add(text)
             ax.annotate(text, (row[f"{other}_mean"], row["fid_mean"]), textcoords="offset points", xytext=(5, 4), fontsize=7, color=colour)
         base = table[table["baseline"]]
@@ -618,8 +836,10 @@ def tradeoff_figure(data: ReportData, out: Path, palette: Palette, interval: Int
     figure.tight_layout()
     caption = (
         f"Every grid point of every study: FID against {pair[1].label} (means over training seeds, bars the "
-        f"{_interval_words(interval)}); labels are the study's axis values, the ringed point the baseline. "
-        "Down and to the right is better."
+        f"{_interval_words(interval)}); labels are the study's axis values, the ringed point the baseline"
+        + (f", {SEARCH_MARK} settings an Optuna search chose" if any(t[SEARCHED].any() for _, t in tables) else "")
+        + ". Down and to the right is better."
+        + _mixed(check)
     )
     return [_save(figure, out, "tradeoff", title, caption, None)]
 
@@ -628,6 +848,8 @@ FigureBuilder = Callable[[ReportData, Path, Palette, Interval], list[FigureFile]
 FIGURES: dict[str, FigureBuilder] = {
     "axis": axis_figures,
     "training_steps": training_step_figure,
+    "study_training_steps": study_training_figures,
+    "search_traces": search_figures,
     "training_loss": loss_figure,
     "token_randomness": token_randomness_figure,
     "attention_locality": attention_locality_figure,

@@ -18,6 +18,7 @@ STYLE = """
 body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
 h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
 .meta{color:#666;font-size:.9em}
+.refusal{background:#fff4e5;border-left:4px solid #e69500;padding:.5em .8em;max-width:900px}
 table.ablation{border-collapse:collapse;margin:1em 0;font-variant-numeric:tabular-nums;font-size:.92em}
 table.ablation th,table.ablation td{padding:.3em .8em;text-align:right;white-space:nowrap}
 table.ablation th.axis,table.ablation td.axis{text-align:left}
@@ -53,12 +54,15 @@ def text_uri(text: str, mime: str) -> str:
 
 
 def html_table(table: StudyTable) -> str:
-    """A study's table: axes left, metrics right, best per column bold, the baseline row shaded."""
-    head = [f'<th class="axis">{escape(a)}</th>' for a in table.varied]
+    """A study's table: axes left, metrics right, best per column bold, the baseline row shaded; a
+    refused table is its reason."""
+    if table.refusal is not None:
+        return f'<p class="refusal" data-study="{escape(table.study.name)}"><strong>Not compared.</strong> {escape(table.refusal)}</p>'
+    head = [f'<th class="axis">{escape(a)}</th>' for a in table.label_axes]
     head += [f'<th title="{"higher" if m.higher_is_better else "lower"} is better">{escape(m.label)} {m.arrow}</th>' for m in table.metrics]
     head.append("<th><i>n</i></th>")
     body = []
-    for (labels, cells, count), baseline in zip(cell_texts(table.frame, table.varied, table.metrics), table.frame["baseline"]):
+    for (labels, cells, count), baseline in zip(cell_texts(table.frame, table.label_axes, table.metrics, table.search_axes), table.frame["baseline"]):
         tds = [f'<td class="axis">{escape(label)}</td>' for label in labels]
         tds += [f"<td><strong>{escape(text)}</strong></td>" if best and text != "—" else f"<td>{escape(text)}</td>" for text, best in cells]
         tds.append(f"<td>{escape(count)}</td>")
@@ -100,8 +104,9 @@ def report_html(
     run_figures: list[Picture],
     failures: list[str],
     provenance: list[str],
+    refusals: list[str] | tuple[str, ...] = (),
 ) -> str:
-    """The whole page as one string."""
+    """The whole page as one string; `refusals` (comparisons not drawn, and why) open the page."""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -112,6 +117,8 @@ def report_html(
     if description:
         parts.append(f"<p>{escape(description)}</p>")
     parts += [f'<p class="meta">{escape(line)}</p>' for line in meta]
+    if refusals:
+        parts.append('<section id="not-compared"><h2>Not compared</h2>' + "".join(f'<p class="refusal">{escape(r)}</p>' for r in refusals) + "</section>")
     parts.append("<nav><ul>" + "".join(f'<li><a href="#{anchor(s.table.study.name)}">{escape(s.table.study.name)}</a></li>' for s in sections))
     if run_figures:
         parts.append('<li><a href="#run-figures">across the run</a></li>')
@@ -122,7 +129,8 @@ def report_html(
         if study.description:
             parts.append(f"<p>{escape(study.description.strip())}</p>")
         parts.append(html_table(section.table))
-        parts.append('<div class="notes">' + "".join(f"<p>{escape(line)}</p>" for line in section.table.footnote) + "</div>")
+        if section.table.refusal is None:
+            parts.append('<div class="notes">' + "".join(f"<p>{escape(line)}</p>" for line in section.table.footnote) + "</div>")
         links = []
         if section.csv is not None:
             links.append(f'<a download="{escape(study.name)}.csv" href="{text_uri(section.csv, "text/csv")}">table as CSV</a>')

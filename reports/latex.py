@@ -7,7 +7,7 @@ line width); `latex_document` wraps tables into a standalone article that pdflat
 from __future__ import annotations
 
 from reports.markdown import BASELINE_MARK, cell_texts
-from reports.tables import StudyTable
+from reports.tables import SEARCH_MARK, StudyTable
 
 _SPECIAL = {
     "\\": r"\textbackslash{}",
@@ -29,6 +29,7 @@ _UNICODE = {
     "↓": r"$\downarrow$",
     "↑": r"$\uparrow$",
     BASELINE_MARK: r"$^{\dagger}$",
+    SEARCH_MARK: r"$^{\ddagger}$",
     "—": "---",
     "–": "--",
     "×": r"$\times$",
@@ -69,9 +70,13 @@ def _cell(text: str, best: bool) -> str:
 
 
 def latex_table(table: StudyTable) -> str:
-    """A booktabs `table` float: axes left, metrics right with arrows, best bold, † baseline, footnote."""
+    """A booktabs `table` float: axes left, metrics right with arrows, best bold, † baseline, footnote.
+
+    A refused table (mixed protocols) has no float: build_report leaves it out."""
+    if table.refusal is not None:
+        raise ValueError(f"study {table.study.name} is refused ({table.refusal}); leave it out of the LaTeX")
     name = table.study.name
-    varied, metrics = table.varied, table.metrics
+    varied, metrics = table.label_axes, table.metrics
     spec = "l" * len(varied) + "r" * (len(metrics) + 1)
     header = [latex_escape(a) for a in varied] + [latex_escape(f"{m.label} {m.arrow}") for m in metrics] + ["$n$"]
     lines = [
@@ -87,7 +92,7 @@ def latex_table(table: StudyTable) -> str:
         " & ".join(header) + " \\\\",
         "\\midrule",
     ]
-    for labels, cells, count in cell_texts(table.frame, varied, metrics):
+    for labels, cells, count in cell_texts(table.frame, varied, metrics, table.search_axes):
         row = [latex_escape(label) for label in labels] + [_cell(text, best) for text, best in cells] + [latex_escape(count)]
         lines.append(" & ".join(row) + " \\\\")
     lines += [
@@ -108,7 +113,7 @@ def _label(name: str) -> str:
 
 
 def latex_document(tables: list[StudyTable], title: str = "") -> str:
-    """A standalone article holding every table (`pdflatex tables.tex` compiles it)."""
+    """A standalone article holding every table not refused (`pdflatex tables.tex` compiles it)."""
     head = [
         "\\documentclass{article}",
         "\\usepackage[T1]{fontenc}",
@@ -119,6 +124,7 @@ def latex_document(tables: list[StudyTable], title: str = "") -> str:
     ]
     if title:
         head.append(f"\\section*{{{latex_escape(title)}}}")
+    tables = [t for t in tables if t.refusal is None]  # a refused study has no table
     body = ["\\clearpage\n" if i and i % 3 == 0 else "" for i in range(len(tables))]
     parts = [b + latex_table(t) for b, t in zip(body, tables)]
     return "\n".join(head) + "\n" + "\n".join(parts) + "\\end{document}\n"

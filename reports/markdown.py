@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from reports.tables import METRICS, Metric, StudyTable, best_rows
+from reports.tables import METRICS, SEARCH_MARK, Metric, StudyTable, best_rows
 
 BASELINE_MARK = "†"
 
@@ -28,6 +28,26 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def format_chosen(value: Any) -> str:
+    """A value a search chose (any float in a continuous range): 4 significant digits; several
+    values (seeds whose searches chose differently) stay joined by " / "; none is an em dash."""
+    if isinstance(value, float) and math.isnan(value):
+        return "—"
+    if isinstance(value, float):
+        return format_value(value) if value.is_integer() else f"{value:.4g}"
+    if isinstance(value, str) and " / " in value:
+        return " / ".join(format_chosen(float(part)) if _is_float(part) else part for part in value.split(" / "))
+    return str(value)
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def count_cell(row: dict[str, Any]) -> str:
     """`n`, or `n/trials` when some trials did not finish, with how many failed."""
     n, trials, failed = int(row["n"]), int(row["trials"]), int(row["failed"])
@@ -36,14 +56,16 @@ def count_cell(row: dict[str, Any]) -> str:
 
 
 def cell_texts(
-    table: pd.DataFrame, varied: list[str], metrics: tuple[Metric, ...]
+    table: pd.DataFrame, varied: list[str], metrics: tuple[Metric, ...], search_axes: list[str] | tuple[str, ...] = ()
 ) -> list[tuple[list[str], list[tuple[str, bool]], str]]:
     """Renderer-neutral cells: per row (axis labels, [(metric text, is best)], count text); the first
-    label carries the baseline mark."""
+    label carries the baseline mark; in a `searched` row each searched axis' value carries ‡."""
     best = {m.column: best_rows(table, m) for m in metrics}
     out = []
     for index, row in zip(table.index, table.to_dict("records")):  # records keep each column's dtype
-        labels = [format_value(row[name]) for name in varied]
+        labels = [format_chosen(row[name]) if name in search_axes else format_value(row[name]) for name in varied]
+        if row.get("searched"):
+            labels = [f"{label} {SEARCH_MARK}" if name in search_axes else label for name, label in zip(varied, labels)]
         if row.get("baseline"):
             labels[0] += f" {BASELINE_MARK}"
         cells = [
@@ -54,24 +76,36 @@ def cell_texts(
     return out
 
 
-def markdown_table(table: pd.DataFrame, varied: list[str], metrics: tuple[Metric, ...] = METRICS) -> str:
+def markdown_table(
+    table: pd.DataFrame, varied: list[str], metrics: tuple[Metric, ...] = METRICS, search_axes: list[str] | tuple[str, ...] = ()
+) -> str:
     """A GitHub table: axes left-aligned, metrics right-aligned with arrows, best per column bold."""
     header = [*varied, *(f"{m.label} {m.arrow}" for m in metrics), "n"]
     lines = [
         "| " + " | ".join(header) + " |",
         "|" + "|".join(["---"] * len(varied) + ["---:"] * (len(metrics) + 1)) + "|",
     ]
-    for labels, cells, count in cell_texts(table, varied, metrics):
+    for labels, cells, count in cell_texts(table, varied, metrics, search_axes):
         texts = [f"**{text}**" if best and text != "—" else text for text, best in cells]
         lines.append("| " + " | ".join([*labels, *texts, count]) + " |")
     return "\n".join(lines)
 
 
 def markdown_study(table: StudyTable) -> str:
-    """A study's table with its footnote (italic lines under the table)."""
-    body = markdown_table(table.frame, table.varied, table.metrics)
+    """A study's table with its footnote (italic lines under the table); a refused table is its reason."""
+    if table.refusal is not None:
+        return f"**Not compared.** {refusal_markdown(table.refusal)}"
+    body = markdown_table(table.frame, table.label_axes, table.metrics, table.search_axes)
     notes = [f"_{escape_markdown(line)}_" for line in table.footnote]
     return body + "\n\n" + "  \n".join(notes)
+
+
+def refusal_markdown(message: str) -> str:
+    """A refusal (reports.protocols) as Markdown: escaped, the command it names as code."""
+    from reports.protocols import MIX_FLAG
+
+    command = f"sweep report {MIX_FLAG}"
+    return escape_markdown(message).replace(escape_markdown(f"`{command}`"), f"`{command}`")
 
 
 def escape_markdown(text: str) -> str:

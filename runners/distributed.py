@@ -30,6 +30,11 @@ identical on every rank. Such runs are statistically, not bitwise, equivalent. T
 a mean over the masked sub-tokens of the batch, whose count differs between shards, so even its
 expected gradient weights rows slightly differently from the global mean (standard DDP semantics).
 
+Checkpoints (`checkpointer`, the protocol of runners/checkpoint.py): every rank restores the same file and
+rank 0 writes it (the stage's checkpoint folder must be on a filesystem every node sees). Besides the model,
+optimizer and EMA it holds the data generator's state, every rank's own RNG states and the global-batch
+losses, so a resumed run on the same number of workers continues bit-identically; see `RankCheckpointer`.
+
 This is the one module under runners/ that uses Ray; it imports Ray inside its functions only, so
 importing runners (or this module) never starts or imports Ray.
 """
@@ -39,9 +44,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,10 +56,13 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import Tensor, nn
 
-from runners.train_generator import PRECISIONS, BatchFn, train_generator
+from runners.checkpoint import Checkpointer, rng_state
+from runners.train_generator import PRECISIONS, BatchFn, TrainResult, evaluate_loss, train_generator
 
 RANK_SEED_STRIDE = 1_000_003
 """rank r draws its in-loss randomness (dropout, label dropout, MLM masks) from seed + stride * r"""
+RESUME_SEED_STRIDE = 7_919
+"""a rank without its own saved streams (resumed on another worker count) reseeds with + stride * completed steps"""
 
 _PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
 
@@ -76,6 +85,13 @@ class DistributedTrainResult:
     wall_s: float
     """wall-clock seconds of rank 0's training loop (without Ray start-up)"""
     steps_per_s: float
+    logs: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    """what single-process training hands on_log, (step, {"loss", "lr", "grad_norm"}) every log_every steps and at
+    the last, with "loss" the global batch's mean since the previous log; steps before a resume carry no grad_norm"""
+    resumed_from_step: int = -1
+    """steps completed in the checkpoint this run resumed from (-1: started from scratch)"""
+    heldout_loss: float | None = None
+    """evaluate_loss of the trained model on `heldout`'s data, computed by rank 0 on its device (None: no heldout)"""
 
 
 class LossForward(nn.Module):
@@ -114,21 +130,151 @@ def shard_rows(batch: Tensor, rank: int, world_size: int) -> Tensor:
     return batch[rank * per_rank : (rank + 1) * per_rank]
 
 
+class RankCheckpointer(Checkpointer):
+    """One rank's view of a data-parallel run's checkpoint: every rank restores the file, rank 0 writes it.
+
+    Saves are collective (every rank reaches them at the same steps; for time-based saves rank 0's clock
+    decides and broadcasts). Rank 0 writes train_generator's snapshot with these changes:
+
+        losses, since_log   the global batch's values (mean over ranks), not rank 0's shard's
+        rng                 rank 0's global torch RNG with the *data* generator (the stream batch_fn draws,
+                            identical on every rank): what a single-process loop keeps, so it can resume it
+        rng_by_rank         each rank's own global torch RNG and loss generator; and world_size
+
+    Resuming on the same number of workers restores each rank's own streams: bit-identical to a run never
+    interrupted. On another number of workers, or from a single-process checkpoint, each rank gets fresh loss
+    streams seeded from (seed, rank, completed steps): still exact when the loss draws no randomness (dropout
+    0, class_dropout 0), statistically equivalent otherwise.
+    """
+
+    def __init__(self, base: Checkpointer, *, rank: int, world_size: int, data_generator: torch.Generator,
+                 seed: int, device: torch.device) -> None:
+        super().__init__(base.folder, base.every_steps, base.every_s, base.on_save if rank == 0 else None)
+        self.rank, self.world_size, self.seed, self.device = rank, world_size, seed, device
+        self.data_generator = data_generator
+        self.restored_step = -1
+
+    def restore(self) -> dict[str, Any] | None:
+        state = super().restore()
+        if state is None:
+            return None
+        self.restored_step = int(state["step"])
+        self.data_generator.set_state(state["rng"]["generators"][0])
+        by_rank = state.get("rng_by_rank")
+        if by_rank is not None and len(by_rank) == self.world_size:
+            own = by_rank[self.rank]
+        else:
+            fresh = self.seed + RANK_SEED_STRIDE * self.rank + RESUME_SEED_STRIDE * self.restored_step
+            torch.manual_seed(fresh)
+            own = rng_state(torch.Generator().manual_seed(fresh))
+        return {**state, "rng": own}
+
+    def due(self, step: int) -> bool:
+        due = super().due(step)
+        if self.world_size > 1 and self.enabled and self.every_s > 0:  # clocks differ between ranks: rank 0's decides
+            import torch.distributed as dist
+
+            flag = torch.tensor([float(due)], device=self.device)
+            dist.broadcast(flag, src=0)
+            due = bool(flag.item())
+        return due
+
+    def save(self, step: int, state: dict[str, Any]) -> None:
+        losses, since_log, rngs = state["losses"], state["since_log"], [state["rng"]]
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            rngs = [None] * self.world_size
+            dist.all_gather_object(rngs, state["rng"])
+            values = torch.tensor([v for _, v in losses] + list(since_log), dtype=torch.float64, device=self.device)
+            dist.all_reduce(values)  # sum over ranks of equal-size shard means
+            means = (values / self.world_size).tolist()
+            losses, since_log = [(s, v) for (s, _), v in zip(losses, means)], means[len(losses):]
+        if self.rank != 0:
+            self.last_save, self.saved = time.monotonic(), self.saved + 1
+            return
+        rng = {**state["rng"], "generators": [self.data_generator.get_state()]}
+        super().save(step, {**state, "losses": losses, "since_log": since_log, "rng": rng, "rng_by_rank": rngs,
+                            "world_size": self.world_size})
+
+
+def _lr_at(step: int, lr: float, warmup_steps: int) -> float:
+    """train_generator's schedule: linear warm-up, then constant."""
+    return lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps else lr
+
+
+def log_records(losses: list[tuple[int, float]], logged: dict[int, dict[str, float]], *, steps: int, log_every: int,
+                lr: float, warmup_steps: int) -> list[tuple[int, dict[str, float]]]:
+    """What train_generator hands on_log, rebuilt from the global-batch losses (step, loss) of every completed step:
+    at every log_every-th step and the last, "loss" is the mean since the previous log; "lr" and "grad_norm" come
+    from `logged` (rank 0's on_log of this run: the averaged gradients are the same on every rank), and for steps
+    before a resume, which this run did not log, "lr" is recomputed and "grad_norm" is absent."""
+    records, previous = [], 0
+    for index, (step, _) in enumerate(losses):
+        if (step + 1) % log_every == 0 or step == steps - 1:
+            window = [value for _, value in losses[previous : index + 1]]
+            metrics = logged.get(step, {"lr": _lr_at(step, lr, warmup_steps)})
+            records.append((step, {**metrics, "loss": sum(window) / len(window)}))
+            previous = index + 1
+    return records
+
+
+def loop_config(
+    build_model: Callable[[], nn.Module], batch_fn: BatchFn | None, *, steps: int, lr: float, seed: int,
+    weight_decay: float = 0.05, betas: tuple[float, float] = (0.9, 0.95), grad_clip: float = 1.0,
+    warmup_steps: int = 0, ema_decay: float | None = None, log_every: int = 10,
+    precision: Literal["fp32", "bf16"] = "fp32", compile: bool = False, positions: Tensor | None = None,
+    checkpointer: Checkpointer | None = None, make_batch_fn: Callable[[torch.device], BatchFn] | None = None,
+    heldout: Callable[[torch.device], tuple[Tensor, Tensor]] | None = None,
+) -> dict[str, Any]:
+    """What every worker's `train_rank` receives (Ray Train's train_loop_config); arguments as train_generator_ddp."""
+    if (batch_fn is None) == (make_batch_fn is None):
+        raise ValueError("pass exactly one of batch_fn (the batches themselves) and make_batch_fn (device -> batch_fn, "
+                         f"called in each worker), but got batch_fn={batch_fn!r}, make_batch_fn={make_batch_fn!r}")
+    return {
+        "build_model": build_model,
+        "batch_fn": batch_fn,
+        "make_batch_fn": make_batch_fn,
+        "heldout": heldout,
+        "seed": seed,
+        "steps": steps,
+        "lr": lr,
+        "positions": positions.cpu() if positions is not None else None,
+        "checkpointer": checkpointer,
+        "train_kwargs": {
+            "weight_decay": weight_decay, "betas": betas, "grad_clip": grad_clip, "warmup_steps": warmup_steps,
+            "ema_decay": ema_decay, "log_every": log_every, "precision": precision, "compile": compile,
+        },
+    }
+
+
 def _worker_loop(config: dict[str, Any]) -> dict[str, Any] | None:
-    """Ray Train's per-worker function: build, wrap in DDP, train on this rank's shard, return from rank 0."""
+    """Ray Train's per-worker function: `train_rank` with Ray Train's rank, DDP wrapper and metric reports."""
     import ray.train
     import ray.train.torch
-    import torch.distributed as dist
 
     context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
+    return train_rank(config, rank=context.get_world_rank(), world_size=context.get_world_size(),
+                      prepare_model=ray.train.torch.prepare_model, report=ray.train.report)
+
+
+def train_rank(
+    config: dict[str, Any], *, rank: int, world_size: int, prepare_model: Callable[[nn.Module], nn.Module],
+    report: Callable[[dict[str, Any]], None],
+) -> dict[str, Any] | None:
+    """One rank of data-parallel training in an initialised torch.distributed process group (Ray Train's, or any
+    other): build, wrap with `prepare_model` (to the rank's device, DDP when world_size > 1), train on this rank's
+    shard of every global batch; rank 0 returns the weights, the global-batch losses and the log records."""
+    import torch.distributed as dist
+
     seed: int = config["seed"]
-    batch_fn: BatchFn = config["batch_fn"]
 
     torch.manual_seed(seed)  # same initial weights on every rank (DDP also broadcasts rank 0's at wrap time)
     model = config["build_model"]()
-    loss_module = ray.train.torch.prepare_model(LossForward(model))  # to this worker's device; DDP when W > 1
+    loss_module = prepare_model(LossForward(model))  # to this worker's device; DDP when W > 1
     device = next(model.parameters()).device
+    # batches from the caller's batch_fn, or from one made here (e.g. a tokenizer encoding the data on this GPU)
+    batch_fn: BatchFn = config["batch_fn"] if config["batch_fn"] is not None else config["make_batch_fn"](device)
     positions = config["positions"].to(device) if config["positions"] is not None else None
 
     # the global batch comes from a data generator that is the same on every rank; the generator that
@@ -142,14 +288,22 @@ def _worker_loop(config: dict[str, Any]) -> dict[str, Any] | None:
                              f"but got {tuple(ids.shape)} and {tuple(labels.shape)}")
         return shard_rows(ids, rank, world_size).to(device), shard_rows(labels, rank, world_size).to(device)
 
+    logged: dict[int, dict[str, float]] = {}
+
     def on_log(step: int, metrics: dict[str, float]) -> None:
         # every rank logs at the same steps, as ray.train.report (a barrier) requires; rank 0's metrics
         # (its shard's loss) are the ones Ray Train keeps
-        ray.train.report({"step": step, **metrics})
+        if rank == 0:
+            logged[step] = dict(metrics)
+        report({"step": step, **metrics})
 
+    checkpointer = None
+    if config["checkpointer"] is not None:
+        checkpointer = RankCheckpointer(config["checkpointer"], rank=rank, world_size=world_size,
+                                        data_generator=data_generator, seed=seed, device=device)
     result = train_generator(
         model, shard_batch, steps=config["steps"], lr=config["lr"], seed=seed + RANK_SEED_STRIDE * rank,
-        loss_fn=loss_module, on_log=on_log, positions=positions, **config["train_kwargs"],
+        loss_fn=loss_module, on_log=on_log, positions=positions, checkpointer=checkpointer, **config["train_kwargs"],
     )
     # global-batch losses: the mean of the equal-size shards' mean losses (one collective for all steps)
     shard_losses = torch.tensor([value for _, value in result.losses], dtype=torch.float64, device=device)
@@ -158,9 +312,14 @@ def _worker_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         shard_losses /= world_size
     if rank != 0:
         return None
+    heldout_loss = None
+    if config["heldout"] is not None:  # rank 0 alone, on its device: the same batches as one-process evaluation
+        heldout_ids, heldout_labels = config["heldout"](device)
+        heldout_loss = evaluate_loss(result.model, heldout_ids.to(device), heldout_labels.to(device), positions=positions)
     losses = [(step, float(value)) for (step, _), value in zip(result.losses, shard_losses.tolist())]
     weights = result.model.state_dict()
     tail = max(1, len(losses) // 10)
+    kwargs = config["train_kwargs"]
     return {
         # Ray Train refuses torch tensors in a return value: ship the weights as safetensors bytes
         "state_dict": save_safetensors({name: value.detach().cpu().contiguous() for name, value in weights.items()}),
@@ -168,6 +327,10 @@ def _worker_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         "final_loss": sum(value for _, value in losses[-tail:]) / tail,
         "wall_s": result.wall_s,
         "steps_per_s": result.steps_per_s,
+        "logs": log_records(losses, logged, steps=config["steps"], log_every=kwargs["log_every"], lr=config["lr"],
+                            warmup_steps=kwargs["warmup_steps"]),
+        "resumed_from_step": checkpointer.restored_step if checkpointer is not None else -1,
+        "heldout_loss": heldout_loss,
     }
 
 
@@ -186,7 +349,7 @@ def _start_local_ray(num_cpus: int, num_gpus: int | None) -> None:
 
 def train_generator_ddp(
     build_model: Callable[[], nn.Module],
-    batch_fn: BatchFn,
+    batch_fn: BatchFn | None,
     *,
     num_workers: int,
     use_gpu: bool = False,
@@ -204,6 +367,9 @@ def train_generator_ddp(
     positions: Tensor | None = None,
     cpus_per_worker: float = 1.0,
     storage_path: str | os.PathLike[str] | None = None,
+    checkpointer: Checkpointer | None = None,
+    make_batch_fn: Callable[[torch.device], BatchFn] | None = None,
+    heldout: Callable[[torch.device], tuple[Tensor, Tensor]] | None = None,
 ) -> DistributedTrainResult:
     """Train the model from `build_model()` data-parallel on `num_workers` Ray Train workers (DDP).
 
@@ -221,8 +387,14 @@ def train_generator_ddp(
     gloo on CPU. Ray: an already initialised Ray is used as it is; otherwise a local one is started
     (no dashboard, RAY_USAGE_STATS_ENABLED=0, RAY_AUTH_MODE=disabled) and shut down afterwards.
     storage_path: where Ray Train writes its run folder (absolute; default a temporary folder that is
-    removed afterwards). Needs Ray Train V2 (RAY_TRAIN_V2_ENABLED unset or 1). Checkpoint/resume is
-    not offered here: a failed worker fails the whole call (ray.train.TrainingFailedError).
+    removed afterwards). Needs Ray Train V2 (RAY_TRAIN_V2_ENABLED unset or 1). A failed worker fails the
+    whole call (ray.train.TrainingFailedError). checkpointer: the stage's checkpoint folder and cadence; each
+    worker wraps it in a `RankCheckpointer` (every rank restores, rank 0 writes), so its folder must be one
+    every worker's node sees; a call that finds a checkpoint continues after its step (`resumed_from_step`).
+    make_batch_fn: instead of batch_fn, device -> batch_fn, called once in each worker with its device (so that
+    the data is prepared there, e.g. encoded on the worker's GPU; batches may then live on that device).
+    heldout: device -> (ids (M, N, K), labels (M,)); rank 0 computes `evaluate_loss` of the trained model on
+    them after training, on its device (`heldout_loss`).
     """
     if not isinstance(num_workers, int) or num_workers < 1:
         raise ValueError(f"num_workers must be an int >= 1, but got num_workers={num_workers!r}")
@@ -247,24 +419,17 @@ def train_generator_ddp(
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    config = loop_config(
+        build_model, batch_fn, steps=steps, lr=lr, seed=seed, weight_decay=weight_decay, betas=betas,
+        grad_clip=grad_clip, warmup_steps=warmup_steps, ema_decay=ema_decay, log_every=log_every, precision=precision,
+        compile=compile, positions=positions, checkpointer=checkpointer, make_batch_fn=make_batch_fn, heldout=heldout,
+    )
     started_here = not ray.is_initialized()
     if started_here:
         cpus_needed = int(-(-num_workers * cpus_per_worker // 1))  # ceil
         _start_local_ray(max(os.cpu_count() or 1, cpus_needed), num_workers if use_gpu else None)
     made_storage = storage_path is None
     storage = Path(tempfile.mkdtemp(prefix="elm-ddp-") if made_storage else storage_path).resolve()  # type: ignore[arg-type]
-    config = {
-        "build_model": build_model,
-        "batch_fn": batch_fn,
-        "seed": seed,
-        "steps": steps,
-        "lr": lr,
-        "positions": positions.cpu() if positions is not None else None,
-        "train_kwargs": {
-            "weight_decay": weight_decay, "betas": betas, "grad_clip": grad_clip, "warmup_steps": warmup_steps,
-            "ema_decay": ema_decay, "log_every": log_every, "precision": precision, "compile": compile,
-        },
-    }
     resources = {"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
     try:
         trainer = TorchTrainer(
@@ -289,4 +454,38 @@ def train_generator_ddp(
         world_size=num_workers,
         wall_s=out["wall_s"],
         steps_per_s=out["steps_per_s"],
+        logs=out["logs"],
+        resumed_from_step=out["resumed_from_step"],
+        heldout_loss=out["heldout_loss"],
     )
+
+
+def train_generator_data_parallel(
+    model: nn.Module,
+    build_model: Callable[[], nn.Module],
+    make_batch_fn: Callable[[torch.device], BatchFn],
+    *,
+    num_workers: int,
+    heldout: Callable[[torch.device], tuple[Tensor, Tensor]] | None = None,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+    **kwargs: Any,
+) -> tuple[TrainResult, float | None]:
+    """`train_generator`'s contract on `num_workers` DDP workers, for a stage that trains either way.
+
+    Each worker prepares its batches with make_batch_fn(its device). `model` (a fresh build in this process, e.g.
+    on the CPU) receives rank 0's trained weights and comes back in eval mode inside a TrainResult, with the
+    held-out loss rank 0 computed on `heldout`'s data (None without heldout); on_log receives, after training,
+    what single-process training would have logged (`log_records`: global-batch losses). kwargs go to
+    `train_generator_ddp` (steps, lr, seed, use_gpu, checkpointer, ...).
+    """
+    trained = train_generator_ddp(build_model, None, make_batch_fn=make_batch_fn, heldout=heldout,
+                                  num_workers=num_workers, **kwargs)
+    if on_log is not None:
+        for step, values in trained.logs:
+            on_log(step, values)
+    model.load_state_dict(trained.state_dict)
+    result = TrainResult(
+        model=model.eval(), losses=trained.losses, initial_loss=trained.initial_loss, final_loss=trained.final_loss,
+        wall_s=trained.wall_s, steps_per_s=trained.steps_per_s,
+    )
+    return result, trained.heldout_loss

@@ -1,9 +1,12 @@
 """The stage functions: plain functions of (stage settings, input artifacts) that write one folder.
 
     classifier  dataset            -> classifier weights        (feature extractor of FID/KID, class accuracy)
+    reference   (classifier)       -> held-out features + stats (once per dataset x feature extractor)
     tokenizer   dataset            -> tokenizer weights         (+ held-out reconstruction metrics)
-    generator   tokenizer          -> generator weights         (+ training losses, held-out loss)
-    evaluation  generator, tokenizer, classifier -> samples     (+ FID, KID, class accuracy)
+    reconstruction tokenizer, reference -> rFID                 (once per tokenizer x feature extractor)
+    generator   tokenizer          -> generator weights         (+ training losses, held-out loss; with
+                (classifier, reference)                            intermediate_every: FID over training)
+    evaluation  generator, tokenizer, classifier, reference -> samples (+ FID, KID, class accuracy)
 
 Each function is `fn(stage, inputs, out, log) -> metrics`: `stage.settings` holds exactly what
 determines it, `inputs` maps an input role to its finished artifact folder, everything is written
@@ -34,10 +37,22 @@ from runners.evaluation.classifier import (
     save_classifier,
     train_classifier,
 )
-from runners.evaluation.metrics import METRICS_CODE_VERSION, extract_features, feature_extractor_name, image_metrics
-from runners.evaluation.inception import InceptionFeatures
-from runners.evaluation.protocol import array_sha256, protocol, protocol_id
-from runners.evaluation.reference import to_uint8_nhwc
+from runners.evaluation.intermediate import (
+    INTERMEDIATE_CODE_VERSION,
+    INTERMEDIATE_LOG,
+    IntermediateEvaluator,
+    IntermediateLog,
+)
+from runners.evaluation.metrics import METRICS_CODE_VERSION, feature_extractor_name, image_metrics
+from runners.evaluation.protocol import protocol, protocol_id
+from runners.evaluation.reconstruction import RECONSTRUCTION_CODE_VERSION, reconstruction_fid
+from runners.evaluation.reference import (
+    REFERENCE_CODE_VERSION,
+    feature_extractor_for,
+    load_reference_features,
+    save_reference_features,
+    to_uint8_nhwc,
+)
 from runners.generators import GENERATOR_SIZES, GENERATORS, GeneratorConfig
 from runners.sampling import CFG_SCHEDULES, SAMPLING_CODE_VERSION
 from runners.scan import SCAN_ORDERS, from_scan, scan_positions, to_scan
@@ -45,13 +60,19 @@ from runners.encode import encode_dataset, token_batch
 from runners.tokenizers import TOKENIZERS, vocabulary_for
 from runners.tokenizers.backbone import BACKBONE_SIZES
 from runners.train_generator import Hook, evaluate_loss, train_generator
+from runners.tokenizers.losses import check_perceptual_weights
 from runners.train_tokenizer import reconstruction_metrics, train_tokenizer
 
 Log = Callable[[int, dict[str, float]], None]
 StageFunction = Callable[..., dict[str, Any]]  # (stage, inputs, out, log, *, checkpoints) -> metrics
 
 # Bumped when a stage function changes what it computes (part of every key of that kind).
-STAGE_CODE_VERSIONS = {"classifier": "1", "tokenizer": "2", "generator": "2", "evaluation": "2", "analysis": "1"}
+STAGE_CODE_VERSIONS = {
+    "classifier": "1", "reference": "1", "tokenizer": "2", "reconstruction": "1", "generator": "2",
+    "evaluation": "3",  # 3: real features from the reference stage (float32, as stored), no extraction of its own
+    "analysis": "1",
+}
+PR_K = 3  # k of precision / recall (ELM.md "Evaluation")
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 SAMPLE_BATCH = 100  # fixed micro-batch of the sampler: samples do not depend on the worker's batch size
@@ -70,9 +91,23 @@ def code_versions(kind: str, settings: Any) -> dict[str, str]:
         versions["tokenizer"] = TOKENIZERS[settings.tokenizer].code_version
     elif kind == "generator":
         versions["generator"] = GENERATORS[settings.modeling].code_version
+        if settings.intermediate_every:  # only then: keys of generators without them stay as they were
+            versions.update(sampling=SAMPLING_CODE_VERSION, metrics=METRICS_CODE_VERSION,
+                            intermediate=INTERMEDIATE_CODE_VERSION)
     elif kind == "evaluation":
         versions.update(sampling=SAMPLING_CODE_VERSION, metrics=METRICS_CODE_VERSION)
+    elif kind == "reference":
+        versions["reference"] = REFERENCE_CODE_VERSION
+    elif kind == "reconstruction":
+        versions.update(reconstruction=RECONSTRUCTION_CODE_VERSION, metrics=METRICS_CODE_VERSION)
     return versions
+
+
+def intermediate_sampling(settings: Any, baseline: Any) -> dict[str, Any]:
+    """Sampling knobs of a generator's intermediate evaluations: the spec baseline's values of the knobs its
+    modeling reads. One protocol for every generator of a sweep, whatever sampling its evaluations vary."""
+    entry = GENERATORS.get(settings.modeling)
+    return {name: getattr(baseline, name) for name in (entry.sample_knobs if entry else SAMPLING_AXES)}
 
 
 # Sampling knobs any generator reads; an entry's own `sample_knobs` says which of them determine its samples.
@@ -90,6 +125,8 @@ def ignored_axes(kind: str, settings: Any) -> set[str]:
             ignored.add("mask_schedule_steps")
         if settings.tokenizer == "vq":
             ignored.add("encode")  # codebook ids are deterministic: nothing to sample
+        if not settings.intermediate_every:
+            ignored |= {"intermediate_every", "intermediate_samples_per_class"}
     if kind == "tokenizer":
         ignored |= {"restart_dead_codes"} if settings.tokenizer == "bae" else {"bernoulli", "bit_usage_weight"}
     return ignored
@@ -240,39 +277,68 @@ def tokenizer_stage(
         kwargs.update(codebook_size=2 ** s["code_dim"], restart_dead_codes=s["restart_dead_codes"])
     else:
         kwargs.update(code_dim=s["code_dim"], bernoulli=s["bernoulli"])
+    perceptual_weights = stage.runtime.get("perceptual_weights")  # absolute path (not hashed); the key holds its sha256
+    if s.get("perceptual_weight", 0.0) > 0:
+        check_perceptual_weights(perceptual_weights, s["perceptual_weights_sha256"])
+    checkpointer = checkpointer_of(stage, checkpoints)
+    resumed = checkpointer.restore()
     torch.manual_seed(s["tokenizer_seed"])
     model = TOKENIZERS[s["tokenizer"]].build(**kwargs).to(device)
     model = train_tokenizer(
         model, data.train, steps=s["tokenizer_steps"], lr=s["tokenizer_lr"], batch_size=s["tokenizer_batch"],
         seed=s["tokenizer_seed"], bit_usage_weight=s.get("bit_usage_weight", 0.0), on_log=log,
-        gan_weight=s["gan_weight"], gan_start=s["gan_start"],
+        gan_weight=s["gan_weight"], gan_start=s["gan_start"], perceptual_weight=s.get("perceptual_weight", 0.0),
+        perceptual_weights=perceptual_weights, checkpointer=checkpointer,
     )
     save_model(model, out, {"tokenizer": s["tokenizer"], "kwargs": kwargs})
     heldout_images, _ = stack(data.heldout)
     vocab = vocabulary_for(model, 1) if s["tokenizer"] == "bae" else None  # ids of one whole latent position
     metrics = reconstruction_metrics(model, heldout_images.to(device), vocab=vocab)
-    return {name: float(value) for name, value in metrics.items()}
+    return {**{name: float(value) for name, value in metrics.items()},
+            "resumed_from_step": -1 if resumed is None else int(resumed["step"])}
 
 
 def generator_stage(
     stage: Any, inputs: dict[str, Path], out: Path, log: Log, checkpoints: Path | None = None
 ) -> dict[str, Any]:
     s = stage.settings
-    device = pick_device(stage.resources.gpus)
+    workers = stage.resources.num_workers  # > 1: DDP on Ray Train workers that hold the GPUs; this process coordinates
+    device = pick_device(stage.resources.gpus if workers == 1 else 0)
     data = dataset_of(s)
     tokenizer = load_tokenizer(inputs["tokenizer"], device)
     vocab = vocabulary_for(tokenizer, s["token_each"])  # None for codebook tokenizers (one id per position)
     grid = tuple(tokenizer.grid)
     positions = scan_positions(s["scan_order"], *grid, device=device)  # (N, 2) grid coordinates in scan order
 
-    # The frozen tokenizer encodes the training set once (BAE: bit logits, VQ: ids); every step then
-    # draws fresh Bernoulli bits from the cache (ELM's stochastic augmentation), or thresholds them.
-    encoded = {name: t.to(device) for name, t in encode_dataset(tokenizer, data.train).items()}
+    def token_batches(on: torch.device) -> Callable[[int, torch.Generator], tuple[Tensor, Tensor]]:
+        """batch_fn giving batches on `on`, where the frozen tokenizer encodes the training set once (here, or in
+        each data-parallel worker on its own GPU). The cache (BAE: bit logits, VQ: ids) stays on the CPU: every
+        step draws fresh Bernoulli bits from it with the loop's CPU generator (ELM's stochastic augmentation; the
+        same bits on any device), or thresholds them."""
+        frozen = load_tokenizer(inputs["tokenizer"], on)
+        encoded = {name: t.cpu() for name, t in encode_dataset(frozen, data.train).items()}
 
-    def batch_fn(step: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        index = torch.randint(len(encoded["labels"]), (s["generator_batch"],), generator=generator)
-        ids = token_batch(encoded, index, mode=s.get("encode", "threshold"), vocab=vocab, generator=generator)  # (B, N, K) raster
-        return to_scan(ids, s["scan_order"], *grid), encoded["labels"][index.to(device)]
+        def batch_fn(step: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+            index = torch.randint(len(encoded["labels"]), (s["generator_batch"],), generator=generator)
+            ids = token_batch(encoded, index, mode=s.get("encode", "threshold"), vocab=vocab, generator=generator)  # (B, N, K) raster
+            return to_scan(ids, s["scan_order"], *grid).to(on), encoded["labels"][index].to(on)
+
+        return batch_fn
+
+    def heldout_tokens(on: torch.device) -> tuple[Tensor, Tensor]:
+        """Held-out ids (M, N, K) in scan order (thresholded bits) and labels (M,), encoded on `on`."""
+        frozen = load_tokenizer(inputs["tokenizer"], on)
+        images, labels = stack(data.heldout)
+        with torch.no_grad():
+            ids = to_scan(frozen.encode_ids(images.to(on), mode="threshold", vocab=vocab), s["scan_order"], *grid)
+        return ids, labels.to(on)
+
+    if workers > 1 and (s.get("early_stopping") or s.get("intermediate_every")):
+        raise ValueError(
+            f"early stopping and intermediate evaluations run in the stage's own process and cannot steer "
+            f"data-parallel training, but got resources.generator.workers={workers}; train this study with "
+            f"workers: 1 (gpus: 1) or turn them off (no early_stopping, intermediate_every: 0)"
+        )
 
     token_each, vocab_size = tokenizer.token_shape(vocab)
     config = generator_config(s, token_each * int(math.log2(vocab_size)), grid, data.num_classes)
@@ -280,28 +346,91 @@ def generator_stage(
     resumed = checkpointer.restore()
     torch.manual_seed(s["seed"])
     model = GENERATORS[s["modeling"]].build(config).to(device)
+    if workers == 1:  # a data-parallel run prepares its data in each worker instead
+        batch_fn = token_batches(device)
+        heldout_ids, heldout_labels = heldout_tokens(device)
     hooks: list[Hook] = []  # (every, fn) run during training: intermediate evaluations, early stopping
-    result = train_generator(
-        model, batch_fn, steps=s["generator_steps"], lr=s["generator_lr"], seed=s["seed"],
-        weight_decay=s["weight_decay"], warmup_steps=s["generator_warmup"], on_log=log,
-        precision=s["train_precision"], compile=bool(stage.runtime.get("compile", False)), positions=positions,
-        checkpointer=checkpointer, hooks=hooks,
+    pruned: list[Any] = []
+    if s.get("early_stopping"):
+        hooks.append(early_stopping_hook(stage, checkpoints, pruned, log,
+                                         lambda m: evaluate_loss(m, heldout_ids, heldout_labels, positions=positions)))
+    intermediate = None
+    if s.get("intermediate_every"):  # FID / KID / class accuracy every N steps (runners/evaluation/intermediate.py)
+        intermediate = intermediate_evaluator(s, inputs, tokenizer, vocab, grid, positions, data, device, checkpoints)
+        intermediate.catch_up(resumed, model)
+        hooks.append(intermediate.hook())
+    recipe = dict(
+        steps=s["generator_steps"], lr=s["generator_lr"], seed=s["seed"], weight_decay=s["weight_decay"],
+        warmup_steps=s["generator_warmup"], precision=s["train_precision"],
+        compile=bool(stage.runtime.get("compile", False)), positions=positions, checkpointer=checkpointer,
     )
-    save_model(result.model, out, {"modeling": s["modeling"], "config": config.__dict__, "scan_order": s["scan_order"]})
+    heldout_loss = None
+    if workers == 1:
+        result = train_generator(model, batch_fn, on_log=log, hooks=hooks, **recipe)
+    else:  # same batches in every worker, losses logged after training, same checkpoint folder, rank 0's held-out loss
+        assert not hooks, "training-time hooks need workers: 1"
+        from runners.distributed import train_generator_data_parallel
 
-    heldout_images, heldout_labels = stack(data.heldout)
-    with torch.no_grad():
-        heldout_ids = tokenizer.encode_ids(heldout_images.to(device), mode="threshold", vocab=vocab)
-    heldout_ids = to_scan(heldout_ids, s["scan_order"], *grid)
+        result, heldout_loss = train_generator_data_parallel(
+            model, lambda: GENERATORS[s["modeling"]].build(config), token_batches, heldout=heldout_tokens,
+            num_workers=workers, on_log=log, use_gpu=stage.resources.gpus > 0,
+            cpus_per_worker=stage.resources.cpus_per_worker,
+            storage_path=checkpoints / "ray-train" if checkpoints is not None else None, **recipe,
+        )
+    if pruned:
+        raise pruned[0]
+    save_model(result.model, out, {"modeling": s["modeling"], "config": config.__dict__, "scan_order": s["scan_order"]})
+    if intermediate is not None:
+        intermediate.finish(len(result.losses), result.model, out)  # + the last step; intermediate.parquet
+    if heldout_loss is None:
+        heldout_loss = evaluate_loss(result.model, heldout_ids, heldout_labels, positions=positions)
     return {
         "parameter_count": GENERATORS[s["modeling"]].parameter_count(config),
         "uniform_loss": math.log(vocab_size),
         "initial_loss": result.initial_loss,
         "final_loss": result.final_loss,
-        "heldout_loss": evaluate_loss(result.model, heldout_ids, heldout_labels.to(device), positions=positions),
+        "heldout_loss": heldout_loss,
         "steps_per_s": result.steps_per_s,
         "resumed_from_step": -1 if resumed is None else int(resumed["step"]),
+        "workers": workers,
     }
+
+
+class StagePruned(Exception):
+    """A training stage stopped by early stopping: recorded as a `pruned` row; its checkpoint is kept."""
+
+    def __init__(self, message: str, step: int, value: float) -> None:
+        super().__init__(message)
+        self.step, self.value = step, value
+
+
+def early_stopping_hook(stage: Any, checkpoints: Path | None, pruned: list[Any], log: Log,
+                        metric: Callable[[torch.nn.Module], float]) -> Hook:
+    """The ASHA hook of a generator in a study with `early_stopping` (sweep/brackets.py): at each rung it
+    records `metric(model)` (held-out loss) in the bracket and stops training unless it is among the best."""
+    from space.schema import EarlyStopping
+    from sweep.brackets import BRACKETS_DIR, Bracket
+
+    config = EarlyStopping(**stage.settings["early_stopping"])
+    rungs = set(config.rungs(stage.settings["generator_steps"]))
+    if checkpoints is None:
+        raise ValueError("early stopping needs the store (its rungs live there); run the stage through a sweep")
+    store_root = Path(checkpoints).parent.parent  # <store>/<kind>/.ckpt-<key>
+    bracket = Bracket(store_root / BRACKETS_DIR / stage.runtime["early_stopping_bracket"], config.reduction_factor)
+
+    def hook(step: int, model: torch.nn.Module) -> bool:
+        if step not in rungs:
+            return False
+        decision = bracket.decide(step, stage.key, metric(model))
+        log(step, {f"rung_{config.metric}": decision.value})
+        if not decision.keep:
+            pruned.append(StagePruned(
+                f"pruned by early stopping at step {step}: {config.metric} {decision.value:.4g} is not among the best "
+                f"1/{config.reduction_factor} of the {decision.compared} stages at this rung (cutoff {decision.cutoff:.4g})",
+                step, decision.value))
+        return not decision.keep
+
+    return (config.grace_steps, hook)
 
 
 def balanced_labels(num_classes: int, per_class: int, device: torch.device) -> Tensor:
@@ -331,6 +460,75 @@ def sample_blocks(
     return out
 
 
+def intermediate_evaluator(
+    s: dict[str, Any], inputs: dict[str, Path], tokenizer: Any, vocab: Any, grid: tuple[int, int], positions: Tensor,
+    data: ImageDataset, device: torch.device, checkpoints: Path | None,
+) -> IntermediateEvaluator:
+    """The intermediate evaluations of a training generator (runners/evaluation/intermediate.py): a fixed
+    class-balanced set sampled with the baseline's knobs (`intermediate_sampling`) and one seed derived from the
+    training seed, scored against the reference features; rows kept in the checkpoint folder until the end."""
+    from sweep.keys import derive_seed
+
+    reference = load_reference_features(inputs["reference"])
+    classifier = load_classifier(inputs["classifier"]).to(device)
+    extractor = feature_extractor_for(reference.extractor, classifier, device)
+    per_class = s["intermediate_samples_per_class"]
+    labels = balanced_labels(data.num_classes, per_class, device)
+    knobs = {**s["intermediate_sampling"], "sampling_seed": derive_seed("intermediate", s["seed"])}
+    entry, blocks = GENERATORS[s["modeling"]], range(math.ceil(len(labels) / SAMPLE_BATCH))
+
+    def sample(model: torch.nn.Module) -> Tensor:
+        images = sample_blocks(blocks, labels, knobs, tokenizer, vocab, model, entry, s["scan_order"], grid, positions)
+        return torch.cat([images[block] for block in blocks])  # (M, C, H, W)
+
+    record = protocol(
+        extractor=extractor, num_samples=len(labels), samples_per_class=per_class, image_size=data.image_size,
+        reference=reference.name, reference_checksum=reference.checksum, k=PR_K, sampling_seed=knobs["sampling_seed"],
+    )
+    return IntermediateEvaluator(
+        every=s["intermediate_every"], sample=sample, labels=labels, classifier=classifier, extractor=extractor,
+        reference=reference, record={**record, "protocol_id": protocol_id(record)},
+        log=IntermediateLog(checkpoints / INTERMEDIATE_LOG if checkpoints is not None else None),
+    )
+
+
+@torch.no_grad()
+def reference_stage(
+    stage: Any, inputs: dict[str, Path], out: Path, log: Log, checkpoints: Path | None = None
+) -> dict[str, Any]:
+    """Features and FID statistics of the held-out images in one feature space, for every stage that scores."""
+    s = stage.settings
+    device = pick_device(stage.resources.gpus)
+    data = dataset_of(s)
+    classifier = load_classifier(inputs["classifier"]).to(device) if "classifier" in inputs else None
+    extractor = feature_extractor_for(s["feature_extractor"], classifier, device)
+    images, _ = stack(data.heldout)
+    return save_reference_features(out, extractor, images.to(device), name=f"{s['dataset']['name']}/heldout",
+                                   extractor_kind=s["feature_extractor"])
+
+
+@torch.no_grad()
+def reconstruction_stage(
+    stage: Any, inputs: dict[str, Path], out: Path, log: Log, checkpoints: Path | None = None
+) -> dict[str, Any]:
+    """Reconstruction FID of a tokenizer on the held-out images, in the reference's feature space."""
+    s = stage.settings
+    device = pick_device(stage.resources.gpus)
+    data = dataset_of(s)
+    tokenizer = load_tokenizer(inputs["tokenizer"], device)
+    reference = load_reference_features(inputs["reference"])
+    classifier = load_classifier(inputs["classifier"]).to(device) if "classifier" in inputs else None
+    extractor = feature_extractor_for(reference.extractor, classifier, device)
+    images, _ = stack(data.heldout)
+    record = protocol(
+        extractor=extractor, num_samples=len(images), samples_per_class=0, image_size=data.image_size,
+        reference=reference.name, reference_checksum=reference.checksum, k=PR_K, sampling_seed=0,
+    )
+    reference.check_extractor(str(record["protocol_extractor_sha256"]))
+    metrics = reconstruction_fid(tokenizer, images.to(device), extractor, reference)
+    return {**metrics, **record, "protocol_id": protocol_id(record)}
+
+
 @torch.no_grad()
 def evaluation_stage(
     stage: Any, inputs: dict[str, Path], out: Path, log: Log, checkpoints: Path | None = None
@@ -352,15 +550,17 @@ def evaluation_stage(
     blocks = range(math.ceil(len(labels) / SAMPLE_BATCH))
     sampled = sample_blocks(blocks, labels, s, tokenizer, vocab, generator, entry, order, grid, positions)
     fake = torch.cat([sampled[block] for block in blocks]).clamp(0, 1)
-    real, _ = stack(data.heldout)
-    extractor = classifier if s["feature_extractor"] == "classifier" else InceptionFeatures().to(device)
-    real_features = extract_features(extractor, real.to(device))
-    metrics = image_metrics(classifier, real.to(device), fake, labels, real_features=real_features, extractor=extractor)
+    # The held-out set's features and statistics come from the reference stage (computed once per extractor).
+    reference = load_reference_features(inputs["reference"])
+    extractor = feature_extractor_for(reference.extractor, classifier, device)
     record = protocol(
         extractor=extractor, num_samples=len(labels), samples_per_class=s["samples_per_class"],
-        image_size=data.image_size, reference=f"{s['dataset']['name']}/heldout",
-        reference_checksum=array_sha256(real_features), k=3, sampling_seed=s["sampling_seed"],
+        image_size=data.image_size, reference=reference.name, reference_checksum=reference.checksum, k=PR_K,
+        sampling_seed=s["sampling_seed"],
     )
+    reference.check_extractor(str(record["protocol_extractor_sha256"]))
+    metrics = image_metrics(classifier, None, fake, labels, real_features=reference.features,
+                            real_statistics=reference.statistics, extractor=extractor, k=PR_K)
     # Samples as scored (uint8 by truncation, as torch-fidelity does), NHWC: the ADM evaluator reads arr_0.
     # arr_0 is what the ADM evaluator reads; labels let reports draw per-class grids.
     np.savez(out / "samples.npz", arr_0=to_uint8_nhwc(fake), labels=labels.cpu().numpy())
@@ -413,7 +613,9 @@ def analysis_stage(
 
 STAGE_FUNCTIONS: dict[str, StageFunction] = {
     "classifier": classifier_stage,
+    "reference": reference_stage,
     "tokenizer": tokenizer_stage,
+    "reconstruction": reconstruction_stage,
     "generator": generator_stage,
     "evaluation": evaluation_stage,
     "analysis": analysis_stage,

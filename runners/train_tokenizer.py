@@ -9,6 +9,12 @@ neither trains nor contributes. See runners/tokenizers/losses.py for the formula
 Determinism: given the model's initial weights (the caller seeds the init), the run is a function of `seed`:
 a CPU torch.Generator drives the data order, a generator on the model's device drives the Bernoulli bits (BAE)
 or the dead-code restarts (VQ), and a third seeds the discriminator's init. No global RNG is used.
+
+Checkpoints (`checkpointer`, the protocol of runners/checkpoint.py) hold the model, its optimizer and EMA copy,
+the discriminator and its optimizer (GAN on), the terms summed since the last log, the step, the position in
+the shuffled epoch and every random state (the global torch RNG, the data-order and Bernoulli generators, and
+any torch.Generator the dataset owns, e.g. imagefolder's flips): a resumed run ends bit-identical to one that
+was never interrupted.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -23,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
+from runners.checkpoint import Checkpointer, rng_state, set_rng_state
 from runners.data import stack
 from runners.tokenizers.bae import bit_usage_penalty, bits_to_token_ids
 from runners.tokenizers.losses import (PatchDiscriminator, PerceptualLoss, adaptive_gan_weight, hinge_d_loss,
@@ -81,19 +89,59 @@ def tokenizer_loss(
     return loss, terms
 
 
-def _batches(train: Dataset, batch_size: int, generator: torch.Generator):
-    """Endless batches (images (B, C, H, W), labels (B,)) in a seeded shuffled order, reshuffled every epoch."""
-    n = len(train)  # type: ignore[arg-type]
-    tensors = train.tensors if isinstance(train, TensorDataset) else None
-    while True:
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
-            index = order[start:start + batch_size]
-            if tensors is not None:
-                yield tensors[0][index], tensors[1][index]
-            else:
-                items = [train[int(i)] for i in index]
-                yield torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
+class _BatchOrder:
+    """Endless batches of item indices (B,) in a seeded shuffled order, reshuffled every epoch; the last partial
+    batch of an epoch is dropped (a dataset smaller than the batch gives one batch of all items per epoch).
+
+    Its state (the generator's state before this epoch's shuffle, and how many batches of the epoch were taken)
+    restores the stream in the middle of an epoch.
+    """
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+        self.per_epoch = max(1, n // batch_size)
+        self.epoch_state: Tensor | None = None
+        self.order: Tensor | None = None  # (n,) this epoch's permutation
+        self.taken = 0
+
+    def next(self) -> Tensor:
+        if self.order is None or self.taken == self.per_epoch:
+            self.epoch_state = self.generator.get_state()
+            self.order = torch.randperm(self.n, generator=self.generator)
+            self.taken = 0
+        start = self.taken * self.batch_size
+        self.taken += 1
+        return self.order[start:start + self.batch_size]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch_state": self.epoch_state, "taken": self.taken}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["epoch_state"] is None:
+            return
+        self.generator.set_state(state["epoch_state"])
+        self.order = torch.randperm(self.n, generator=self.generator)  # the same permutation, generator state after it
+        self.epoch_state, self.taken = state["epoch_state"], state["taken"]
+
+
+def _fetch(train: Dataset, index: Tensor) -> tuple[Tensor, Tensor]:
+    """Images (B, C, H, W) and labels (B,) of the items `index`; a TensorDataset is indexed directly."""
+    if isinstance(train, TensorDataset):
+        return train.tensors[0][index], train.tensors[1][index]
+    items = [train[int(i)] for i in index]
+    return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
+
+
+def _dataset_generators(train: Dataset) -> list[torch.Generator]:
+    """The torch.Generators a dataset draws from when read (e.g. imagefolder's random flips), by attribute name,
+    looking into wrapped datasets too (Subset.dataset)."""
+    found: list[torch.Generator] = []
+    for _, value in sorted(getattr(train, "__dict__", {}).items()):
+        if isinstance(value, torch.Generator):
+            found.append(value)
+        elif isinstance(value, Dataset):
+            found += _dataset_generators(value)
+    return found
 
 
 @torch.no_grad()
@@ -122,6 +170,7 @@ def train_tokenizer(
     gan_start: int = 0,
     disc_width: int = 64,
     disc_layers: int | None = None,
+    checkpointer: Checkpointer | None = None,
 ) -> nn.Module:
     """Train `model` (in place) with AdamW on L1 (+ its own terms, + LPIPS, + GAN); return its EMA copy in eval mode.
 
@@ -150,6 +199,8 @@ def train_tokenizer(
         gan_start: first step (counted from 1) at which the discriminator trains and the GAN term is on.
         disc_width: channels of the discriminator's first conv (taming: 64).
         disc_layers: stride-2 layers of the discriminator; None = as many as fit the image, at most 3 (taming).
+        checkpointer: saves the run's whole state when due (runners/checkpoint.py); a run that finds a checkpoint
+            continues after its step and ends bit-identical to an uninterrupted one. None = no checkpoints.
     """
     if steps < 1 or batch_size < 1 or log_every < 1 or not lr > 0:
         raise ValueError(f"steps, batch_size, log_every and lr must be positive, but got steps={steps}, "
@@ -178,11 +229,34 @@ def train_tokenizer(
     model.train()
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=ADAMW_BETAS, weight_decay=ADAMW_WEIGHT_DECAY)
-    batches = _batches(train, batch_size, data_generator)
+    batches = _BatchOrder(len(train), batch_size, data_generator)  # type: ignore[arg-type]
+    generators = [data_generator, bit_generator, *_dataset_generators(train)]  # every stream a step draws from
     sums: dict[str, Tensor] = {}  # terms summed on the device since the last log (one host sync per log)
     counts: dict[str, int] = {}
-    for step in range(1, steps + 1):
-        images, _ = next(batches)
+    first_step = 0  # steps completed before this call (a resumed run continues after them)
+    checkpointer = checkpointer or Checkpointer(None)
+    if (state := checkpointer.restore()) is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        ema.load_state_dict(state["ema"])
+        if discriminator is not None and disc_optimizer is not None:
+            discriminator.load_state_dict(state["discriminator"])
+            disc_optimizer.load_state_dict(state["disc_optimizer"])
+        set_rng_state(state["rng"], *generators)
+        batches.load_state_dict(state["batch_order"])
+        sums = {key: value.to(device) for key, value in state["sums"].items()}
+        counts, first_step = dict(state["counts"]), int(state["step"])
+
+    def snapshot() -> dict[str, Any]:
+        return {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "ema": ema.state_dict(),
+            "discriminator": discriminator.state_dict() if discriminator is not None else None,
+            "disc_optimizer": disc_optimizer.state_dict() if disc_optimizer is not None else None,
+            "rng": rng_state(*generators), "batch_order": batches.state_dict(), "sums": sums, "counts": counts,
+        }
+
+    for step in range(first_step + 1, steps + 1):
+        images, _ = _fetch(train, batches.next())
         images = images.to(device, non_blocking=True)  # (B, C, H, W)
         out = model(images, generator=bit_generator)
         gan_on = discriminator is not None and step >= gan_start
@@ -219,6 +293,8 @@ def train_tokenizer(
             if on_log is not None:
                 on_log(step, averages)
             sums, counts = {}, {}
+        if step < steps:
+            checkpointer.maybe_save(step, snapshot)  # step = steps completed
     return ema.eval()
 
 

@@ -29,8 +29,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 SCHEMA_VERSION = 1
 
-StageKind = Literal["classifier", "tokenizer", "generator", "evaluation", "analysis"]
-STAGE_KINDS: tuple[str, ...] = ("classifier", "tokenizer", "generator", "evaluation", "analysis")
+StageKind = Literal["classifier", "reference", "tokenizer", "reconstruction", "generator", "evaluation", "analysis"]
+STAGE_KINDS: tuple[str, ...] = (  # in dependency order: a kind reads only kinds before it
+    "classifier", "reference", "tokenizer", "reconstruction", "generator", "evaluation", "analysis"
+)
 
 
 class SpecError(ValueError):
@@ -77,6 +79,10 @@ class Settings(BaseModel):
     bit_usage_weight: float = axis(
         0.01, "tokenizer", "Penalty on each bit's mean probability away from 0.5 (keeps bits in use).", ge=0
     )
+    perceptual_weight: float = axis(
+        0.0, "tokenizer", "Weight of the LPIPS-VGG16 perceptual loss (0 = off; > 0 reads assets.perceptual_weights).",
+        ge=0,
+    )
 
     # ---- generator
     modeling: str = axis("ar", "generator", "Generator kind: `ar` (causal next token) or `mlm` (masked, MaskGIT decoding).")
@@ -99,6 +105,13 @@ class Settings(BaseModel):
     dropout: float = axis(0.1, "generator", "Token, residual and MLP dropout.", ge=0, lt=1)
     class_dropout: float = axis(0.1, "generator", "Share of labels dropped to the null class (for CFG).", ge=0, lt=1)
     train_precision: Literal["fp32", "bf16"] = axis("fp32", "generator", "Training precision (bf16 autocast on GPUs).")
+    intermediate_every: int = axis(
+        0, "generator", "Score the generator every this many training steps (FID/KID/class accuracy over training, "
+        "with the baseline's sampling knobs and feature extractor; 0 = off).", ge=0,
+    )
+    intermediate_samples_per_class: int = axis(
+        5, "generator", "Images per class of each intermediate evaluation (read only when intermediate_every > 0).", ge=1
+    )
 
     # ---- evaluation: sampling and scoring
     cfg_scale: float = axis(1.0, "evaluation", "Classifier-free guidance scale s (1 = no guidance).", ge=0)
@@ -111,8 +124,10 @@ class Settings(BaseModel):
     mlm_steps: int = axis(10, "evaluation", "MLM: decoding steps.", ge=1)
     mlm_tau: float = axis(4.5, "evaluation", "MLM: Gumbel temperature of confidence re-masking.", ge=0)
     samples_per_class: int = axis(20, "evaluation", "Generated images per class for the metrics.", ge=1)
+    # feature_extractor determines the reference stage (held-out features, computed once per extractor) and,
+    # through it, every evaluation and reconstruction FID
     feature_extractor: Literal["classifier", "inception"] = axis(
-        "classifier", "evaluation",
+        "classifier", "reference",
         "Feature space of FID/KID/precision/recall: the dataset's own classifier (fast, small images) or the "
         "standard FID Inception-v3 (torch-fidelity's; ImageNet-scale runs, slow on a CPU).",
     )
@@ -156,6 +171,11 @@ class Settings(BaseModel):
             )
         if not self.vocab:
             object.__setattr__(self, "vocab", f"{self.token_each}-{self.code_dim // self.token_each}")
+        if self.intermediate_every > self.generator_steps:
+            raise ValueError(
+                f"intermediate_every must be at most generator_steps ({self.generator_steps}) to score anything, but "
+                f"got intermediate_every={self.intermediate_every}; set {self.generator_steps} or less, or 0 (off)"
+            )
         return self
 
     @property
@@ -221,13 +241,52 @@ class Dataset(BaseModel):
         return self
 
 
+COORDINATOR_CPUS = 1.0
+"""CPUs of a data-parallel stage's own process, which only coordinates: its Ray Train workers hold the stage's cpus and gpus."""
+
+
 class Resources(BaseModel):
     """What one stage asks of the scheduler. Never part of a stage key."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    cpus: float = Field(1.0, description="CPU cores per stage.", gt=0)
-    gpus: float = Field(0.0, description="GPUs per stage (fractions share a GPU).", ge=0)
+    cpus: float = Field(1.0, description="CPU cores per stage (with data-parallel workers: split evenly between "
+                        "them, and the stage's coordinating process takes 1 more).", gt=0)
+    gpus: float = Field(0.0, description="GPUs per stage (fractions share a GPU; above 1 a whole number: a generator "
+                        "stage then trains data-parallel, one worker per GPU).", ge=0)
+    workers: int | None = Field(
+        None, ge=1,
+        description="Data-parallel Ray Train workers (DDP) of a generator stage. Default: int(gpus) when gpus > 1, else "
+        "1 (train in the stage's own process). With workers > 1, gpus is 0 (CPU workers, gloo) or equals workers "
+        "(one GPU each, NCCL), and the stage's own process only coordinates (1 CPU).",
+    )
+
+    @model_validator(mode="after")
+    def _whole_gpus_per_worker(self) -> Resources:
+        if self.gpus > 1 and self.gpus != int(self.gpus):
+            raise ValueError(f"gpus above 1 must be a whole number (one GPU per data-parallel worker), but got "
+                             f"gpus={self.gpus:g}; use {int(self.gpus)} or {int(self.gpus) + 1}")
+        if self.workers is not None and self.workers > 1 and self.gpus not in (0, self.workers):
+            raise ValueError(f"with workers={self.workers}, gpus must be 0 (CPU workers) or {self.workers} (one GPU "
+                             f"per worker), but got gpus={self.gpus:g}; set gpus: {self.workers} or gpus: 0")
+        return self
+
+    @property
+    def num_workers(self) -> int:
+        """Data-parallel workers: `workers` if set, else int(gpus) when gpus > 1, else 1."""
+        if self.workers is not None:
+            return self.workers
+        return int(self.gpus) if self.gpus > 1 else 1
+
+    @property
+    def gpus_per_worker(self) -> float:
+        """GPUs of each data-parallel worker (1 or 0 when num_workers > 1)."""
+        return self.gpus / self.num_workers
+
+    @property
+    def cpus_per_worker(self) -> float:
+        """CPU cores of each data-parallel worker."""
+        return self.cpus / self.num_workers
 
 
 class Runtime(BaseModel):
@@ -238,6 +297,62 @@ class Runtime(BaseModel):
     checkpoint_every_steps: int = Field(100, description="Training stages checkpoint every this many steps (0 = off).", ge=0)
     checkpoint_every_minutes: float = Field(10.0, description="... and at least this often in wall time (0 = off).", ge=0)
     retries: int = Field(0, description="Extra attempts of a stage that raised (a lost worker is always run again).", ge=0)
+
+
+_SHA256_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes (cached per path, size and modification time: planning hashes it once)."""
+    path = Path(path)
+    stat = path.stat()
+    cache_key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if cache_key not in _SHA256_CACHE:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _SHA256_CACHE[cache_key] = digest.hexdigest()
+    return _SHA256_CACHE[cache_key]
+
+
+class Assets(BaseModel):
+    """Local files that some settings read (never downloaded). A path never enters a key: a stage that reads a
+    file hashes its sha256, so moving the file keeps every key and editing it changes them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    perceptual_weights: str | None = Field(
+        None, description="LPIPS-VGG16 weights (safetensors or a torch state dict; make it offline with "
+        "runners.tokenizers.losses.convert_lpips_state_dict), read by tokenizers with perceptual_weight > 0. "
+        "A relative path starts from the folder `sweep` runs in; the file must exist on every node.",
+    )
+
+    def perceptual_weights_file(self, source: str = "") -> tuple[Path, str]:
+        """(absolute path, sha256) of perceptual_weights; a SpecError naming the field, the value and the fix."""
+        fix = ("make the file offline with runners.tokenizers.losses.convert_lpips_state_dict (weights are never "
+               "downloaded) or set perceptual_weight: 0")
+        if self.perceptual_weights is None:
+            raise SpecError(
+                f"assets.perceptual_weights: perceptual_weight > 0 needs a local LPIPS-VGG16 weights file, but got "
+                f"assets.perceptual_weights=None; set `assets: {{perceptual_weights: /path/lpips_vgg16.safetensors}}` "
+                f"({fix})", source,
+            )
+        path = Path(self.perceptual_weights).expanduser().resolve()
+        if not path.is_file():
+            raise SpecError(
+                f"assets.perceptual_weights must name an existing file, but got {self.perceptual_weights!r} ({path} "
+                f"does not exist); copy the LPIPS-VGG16 weights there or {fix}", source,
+            )
+        return path, file_sha256(path)
+
+    def tokenizer_inputs(self, perceptual_weight: float) -> tuple[dict[str, str], dict[str, str]]:
+        """What a tokenizer stage adds to its key (the weights file's sha256) and to its runtime (the absolute
+        path, not hashed): both empty when perceptual_weight is 0 (the file is not read)."""
+        if perceptual_weight <= 0:
+            return {}, {}
+        path, digest = self.perceptual_weights_file()
+        return {"perceptual_weights_sha256": digest}, {"perceptual_weights": str(path)}
 
 
 class Analyses(BaseModel):
@@ -258,6 +373,119 @@ class Analyses(BaseModel):
     images: int = Field(64, description="Held-out images whose tokens the analyses read.", ge=1)
 
 
+SEARCH_METRICS: dict[str, str] = {
+    "fid": "min", "kid": "min", "class_accuracy": "max", "precision": "max", "recall": "max",
+}
+"""Evaluation-row metrics a search may optimise, with the direction that is better."""
+
+
+class SearchRange(BaseModel):
+    """A numeric range of one searched axis: uniform in [low, high], or log-uniform with `log: true`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    low: float = Field(description="Smallest value tried.")
+    high: float = Field(description="Largest value tried.")
+    log: bool = Field(False, description="Sample log-uniformly (for scales such as top_k).")
+
+    @model_validator(mode="after")
+    def _order(self) -> SearchRange:
+        if not self.low < self.high:
+            raise ValueError(f"low must be below high, but got low={self.low}, high={self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, but got low={self.low}; raise low or set log: false")
+        return self
+
+
+class Search(BaseModel):
+    """Optuna search of sampling axes per trained generator (through Ray Tune's Optuna integration).
+
+    Each point is an evaluation stage keyed like any other (on the cheap search protocol:
+    `samples_per_class` images per class, one sampling seed shared by all points), so a repeated
+    suggestion is a cache hit. Once `budget` points are scored, the best settings are evaluated
+    again on the study's protocol with a fresh sampling seed: that row is the trial's result
+    (column `searched`).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    axes: dict[str, SearchRange | list[Any]] = Field(
+        description="Evaluation axis -> a range {low, high, log} or a list of choices."
+    )
+    budget: int = Field(description="Points scored per trained generator (raising it later continues the search).", ge=1)
+    metric: str = Field("fid", description=f"What the search optimises: {', '.join(SEARCH_METRICS)}.")
+    samples_per_class: int = Field(5, description="Images per class of each search point (the cheap protocol).", ge=1)
+    seed: int = Field(0, description="Seed of Optuna's TPE sampler.", ge=0)
+    concurrency: int = Field(2, description="Points of one search scored at the same time.", ge=1)
+
+    @model_validator(mode="after")
+    def _axes(self) -> Search:
+        if not self.axes:
+            raise ValueError("axes must name at least one evaluation axis, e.g. `axes: {cfg_scale: {low: 1, high: 6}}`")
+        if self.metric not in SEARCH_METRICS:
+            raise ValueError(f"metric must be one of {', '.join(SEARCH_METRICS)}, but got {self.metric!r}")
+        for name, space in self.axes.items():
+            if name not in AXES:
+                raise ValueError(f"axes.{name}: unknown axis {name!r}; {_did_you_mean(name, AXES)}")
+            if stage_of(name) != "evaluation" or name in ("samples_per_class", "feature_extractor"):
+                raise ValueError(
+                    f"axes.{name}: only sampling axes can be searched (they only need a new evaluation), but "
+                    f"{name} is not one; vary it with `vary: {{{name}: [...]}}` instead"
+                )
+            kind = Settings.model_fields[name].annotation
+            if isinstance(space, list):
+                if not space or len(set(map(repr, space))) != len(space):
+                    raise ValueError(f"axes.{name} must list distinct choices, but got {space}")
+            elif kind not in (int, float):
+                raise ValueError(f"axes.{name} takes a list of choices (it is not numeric), but got a range")
+            elif kind is int and (space.low != int(space.low) or space.high != int(space.high)):
+                raise ValueError(f"axes.{name} is an integer axis, but got the range {space.low}..{space.high}; use integers")
+        return self
+
+    @property
+    def mode(self) -> str:
+        return SEARCH_METRICS[self.metric]
+
+    def distributions(self) -> dict[str, Any]:
+        """The search space as Optuna distributions (imports optuna)."""
+        import optuna.distributions as d
+
+        space: dict[str, Any] = {}
+        for name, axis_space in self.axes.items():
+            if isinstance(axis_space, list):
+                space[name] = d.CategoricalDistribution(axis_space)
+            elif Settings.model_fields[name].annotation is int:
+                space[name] = d.IntDistribution(int(axis_space.low), int(axis_space.high), log=axis_space.log)
+            else:
+                space[name] = d.FloatDistribution(axis_space.low, axis_space.high, log=axis_space.log)
+        return space
+
+
+class EarlyStopping(BaseModel):
+    """Asynchronous successive halving (ASHA) of a study's generator trainings on a cheap intermediate metric.
+
+    Rungs lie at `grace_steps * reduction_factor**r` completed steps. A stage reaching a rung records its
+    held-out loss there and goes on only if it is among the best 1/reduction_factor of all stages of the
+    study recorded at that rung so far; otherwise it stops as `pruned` and keeps its checkpoint.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    grace_steps: int = Field(description="Steps before the first rung: no stage stops earlier.", ge=1)
+    reduction_factor: int = Field(2, description="Keep the best 1/reduction_factor at each rung.", ge=2)
+    metric: Literal["heldout_loss"] = Field(
+        "heldout_loss", description="Teacher-forced loss on held-out tokens (cheap; lower is better)."
+    )
+
+    def rungs(self, steps: int) -> list[int]:
+        """Rung steps before the end of training (the last step is no rung: the stage is done there)."""
+        found, rung = [], self.grace_steps
+        while rung < steps:
+            found.append(rung)
+            rung *= self.reduction_factor
+        return found
+
+
 class Study(BaseModel):
     """A grid over some axes around the spec's baseline."""
 
@@ -265,9 +493,13 @@ class Study(BaseModel):
 
     name: str = Field(description="Study name: a table of the report.")
     description: str = Field("", description="What the study asks.")
-    vary: dict[str, list[Any]] = Field(description="Axis -> values; the study is the grid of all combinations.")
+    vary: dict[str, list[Any]] = Field(
+        default_factory=dict, description="Axis -> values; the study is the grid of all combinations."
+    )
     fixed: dict[str, Any] = Field(default_factory=dict, description="Axis -> value held for this study only.")
     seeds: list[int] | None = Field(None, description="Generator-training seeds (default: the spec's seeds).")
+    search: Search | None = Field(None, description="Optuna search of sampling axes per trained generator.")
+    early_stopping: EarlyStopping | None = Field(None, description="ASHA pruning of this study's generator trainings.")
 
     @field_validator("name")
     @classmethod
@@ -276,8 +508,12 @@ class Study(BaseModel):
 
     @model_validator(mode="after")
     def _axes(self) -> Study:
-        if not self.vary:
+        if not self.vary and self.search is None:
             raise ValueError("vary must name at least one axis; e.g. `vary: {cfg_scale: [1.0, 2.0]}`")
+        for name in self.search.axes if self.search else ():
+            if name in self.vary or name in self.fixed:
+                raise ValueError(f"{name} is both searched and {'varied' if name in self.vary else 'fixed'} in study "
+                                 f"{self.name!r}; keep one")
         for section, names in (("vary", self.vary), ("fixed", self.fixed)):
             for name in names:
                 if name not in AXES:
@@ -309,6 +545,7 @@ class Spec(BaseModel):
     )
     runtime: Runtime = Field(default_factory=Runtime, description="Checkpointing and retries.")
     analyses: Analyses = Field(default_factory=Analyses, description="Analyses beyond FID (off by default).")
+    assets: Assets = Field(default_factory=Assets, description="Local files that settings read (perceptual weights).")
 
     @field_validator("schema_version")
     @classmethod
@@ -346,10 +583,55 @@ class Spec(BaseModel):
                     raise ValueError(
                         f"studies[{index}] ({study.name}) at {point}: {_first_error(error)}"
                     ) from None
+            for name, space in (study.search.axes.items() if study.search else ()):
+                for value in space if isinstance(space, list) else (space.low, space.high):
+                    value = int(value) if Settings.model_fields[name].annotation is int else value
+                    try:
+                        compose(self.baseline, study.fixed, {name: value})
+                    except ValidationError as error:
+                        raise ValueError(
+                            f"studies[{index}] ({study.name}).search.axes.{name}: {_first_error(error)}"
+                        ) from None
         return self
 
+    @model_validator(mode="after")
+    def _workers_and_assets(self) -> Spec:
+        for kind, need in self.resources.items():
+            if kind != "generator" and need.workers is not None and need.workers > 1:
+                raise ValueError(
+                    f"resources.{kind}.workers: data-parallel workers train generator stages only, but got "
+                    f"workers={need.workers} for {kind}; remove workers (a {kind} stage runs in one process)"
+                )
+        if self.assets.perceptual_weights is None and self.reads_perceptual_weights():
+            self.assets.perceptual_weights_file()  # raises: names assets.perceptual_weights and the fix
+        workers = self.resources_of("generator").num_workers
+        if workers > 1:  # their hooks run in the stage's own process, which only coordinates data-parallel training
+            steered = [f"studies[{i}] ({study.name}).early_stopping" for i, study in enumerate(self.studies)
+                       if study.early_stopping is not None]
+            steered += ["intermediate_every > 0"] if any(t.settings.intermediate_every for t in expand(self)) else []
+            if steered:
+                raise ValueError(
+                    f"resources.generator: {steered[0]} cannot steer data-parallel training, but got workers={workers}; "
+                    f"set resources.generator.workers: 1 (gpus: 1) or turn it off"
+                )
+        return self
+
+    def reads_perceptual_weights(self) -> bool:
+        """Whether a trial trains a tokenizer with perceptual_weight > 0."""
+        return any(trial.settings.perceptual_weight > 0 for trial in expand(self))
+
+    def check_assets(self, source: str = "spec") -> None:
+        """SpecError if a file the settings read is missing (run by `sweep validate`/`plan`/`run`, not when a spec is
+        parsed: reports read specs on machines that lack the files)."""
+        if self.reads_perceptual_weights():
+            self.assets.perceptual_weights_file(source)
+
     def resources_of(self, kind: str) -> Resources:
-        return self.resources.get(kind, Resources())  # type: ignore[call-overload]
+        """The resources of a stage kind with `workers` resolved (only a generator trains data-parallel)."""
+        need = self.resources.get(kind, Resources())  # type: ignore[call-overload]
+        if need.workers is None:
+            need = need.model_copy(update={"workers": need.num_workers if kind == "generator" else 1})
+        return need
 
     def fingerprint(self) -> str:
         """Content hash of the validated spec (recorded with every row)."""

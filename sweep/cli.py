@@ -44,7 +44,13 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
             {"study": t.trial.study, "trial_id": t.trial_id, "seed": t.trial.seed, "keys": t.keys}
             for t in plan.trials
         ]
-        print(json.dumps({"spec": spec.name, "counts": plan.counts(), "stages": stages, "trials": trials}, indent=2))
+        searches = [
+            {"id": search.id, "study": search.study, "inputs": search.inputs, "budget": search.config.budget,
+             "axes": list(search.config.axes), "metric": search.config.metric, "most_evaluations": search.config.budget + 1}
+            for search in plan.searches.values()
+        ]
+        print(json.dumps({"spec": spec.name, "counts": plan.counts(), "stages": stages, "trials": trials,
+                          "searches": searches}, indent=2))
         return 0
     counts = plan.counts()
     console.print(
@@ -60,6 +66,12 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
         needs = f"{stage.resources.cpus:g} CPU" + (f", {stage.resources.gpus:g} GPU" if stage.resources.gpus else "")
         table.add_row(stage.kind, stage.key, needs, " ".join(stage.inputs.values()), _short(shown))
     console.print(table)
+    for search in plan.searches.values():
+        console.print(
+            f"search {search.id} ({search.study}): {search.config.metric} over {', '.join(search.config.axes)}, "
+            f"budget {search.config.budget} -> up to {search.config.budget + 1} evaluations once generator "
+            f"{search.inputs['generator']} is trained", highlight=False,
+        )
     return 0
 
 
@@ -82,7 +94,10 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
+    from rich.markup import escape
+
     from reports.build import FORMATS, write_report
+    from reports.protocols import Refusal
     from sweep.results import load_results
 
     run_dir = Path(args.run_dir)
@@ -95,24 +110,35 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise SpecError(f"--format takes {', '.join(FORMATS)}, but got {', '.join(unknown)}; e.g. --format md,latex")
-    markdown = write_report(results, out, formats=formats, interval=args.interval, run_dir=run_dir)
+    refusals: list[Refusal] = []
+    markdown = write_report(
+        results, out, formats=formats, interval=args.interval, run_dir=run_dir, mix_protocols=args.mix_protocols, refusals=refusals
+    )
     print(markdown)
     console.print(f"wrote {', '.join(str(out / n) for n in ('report.md', 'report.html') if (out / n).exists())}")
+    for refusal in refusals:  # the rest of the report is written: exit 0, but say what was left out
+        console.print(f"[yellow]not compared:[/] {escape(refusal.message)}", highlight=False)
     return 0
 
 
 def cmd_status(args: argparse.Namespace, console: Console) -> int:
-    from sweep.status import stage_status
+    from sweep.status import search_status, stage_status
 
     try:
         table = stage_status(Path(args.run_dir))
     except FileNotFoundError as error:
         raise SpecError(str(error)) from None
-    view = Table("kind", "done", "running", "failed", "skipped", "pending", "spent", "left (est.)", title=str(args.run_dir))
+    view = Table("kind", "done", "running", "failed", "pruned", "skipped", "pending", "spent", "left (est.)",
+                 title=str(args.run_dir))
     for row in table.to_dict("records"):
-        view.add_row(row["kind"], *(str(row[c]) for c in ("finished", "running", "failed", "skipped", "pending")),
+        view.add_row(row["kind"], *(str(row[c]) for c in ("finished", "running", "failed", "pruned", "skipped", "pending")),
                      _duration(row["spent_s"]), _duration(row["left_s"]))
     console.print(view)
+    for search in search_status(Path(args.run_dir)).to_dict("records"):
+        console.print(f"search {search['search_id']} ({search['study']}): {search['scored']} of {search['budget']} points "
+                      f"scored, best {search['metric']} {search['best']:.4g}, "
+                      f"{'chosen evaluation ' + search['chosen'] if search['chosen'] else 'no chosen evaluation yet'}",
+                      highlight=False)
     return 0
 
 
@@ -164,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="where report files go (default: the run folder)")
     p.add_argument("--format", default="md,html,latex,csv", help="comma-separated: md, html, latex, csv")
     p.add_argument("--interval", choices=("std", "t95"), default="std", help="± sample std, or a Student-t 95%% interval")
+    p.add_argument("--mix-protocols", action="store_true",
+                   help="compare rows measured under different evaluation protocols (marked) instead of refusing")
     p.set_defaults(func=cmd_report)
     return parser
 

@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 from sweep.plan import Stage
 from sweep.worker import base_row, execute, now_iso
@@ -28,15 +28,25 @@ EventHandler = Callable[[str, Stage, dict[str, Any]], None]
 class Executor(Protocol):
     name: str
 
-    def run(self, stages: list[Stage], store_root: str, context: dict[str, Any], on_event: EventHandler) -> None:
-        """Run `stages` (in dependency order); every stage ends as a row, finished, failed or skipped."""
+    def run(self, stages: list[Stage], store_root: str, context: dict[str, Any], on_event: EventHandler,
+            searches: Sequence[Any] = ()) -> None:
+        """Run `stages` (in dependency order) and the stages `searches` hand out; every stage ends as a row,
+        finished, failed or skipped."""
 
 
 @dataclass
 class Ledger:
-    """Which of the stages to run are done, failed, running, or waiting; drives both executors."""
+    """Which of the stages to run are done, failed, running, or waiting; drives both executors.
+
+    Besides the planned stages it runs searches (sweep/search.py): once a search's inputs are finished
+    it asks the search for its next stage; a stage the store already holds is answered from the store
+    at once (`on_cached`), one that is planned or running already is simply awaited.
+    """
 
     stages: list[Stage]
+    searches: Sequence[Any] = ()  # sweep.search.SearchRun
+    store: Any = None  # sweep.store.Store: answers search stages that are already finished
+    on_cached: Callable[[Stage, dict[str, Any]], None] | None = None
     finished: set[str] = field(default_factory=set)
     failed: dict[str, str] = field(default_factory=dict)  # key -> reason
     running: set[str] = field(default_factory=set)
@@ -49,15 +59,51 @@ class Ledger:
         """The next pending stage whose inputs (among the stages to run) are all finished."""
         for key in self.pending:
             stage = self.by_key[key]
-            if all(dep not in self.by_key or dep in self.finished for dep in stage.depends_on):
+            if self._inputs_ready(stage.depends_on):
                 self.pending.remove(key)
                 self.running.add(key)
                 return stage
+        for search in self.searches:
+            if not search.done and self._inputs_ready(search.plan.depends_on):
+                if (stage := self._search_stage(search)) is not None:
+                    return stage
         return None
+
+    def _inputs_ready(self, keys: Sequence[str]) -> bool:
+        return all(dep not in self.by_key or dep in self.finished for dep in keys)
+
+    def _search_stage(self, search: Any) -> Stage | None:
+        while (stage := search.next_stage()) is not None:
+            if stage.key in self.running or stage.key in self.pending:
+                continue  # the same evaluation is planned or running already: its row answers this one too
+            if stage.key in self.failed:
+                search.complete(stage.key, {"status": "failed", "error": self.failed[stage.key]})
+                continue
+            if self.store is not None and self.store.is_finished(stage.kind, stage.key):
+                import pandas as pd
+
+                from sweep.store import ROW_FILE
+
+                row = pd.read_parquet(self.store.folder(stage.kind, stage.key) / ROW_FILE).iloc[0].to_dict()
+                search.complete(stage.key, row)
+                if self.on_cached is not None:
+                    self.on_cached(stage, row)
+                continue
+            self.by_key[stage.key] = stage
+            self.running.add(stage.key)
+            return stage
+        return None
+
+    def remaining(self) -> int:
+        """At most how many more stages this ledger hands out."""
+        return len(self.pending) + len(self.running) + sum(search.remaining() for search in self.searches)
 
     def complete(self, key: str, row: dict[str, Any]) -> list[tuple[Stage, str]]:
         """Record a stage's row; returns the dependants skipped because it failed, with the reason."""
         self.running.discard(key)
+        for search in self.searches:
+            if search.waiting_on(key):
+                search.complete(key, row)
         if row.get("status") == "finished":
             self.finished.add(key)
             return []
@@ -74,11 +120,15 @@ class Ledger:
                 self.failed[k] = reason
                 skipped.append((stage, reason))
             frontier = set(newly)
+        for search in self.searches:
+            lost = [dep for dep in search.plan.depends_on if dep in self.failed]
+            if lost and not search.done:
+                search.abandon(f"input {self.by_key[lost[0]].kind} {lost[0]} did not finish: {self.failed[lost[0]]}")
         return skipped
 
     @property
     def done(self) -> bool:
-        return not self.pending and not self.running
+        return not self.pending and not self.running and all(search.done for search in self.searches)
 
 
 def skipped_row(stage: Stage, context: dict[str, Any], reason: str) -> dict[str, Any]:
@@ -92,10 +142,11 @@ class SerialExecutor:
 
     name = "serial"
 
-    def run(self, stages: list[Stage], store_root: str, context: dict[str, Any], on_event: EventHandler) -> None:
+    def run(self, stages: list[Stage], store_root: str, context: dict[str, Any], on_event: EventHandler,
+            searches: Sequence[Any] = ()) -> None:
         from sweep.store import Store
 
-        ledger = Ledger(stages)
+        ledger = Ledger(stages, searches, Store(store_root), lambda stage, row: on_event("cached", stage, row))
         while (stage := ledger.ready()) is not None:
             on_event("started", stage, {})
             row = execute(stage, store_root, context, {"executor": self.name},
@@ -135,7 +186,8 @@ class RayExecutor:
         self.num_cpus = num_cpus
         self.num_gpus = num_gpus
 
-    def run(self, stages: list[Stage], store_root: str, context: dict[str, Any], on_event: EventHandler) -> None:
+    def run(self, stages: list[Stage], store_root: str, context: dict[str, Any], on_event: EventHandler,
+            searches: Sequence[Any] = ()) -> None:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy reporter honours verbose=0; ours prints progress
         if self.address is None:
@@ -159,8 +211,8 @@ class RayExecutor:
             else:
                 ray.init(address=self.address, log_to_driver=False, logging_level="WARNING", runtime_env=runtime_env)
 
-        ledger = Ledger(stages)
         store = Store(store_root)
+        ledger = Ledger(stages, searches, store, lambda stage, row: on_event("cached", stage, row))
         for key, reason in unschedulable(stages).items():  # never submitted: they would wait forever
             if key not in ledger.pending:
                 continue  # already skipped: an input of it cannot be scheduled either
@@ -174,20 +226,32 @@ class RayExecutor:
                 skip = skipped_row(skipped, context, why)
                 store.record_failure(skipped.kind, skipped.key, skip)
                 on_event("skipped", skipped, skip)
+        if searches:  # their stages are evaluations: if no node fits one, the searches cannot run
+            probe = searches[0].plan.point(0, {})
+            for search in searches:
+                if reason := unschedulable([probe]).get(probe.key):
+                    search.abandon(reason)
         searcher = _stage_searcher_class()(ledger, store, context, on_event)
 
         def resources(config: dict[str, Any]) -> Any:
             from ray.tune import PlacementGroupFactory
 
-            need = config["stage"]["resources"]
-            return PlacementGroupFactory([{"CPU": need["cpus"], "GPU": need["gpus"]}])
+            from space.schema import COORDINATOR_CPUS, Resources
+
+            need = Resources(**config["stage"]["resources"])
+            if need.num_workers > 1:
+                # Data-parallel stage: the trial itself only coordinates (data, tokenizer, held-out loss); Ray Train
+                # reserves its workers' bundles (need.cpus and need.gpus split over them) in a placement group of
+                # its own, outside this trial's (Train V2 starts its controller with 0 CPUs).
+                return PlacementGroupFactory([{"CPU": COORDINATOR_CPUS, "GPU": 0}])
+            return PlacementGroupFactory([{"CPU": need.cpus, "GPU": need.gpus}])
 
         trainable = tune.with_resources(_stage_trainable, resources)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
                 search_alg=searcher,
-                num_samples=len(stages),
+                num_samples=max(1, ledger.remaining()),  # an upper bound: the searcher ends the run
                 reuse_actors=True,
                 trial_name_creator=_trial_name,
                 trial_dirname_creator=_trial_name,
@@ -255,21 +319,48 @@ def _stage_searcher_class() -> type:
 
 
 def unschedulable(stages: list[Stage]) -> dict[str, str]:
-    """Keys of the stages that no alive node of the connected Ray cluster can ever fit, with the reason."""
+    """Keys of the stages that no alive node of the connected Ray cluster can ever fit, with the reason.
+
+    A data-parallel stage needs its coordinator bundle (COORDINATOR_CPUS) on some node, each worker's bundle
+    (cpus and gpus split over the workers) on some node, and all of them together within the cluster's total.
+    """
     import ray
+
+    from space.schema import COORDINATOR_CPUS
 
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
     most_cpus = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
     most_gpus = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
+    total_cpus = sum(n.get("CPU", 0.0) for n in nodes)
+    total_gpus = sum(n.get("GPU", 0.0) for n in nodes)
+
+    def bundles_on(node: dict[str, float], cpus: float, gpus: float) -> int:
+        """How many bundles of (cpus, gpus) one node holds."""
+        by_cpu = int(node.get("CPU", 0.0) / cpus + 1e-9)
+        return min(by_cpu, int(node.get("GPU", 0.0) / gpus + 1e-9)) if gpus > 0 else by_cpu
+
     found = {}
     for stage in stages:
         need = stage.resources
-        if need.cpus > most_cpus or need.gpus > most_gpus:
+        workers = need.num_workers
+        if workers == 1 and (need.cpus > most_cpus or need.gpus > most_gpus):
             found[stage.key] = (
                 f"needs {need.cpus:g} CPUs and {need.gpus:g} GPUs on one node, but the largest node of this Ray "
                 f"cluster has {most_cpus:g} CPUs and {most_gpus:g} GPUs; lower resources.{stage.kind} in the spec "
                 f"or add a node that fits"
             )
+        elif workers > 1:
+            cpus, gpus = need.cpus_per_worker, need.gpus_per_worker
+            placeable = sum(bundles_on(node, cpus, gpus) for node in nodes)
+            if (placeable < workers or COORDINATOR_CPUS > most_cpus
+                    or need.cpus + COORDINATOR_CPUS > total_cpus + 1e-9 or need.gpus > total_gpus + 1e-9):
+                found[stage.key] = (
+                    f"needs {workers} data-parallel workers of {cpus:g} CPUs and {gpus:g} GPUs each (plus "
+                    f"{COORDINATOR_CPUS:g} CPU to coordinate), but this Ray cluster holds {placeable} such workers "
+                    f"({total_cpus:g} CPUs and {total_gpus:g} GPUs in all, at most {most_cpus:g} CPUs and "
+                    f"{most_gpus:g} GPUs on one node); lower resources.{stage.kind} (cpus, gpus or workers) in the "
+                    f"spec or add nodes"
+                )
     return found
 
 

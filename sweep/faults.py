@@ -6,6 +6,7 @@ the n-th time it reaches the named point (counted per process). Points:
     row_written        a Parquet row file is written under its temporary name, not yet renamed
     evaluation         an evaluation stage is sampling
     stage_started      (driver) the executor has just handed out its n-th stage
+    search_suggested   (driver) a search has journaled its n-th new point, which has not run yet
 
 Several points may be given, comma-separated. Unset, every call is a dictionary lookup.
 """

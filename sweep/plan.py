@@ -2,12 +2,16 @@
 
     spec --expand--> trials --plan--> stages (a DAG keyed by content hashes)
 
-A trial needs four stages:
+A trial needs six stages:
 
     classifier (dataset)                      -- feature extractor of the in-sweep metrics
+      -> reference (classifier key if it is the extractor, feature_extractor)
+                                              -- held-out features + stats, once per dataset x extractor
     tokenizer (dataset, tokenizer axes)
-      -> generator (tokenizer key, generator axes, seed)
-           -> evaluation (generator, tokenizer and classifier keys, evaluation axes, sampling seed)
+      -> reconstruction (tokenizer and reference keys)   -- rFID, once per tokenizer x extractor
+      -> generator (tokenizer key, generator axes, seed; with intermediate_every > 0 also the classifier
+                    and the baseline extractor's reference keys and the baseline's sampling knobs)
+           -> evaluation (generator, tokenizer, classifier and reference keys, evaluation axes, sampling seed)
 
 Each stage's key hashes only its determining settings, its inputs' keys and the code versions of
 the registry entries it runs. A stage shared by many trials (one tokenizer for a whole vocabulary
@@ -25,9 +29,11 @@ from sweep.keys import content_key, derive_seed
 # Which input stages each kind reads, by role name.
 INPUTS_OF: dict[str, tuple[str, ...]] = {
     "classifier": (),
+    "reference": ("classifier",),  # only when the classifier is the feature extractor
     "tokenizer": (),
-    "generator": ("tokenizer",),
-    "evaluation": ("generator", "tokenizer", "classifier"),
+    "reconstruction": ("tokenizer", "reference", "classifier"),  # classifier: as for reference
+    "generator": ("tokenizer", "classifier", "reference"),  # classifier, reference: only with intermediate_every
+    "evaluation": ("generator", "tokenizer", "classifier", "reference"),
     "analysis": ("tokenizer", "generator"),  # what each analysis reads of these
 }
 
@@ -90,6 +96,7 @@ class Plan:
     spec: Spec
     stages: dict[str, Stage]  # key -> stage, in dependency order
     trials: list[PlannedTrial]
+    searches: dict[str, Any] = field(default_factory=dict)  # search id -> sweep.search.SearchPlan
 
     def of_kind(self, kind: str) -> list[Stage]:
         return [stage for stage in self.stages.values() if stage.kind == kind]
@@ -130,35 +137,62 @@ def make_plan(spec: Spec) -> Plan:
     """Expand `spec` into its stage DAG; identical stages are planned once."""
     stages: dict[str, Stage] = {}
     planned: list[PlannedTrial] = []
-    dataset = spec.dataset.model_dump(mode="json")
-    runtime = spec.runtime.model_dump()
 
-    def add(kind: str, settings: Settings, own: dict[str, Any], inputs: dict[str, str], columns: dict[str, Any]) -> str:
-        ignored = ignored_axes(kind, settings)
-        axes = {name: getattr(settings, name) for name in AXES_OF_STAGE[kind] if name not in ignored}
-        determining = {"dataset": dataset, **axes, **own}
-        code = code_versions(kind, settings)
-        key = content_key(kind, determining, inputs, code)
-        if key not in stages:
-            stages[key] = Stage(kind, key, determining, inputs, code, spec.resources_of(kind), columns, runtime)
-        return key
+    searches: dict[str, Any] = {}
 
+    def add(kind: str, settings: Settings, own: dict[str, Any], inputs: dict[str, str], columns: dict[str, Any],
+            runtime_extra: dict[str, Any] | None = None) -> str:
+        stage = plan_stage(spec, kind, settings, own, inputs, columns, runtime_extra)
+        stages.setdefault(stage.key, stage)
+        return stage.key
+
+    def add_reference(settings: Settings, classifier: str) -> tuple[str, dict[str, str]]:
+        """The reference stage of `settings.feature_extractor`, and the inputs of a stage that scores in it."""
+        extractor = {"classifier": classifier} if settings.feature_extractor == "classifier" else {}
+        columns = {name: getattr(settings, name) for name in AXES_OF_STAGE["reference"]}
+        key = add("reference", settings, {}, extractor, columns)
+        return key, {**extractor, "reference": key}
+
+    studies = {study.name: study for study in spec.studies}
     for trial in expand(spec):
         s = trial.settings
+        study = studies[trial.study]
         axes = lambda kind: {name: getattr(s, name) for name in AXES_OF_STAGE[kind]}  # noqa: E731
         keys: dict[str, str] = {}
         keys["classifier"] = add("classifier", s, {}, {}, axes("classifier"))
-        keys["tokenizer"] = add("tokenizer", s, {}, {}, axes("tokenizer"))
+        weights_sha, weights_path = spec.assets.tokenizer_inputs(s.perceptual_weight)  # LPIPS file: sha hashed, path not
+        keys["tokenizer"] = add("tokenizer", s, weights_sha, {}, axes("tokenizer"), weights_path)
+        keys["reference"], scoring = add_reference(s, keys["classifier"])
+        keys["reconstruction"] = add(
+            "reconstruction", s, {}, {"tokenizer": keys["tokenizer"], **scoring}, {**axes("tokenizer"), **axes("reference")}
+        )
+        generator_own: dict[str, Any] = {"seed": trial.seed}
+        generator_inputs = {"tokenizer": keys["tokenizer"]}
+        if s.intermediate_every:  # scored while it trains: the baseline's feature space and sampling knobs
+            from runners.stages import intermediate_sampling
+
+            generator_inputs.update({"classifier": keys["classifier"], **add_reference(spec.baseline, keys["classifier"])[1]})
+            generator_own["intermediate_sampling"] = intermediate_sampling(s, spec.baseline)
+        bracket = None
+        if study.early_stopping is not None:  # a stage that may stop early is not the one that always finishes
+            generator_own["early_stopping"] = study.early_stopping.model_dump()
+            bracket = {"early_stopping_bracket": content_key("bracket", {"study": study.name, **generator_own["early_stopping"]}, {}, {})}
         keys["generator"] = add(
-            "generator", s, {"seed": trial.seed}, {"tokenizer": keys["tokenizer"]},
-            {**axes("tokenizer"), **axes("generator"), "vocab": s.vocab, "seed": trial.seed},
+            "generator", s, generator_own, generator_inputs,
+            {**axes("tokenizer"), **axes("generator"), "vocab": s.vocab, "seed": trial.seed}, bracket,
         )
         sampling_seed = sampling_seed_of(trial.seed)
-        keys["evaluation"] = add(
-            "evaluation", s, {"sampling_seed": sampling_seed},
-            {"generator": keys["generator"], "tokenizer": keys["tokenizer"], "classifier": keys["classifier"]},
-            {**s.model_dump(), "seed": trial.seed, "sampling_seed": sampling_seed},
-        )
+        evaluation_inputs = {"generator": keys["generator"], "tokenizer": keys["tokenizer"], "classifier": keys["classifier"],
+                             "reference": keys["reference"]}
+        evaluation_columns = {**s.model_dump(), "seed": trial.seed, "sampling_seed": sampling_seed}
+        if study.search is None:
+            keys["evaluation"] = add("evaluation", s, {"sampling_seed": sampling_seed}, evaluation_inputs, evaluation_columns)
+        else:  # the evaluation is chosen at run time: the search's best point, evaluated again on a fresh seed
+            from sweep.search import plan_search
+
+            search = plan_search(spec, study.name, study.search, s, sampling_seed, evaluation_inputs, evaluation_columns)
+            searches.setdefault(search.id, search)
+            keys["search"] = search.id
         analyses = spec.analyses
         if analyses.token_randomness:
             own = {"analysis": "token_randomness", "token_each": s.token_each, "scan_order": s.scan_order,
@@ -172,9 +206,25 @@ def make_plan(spec: Spec) -> Plan:
             own = {"analysis": "attention_locality", "locality_k": analyses.locality_k, "images": analyses.images}
             add("analysis", s, own, {"generator": keys["generator"], "tokenizer": keys["tokenizer"]},
                 {**axes("tokenizer"), **axes("generator"), "vocab": s.vocab, "seed": trial.seed})
-        trial_id = content_key("trial", {"study": trial.study, "evaluation": keys["evaluation"]}, {}, {})
+        result = {"evaluation": keys["evaluation"]} if "evaluation" in keys else {"search": keys["search"]}
+        trial_id = content_key("trial", {"study": trial.study, **result}, {}, {})
         planned.append(PlannedTrial(trial, trial_id, sampling_seed, keys))
 
     order = {kind: index for index, kind in enumerate(STAGE_KINDS)}
     ordered = dict(sorted(stages.items(), key=lambda item: order[item[1].kind]))
-    return Plan(spec=spec, stages=ordered, trials=planned)
+    return Plan(spec=spec, stages=ordered, trials=planned, searches=searches)
+
+
+def plan_stage(
+    spec: Spec, kind: str, settings: Settings, own: dict[str, Any], inputs: dict[str, str], columns: dict[str, Any],
+    runtime_extra: dict[str, Any] | None = None,
+) -> Stage:
+    """The stage of `kind` for `settings`: its key hashes the axes of that kind the chosen registry entries read,
+    `own` (seeds and the like), the input keys and the code versions; columns and runtime are not hashed."""
+    ignored = ignored_axes(kind, settings)
+    axes = {name: getattr(settings, name) for name in AXES_OF_STAGE[kind] if name not in ignored}
+    determining = {"dataset": spec.dataset.model_dump(mode="json"), **axes, **own}
+    code = code_versions(kind, settings)
+    key = content_key(kind, determining, inputs, code)
+    runtime = {**spec.runtime.model_dump(), **(runtime_extra or {})}
+    return Stage(kind, key, determining, inputs, code, spec.resources_of(kind), columns, runtime)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -23,18 +23,21 @@ class Reporter:
         self.tasks: dict[str, Any] = {}
         self.started: dict[str, float] = {}
 
-    def begin(self, plan: Plan, todo: list[Stage]) -> None:
+    def begin(self, plan: Plan, todo: list[Stage], searches: Sequence[Any] = ()) -> None:
         counts = plan.counts()
         todo_counts = {kind: sum(1 for s in todo if s.kind == kind) for kind in STAGE_KINDS}
         cached = {kind: counts[kind] - todo_counts[kind] for kind in STAGE_KINDS}
+        searching = sum(search.remaining() for search in searches)  # evaluations the searches may still hand out
         self.console.print(
             f"[bold]{plan.spec.name}[/]: {len(plan.trials)} trials, {len(plan.stages)} stages "
             f"({', '.join(f'{counts[k]} {k}' for k in STAGE_KINDS)}); "
             f"{sum(cached.values())} found finished, {len(todo)} to run"
+            + (f"; {len(searches)} searches with up to {searching} evaluations to go" if searches else "")
         )
-        if self.live and todo:
+        counts["evaluation"] += searching
+        if self.live and (todo or searches):
             self.progress = Progress(
-                TextColumn("{task.description:<11}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=self.console,
             )
             for kind in STAGE_KINDS:
@@ -50,8 +53,12 @@ class Reporter:
                 self.console.print(f"start   {label}", highlight=False)
             return
         wall = time.perf_counter() - self.started.pop(stage.key, time.perf_counter())
-        if self.progress is not None:
+        if self.progress is not None and stage.kind in self.tasks:
             self.progress.update(self.tasks[stage.kind], advance=1)
+        if event == "cached":
+            if self.progress is None:
+                self.console.print(f"cached  {label} (a search point seen before){_headline(row)}", highlight=False)
+            return
         if event == "finished":
             self.console.print(f"done    {label} in {wall:.1f}s{_headline(row)}", highlight=False)
         else:
@@ -77,5 +84,6 @@ class Reporter:
 
 def _headline(row: dict[str, Any]) -> str:
     """The one or two numbers worth seeing as a stage ends."""
-    shown = [name for name in ("heldout_accuracy", "psnr_db", "bit_usage", "final_loss", "fid", "class_accuracy") if name in row]
+    shown = [name for name in ("heldout_accuracy", "reference_images", "psnr_db", "bit_usage", "rfid", "final_loss", "fid",
+                               "class_accuracy") if name in row]
     return "".join(f"  {name}={row[name]:.4g}" for name in shown if isinstance(row[name], (int, float)))

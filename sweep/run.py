@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from sweep.executors import Executor, end_stale_ray_processes, skipped_row
 from sweep.faults import fault_point
 from sweep.lock import RunLock
 from sweep.plan import Plan, Stage, make_plan
+from sweep.search import SearchRun
 from sweep.store import Store, write_json, write_rows
 from sweep.worker import provenance
 
@@ -60,7 +62,17 @@ def trials_frame(plan: Plan) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_run_folder(spec: Spec, plan: Plan, out: Path) -> None:
+def run_store(run_dir: Path) -> Path:
+    """The store a run folder's stages live in: `<run>/stages`, or the `--store` the run was given."""
+    plan_path = Path(run_dir) / PLAN_FILE
+    if plan_path.is_file():
+        recorded = json.loads(plan_path.read_text()).get("store")
+        if recorded:
+            return Path(recorded)
+    return Path(run_dir) / STORE_DIR
+
+
+def write_run_folder(spec: Spec, plan: Plan, out: Path, store_root: Path | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / STORE_DIR).mkdir(exist_ok=True)
     tmp = out / f".{SPEC_COPY}.tmp"
@@ -68,7 +80,10 @@ def write_run_folder(spec: Spec, plan: Plan, out: Path) -> None:
     tmp.replace(out / SPEC_COPY)
     write_rows(out / TRIALS_FILE, trials_frame(plan).to_dict("records"))
     stages = [{"kind": s.kind, "key": s.key, "depends_on": list(s.depends_on)} for s in plan.stages.values()]
-    write_json(out / PLAN_FILE, {"stages": stages})
+    searches = [{"id": search.id, "study": search.study, "budget": search.config.budget, "metric": search.config.metric,
+                 "mode": search.config.mode, "depends_on": list(search.depends_on)} for search in plan.searches.values()]
+    store = str(Path(store_root).resolve()) if store_root else ""  # '' = <run>/stages
+    write_json(out / PLAN_FILE, {"stages": stages, "searches": searches, "store": store})
 
 
 def run_sweep(
@@ -89,7 +104,7 @@ def run_sweep(
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
-        write_run_folder(spec, plan, out)
+        write_run_folder(spec, plan, out, store_root)
         end_stale_ray_processes(out)
         store = Store(store_root or out / STORE_DIR)
         store.clean_temporaries()
@@ -108,13 +123,23 @@ def run_sweep(
             if upstream is not None:
                 blocked[stage.key] = f"input {plan.stages[upstream].kind} {upstream} did not finish: {blocked[upstream]}"
                 store.record_failure(stage.kind, stage.key, skipped_row(stage, context, blocked[stage.key]))
-            elif failure and failure.get("failure_kind") == "error" and not retry_failed:
+            elif failure and failure.get("failure_kind") in ("error", "pruned") and not retry_failed:
                 blocked[stage.key] = str(failure.get("error", ""))
             else:
                 todo.append(stage)
+        searches = []
+        for search_plan in plan.searches.values():
+            upstream = next((d for d in search_plan.depends_on if d in blocked), None)
+            if upstream is not None:
+                reporter.note(f"search {search_plan.id} ({search_plan.config.metric} over {', '.join(search_plan.config.axes)}) "
+                              f"waits: input {plan.stages[upstream].kind} {upstream} did not finish")
+                continue
+            search = SearchRun(search_plan, store)
+            if not search.done:
+                searches.append(search)
         summary = RunSummary(planned=len(plan.stages), cached=len(plan.stages) - len(todo) - len(blocked))
         summary.kept_failed = len(blocked)
-        reporter.begin(plan, todo)
+        reporter.begin(plan, todo, searches)
         if blocked:
             reporter.note(f"{len(blocked)} stages failed in an earlier run (or depend on one) and are kept as failed; "
                           "`sweep run --retry-failed` runs them again")
@@ -132,12 +157,15 @@ def run_sweep(
             reporter.event(event, stage, row)
 
         try:
-            if todo:
-                executor.run(todo, str(store.root), context, on_event)
+            if todo or searches:
+                executor.run(todo, str(store.root), context, on_event, searches)
         except KeyboardInterrupt:
             reporter.note("interrupted: finished stages are kept; run the same command again to resume")
             raise
         store.clean_temporaries()  # what workers lost during this run left behind
+        for search in searches:
+            if search.abandoned:
+                reporter.note(f"search {search.plan.id} ended without a chosen evaluation: {search.abandoned}")
         summary.wall_s = time.perf_counter() - started
         reporter.end(summary)
         return summary

@@ -9,8 +9,9 @@ from space.schema import Spec, SpecError, compose, study_points
 
 def check_spec(spec: Spec, source: str = "spec") -> None:
     """Raise SpecError naming the study, the axis, the value and the fix for the first registry miss."""
-    from runners.stages import check_settings
+    from runners.stages import check_settings, ignored_axes
 
+    spec.check_assets(source)  # files the settings read exist (perceptual weights)
     problems = check_settings(spec.baseline, spec.dataset)
     if problems:
         axis, message = problems[0]
@@ -23,6 +24,12 @@ def check_spec(spec: Spec, source: str = "spec") -> None:
                 if where:
                     raise SpecError(f"studies[{index}] ({study.name}).{where}.{axis}: {message}", source)
                 raise SpecError(f"studies[{index}] ({study.name}) at {point}: {message}", source)
+            unread = sorted(ignored_axes("evaluation", settings) & set(study.search.axes if study.search else ()))
+            if unread:
+                raise SpecError(
+                    f"studies[{index}] ({study.name}).search.axes.{unread[0]}: a {settings.modeling} generator does "
+                    f"not read {unread[0]}, so every point would be the same evaluation; search axes it reads "
+                    f"(e.g. cfg_scale) or drop {unread[0]}", source)
 
 
 def describe_stage(stage: Any, tflops: float = 400.0) -> dict[str, Any]:

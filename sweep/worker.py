@@ -36,6 +36,7 @@ RUN_METADATA_COLUMNS: tuple[str, ...] = (
     "tune_trial_id",
     "executor",
     "command",
+    "workers",  # data-parallel workers: equal weights up to float rounding of the all-reduce, not bit for bit
 )
 
 
@@ -68,7 +69,7 @@ def execute(
     and the stage recorded as failed with `failure_kind` "lost", so the next run recomputes both.
     Failed work never takes the sweep down.
     """
-    from runners.stages import STAGE_FUNCTIONS, device_name  # torch is imported here, in the worker
+    from runners.stages import STAGE_FUNCTIONS, StagePruned, device_name  # torch is imported here, in the worker
 
     store = Store(store_root)
     if store.is_finished(stage.kind, stage.key):
@@ -89,8 +90,8 @@ def execute(
     )
     row.update(meta or {})
 
-    def fail(kind: str, error: str, trace: str = "") -> dict[str, Any]:
-        row.update(status="failed", failure_kind=kind, error=error, traceback=trace)
+    def fail(kind: str, error: str, trace: str = "", status: str = "failed") -> dict[str, Any]:
+        row.update(status=status, failure_kind=kind, error=error, traceback=trace)
         row.update(wall_s=time.perf_counter() - started, ended_at=now_iso())
         store.record_failure(stage.kind, stage.key, row)
         return row
@@ -118,6 +119,10 @@ def execute(
         try:
             metrics = STAGE_FUNCTIONS[stage.kind](stage, inputs, tmp, log, checkpoints=checkpoints)
             break
+        except StagePruned as stopped:  # early stopping: not a failure, never retried; the checkpoint stays
+            shutil.rmtree(tmp, ignore_errors=True)
+            row.update(pruned_at_step=stopped.step)
+            return fail("pruned", str(stopped), status="pruned")
         except Exception as error:  # noqa: BLE001 - every failure becomes a row
             shutil.rmtree(tmp, ignore_errors=True)
             if attempt == attempts:

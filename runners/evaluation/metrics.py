@@ -210,7 +210,7 @@ def extract_logits(model: torch.nn.Module, images: Tensor, batch_size: int = 512
 
 def image_metrics(
     classifier: DatasetClassifier,
-    real_images: Tensor,
+    real_images: Tensor | None,
     fake_images: Tensor,
     fake_labels: Tensor,
     *,
@@ -221,6 +221,7 @@ def image_metrics(
     real_features: Tensor | None = None,
     batch_size: int = 512,
     extractor: FeatureExtractor | None = None,
+    real_statistics: dict[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
     """FID, KID, precision / recall and class accuracy of generated images.
 
@@ -232,10 +233,13 @@ def image_metrics(
         fake_labels: `(M,)` the class each fake image was generated for.
         kid_subsets, kid_subset_size, seed: KID subsets (size capped at min(N, M)) and their seed.
         k: neighbourhood size of precision / recall (the paper: 3).
-        real_features: cached `extract_features(extractor, real_images)` `(N, F)`, to skip recomputing it.
+        real_features: cached `extract_features(extractor, real_images)` `(N, F)`, to skip recomputing it
+            (a reference stage's features; then `real_images` may be None).
         batch_size: images per forward pass.
         extractor: the feature space of FID / KID / precision / recall (e.g. `InceptionFeatures()`);
             default the classifier.
+        real_statistics: cached `feature_statistics(real_features)` {"mu", "sigma"} for the FID (a
+            reference stage's stats.npz); computed from `real_features` when None.
 
     Returns:
         {"fid", "kid_mean", "kid_std", "precision", "recall", "class_accuracy"} (METRIC_KEYS) as floats;
@@ -249,14 +253,18 @@ def image_metrics(
         )
     extractor = classifier if extractor is None else extractor
     if real_features is None:
+        if real_images is None:
+            raise ValueError("image_metrics needs real_images or real_features, but got neither; pass one of them")
         real_features = extract_features(extractor, real_images, batch_size)
     fake_features = extract_features(extractor, fake_images, batch_size)  # (M, F)
     kid_mean, kid_std = kid_from_features(
         real_features, fake_features, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed
     )
     precision, recall = precision_recall(real_features, fake_features, k)
+    if real_statistics is None:
+        real_statistics = feature_statistics(real_features)
     return {
-        "fid": fid_from_features(real_features, fake_features),
+        "fid": fid_from_statistics(real_statistics, feature_statistics(fake_features)),
         "kid_mean": kid_mean,
         "kid_std": kid_std,
         "precision": precision,

@@ -13,18 +13,39 @@ score them; `load_reference` reads such a file (or our own) as a reference set:
 
 Statistics and features are only comparable with numbers from the same extractor; record which one
 produced them (the protocol record, runners/evaluation/protocol.py).
+
+The sweep's `reference` stage computes a dataset's reference once per feature extractor and every
+evaluation, reconstruction FID and intermediate evaluation reads it (`save_reference_features` /
+`load_reference_features`):
+
+    features.npy     (N, F) float32   features of the held-out images (KID, precision / recall)
+    stats.npz        mu (F,), sigma (F, F) float64, of exactly those float32 features (FID)
+    reference.json   what it is: name, checksum (array_sha256 of the features), N, extractor and its sha256
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from runners.evaluation.inception import file_sha256, to_uint8
+from runners.evaluation.classifier import DatasetClassifier
+from runners.evaluation.inception import InceptionFeatures, file_sha256, to_uint8
+from runners.evaluation.metrics import FeatureExtractor, extract_features, feature_extractor_name, feature_statistics
+from runners.evaluation.protocol import array_sha256, extractor_sha256
+
+# Bumped when the reference artifact changes for the same images and extractor (part of its key).
+REFERENCE_CODE_VERSION = "reference-1"
+FEATURES_FILE = "features.npy"
+STATISTICS_FILE = "stats.npz"
+REFERENCE_FILE = "reference.json"
+FEATURE_EXTRACTORS: tuple[str, ...] = ("classifier", "inception")
+"""Values of the `feature_extractor` axis (space/schema.py)."""
 
 
 @dataclass(frozen=True)
@@ -123,3 +144,99 @@ def export_adm_npz(images: np.ndarray | Tensor, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, arr_0=array)
     return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the reference stage's artifact
+
+
+def feature_extractor_for(kind: str, classifier: DatasetClassifier | None, device: torch.device) -> FeatureExtractor:
+    """The feature space named by the `feature_extractor` axis: the dataset classifier, or the FID Inception-v3."""
+    if kind == "classifier":
+        if classifier is None:
+            raise ValueError("feature_extractor 'classifier' needs the trained dataset classifier, but got None; "
+                             "pass the classifier stage's model")
+        return classifier
+    if kind == "inception":
+        return InceptionFeatures().to(device)
+    raise ValueError(f"feature_extractor must be one of {', '.join(FEATURE_EXTRACTORS)}, but got {kind!r}")
+
+
+@dataclass(frozen=True)
+class ReferenceFeatures:
+    """A reference stage's artifact, read back by `load_reference_features`."""
+
+    name: str
+    """what the reference set is, e.g. "digits/heldout" (the protocol's reference)"""
+    features: Tensor
+    """(N, F) float64 on CPU, exactly the stored float32 values"""
+    statistics: dict[str, np.ndarray]
+    """{"mu": (F,), "sigma": (F, F)} float64 FID statistics of `features`"""
+    checksum: str
+    """array_sha256 of the features: the protocol's reference checksum"""
+    extractor: str
+    """the `feature_extractor` axis value (classifier | inception)"""
+    extractor_name: str
+    """feature space name (metrics.feature_extractor_name)"""
+    extractor_sha256: str
+    """checksum of the extractor's weights the features came from"""
+
+    def check_extractor(self, sha256: str) -> None:
+        """Refuse to compare with features from other weights than the reference's."""
+        if sha256 != self.extractor_sha256:
+            raise ValueError(
+                f"the reference {self.name!r} holds features of extractor weights {self.extractor_sha256[:12]}, but "
+                f"this stage's extractor has weights {sha256[:12]}; plan both from the same classifier / Inception file"
+            )
+
+
+@torch.no_grad()
+def save_reference_features(
+    out: str | Path, extractor: FeatureExtractor, images: Tensor, *, name: str, extractor_kind: str, batch_size: int = 512
+) -> dict[str, Any]:
+    """Features of reference `images` `(N, C, H, W)` in [0, 1] -> features.npy, stats.npz, reference.json in `out`.
+
+    The statistics are those of the float32 features as stored, so FID from stats.npz equals FID from
+    features.npy. Returns the reference stage's row: reference, reference_checksum, reference_images,
+    reference_extractor (feature space name), reference_extractor_sha256, feature_dim.
+    """
+    out = Path(out)
+    features = extract_features(extractor, images, batch_size).to(torch.float32).numpy()  # (N, F)
+    stats = feature_statistics(torch.from_numpy(features).double())
+    record = {
+        "reference": name,
+        "reference_checksum": array_sha256(features),
+        "reference_images": int(features.shape[0]),
+        "reference_extractor": feature_extractor_name(extractor),
+        "reference_extractor_sha256": extractor_sha256(extractor),
+        "feature_dim": int(features.shape[1]),
+    }
+    np.save(out / FEATURES_FILE, features)
+    np.savez(out / STATISTICS_FILE, mu=stats["mu"], sigma=stats["sigma"])
+    (out / REFERENCE_FILE).write_text(json.dumps({**record, "feature_extractor": extractor_kind}, indent=2, sort_keys=True) + "\n")
+    return record
+
+
+def load_reference_features(folder: str | Path) -> ReferenceFeatures:
+    """Read a reference stage's artifact; the features must match the checksum recorded with them."""
+    folder = Path(folder)
+    missing = [f for f in (FEATURES_FILE, STATISTICS_FILE, REFERENCE_FILE) if not (folder / f).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"a reference artifact must hold {FEATURES_FILE}, {STATISTICS_FILE} and {REFERENCE_FILE}, but "
+            f"{str(folder)!r} lacks {', '.join(missing)}; run the reference stage first"
+        )
+    record = json.loads((folder / REFERENCE_FILE).read_text())
+    features = np.load(folder / FEATURES_FILE, allow_pickle=False)  # (N, F) float32
+    if array_sha256(features) != record["reference_checksum"]:
+        raise ValueError(
+            f"{str(folder / FEATURES_FILE)!r} does not match the checksum recorded in {REFERENCE_FILE} "
+            f"({record['reference_checksum'][:12]}); delete the artifact and run the reference stage again"
+        )
+    with np.load(folder / STATISTICS_FILE, allow_pickle=False) as stats:
+        statistics = {"mu": np.asarray(stats["mu"], dtype=np.float64), "sigma": np.asarray(stats["sigma"], dtype=np.float64)}
+    return ReferenceFeatures(
+        name=record["reference"], features=torch.from_numpy(features).double(), statistics=statistics,
+        checksum=record["reference_checksum"], extractor=record["feature_extractor"],
+        extractor_name=record["reference_extractor"], extractor_sha256=record["reference_extractor_sha256"],
+    )

@@ -89,6 +89,24 @@ def _load_state(path: str | None) -> dict[str, Tensor]:
     return state
 
 
+def check_perceptual_weights(path: str | None, sha256: str) -> None:
+    """Raise if the file at `path` is not the one the stage was planned with (the sha256 in its key).
+
+    A missing file passes here: `PerceptualLoss` names it with the fix.
+    """
+    from space.schema import file_sha256
+
+    if path is None or not Path(path).is_file():
+        return
+    digest = file_sha256(path)
+    if digest != sha256:
+        raise ValueError(
+            f"perceptual_weights must be the file the sweep was planned with (sha256 {sha256[:12]}...), but "
+            f"{str(path)!r} now has sha256 {digest[:12]}...; restore that file, or run the sweep again to plan "
+            f"tokenizers with the new one (new keys)"
+        )
+
+
 class PerceptualLoss(nn.Module):
     """LPIPS (Zhang et al. 2018, "vgg" v0.1): a frozen VGG16 and five learned 1x1 heads. (x, y) -> (B,) distances.
 

@@ -124,3 +124,26 @@ def test_report_palette_covers_every_varied_value():
     assert palette("token_each", 2) == colour("token_each", 2)
     two = report_palette(data_of([StudyInfo("b", {"token_each": [1]}), StudyInfo("a", {"token_each": [2]})], []))
     assert (two("study", "b"), two("study", "a")) == ("#1f77b4", "#ff7f0e")  # studies: distinct colours in spec order
+
+
+def test_layer_ticks_are_whole_numbers_and_the_token_legend_sits_outside_the_bars(monkeypatch, tmp_path):
+    seen = {}
+
+    def record(figure, out, name, title, caption, study):
+        figure.canvas.draw()
+        ticks = [[t for t in ax.get_xticks() if min(ax.get_xlim()) <= t <= max(ax.get_xlim())] for ax in figure.axes]
+        legends = [(ax.get_window_extent(), ax.get_legend().get_window_extent()) for ax in figure.axes if ax.get_legend()]
+        seen[name] = {"ticks": ticks, "legend_over_axes": [axes.overlaps(legend) for axes, legend in legends]}
+        figures._pyplot().close(figure)
+        return FigureFile(name, title, caption, study, out / f"{name}.png", out / f"{name}.pdf")
+
+    monkeypatch.setattr(figures, "_save", record)
+    analysis = pd.DataFrame(
+        [{"analysis": "token_randomness", "subject": s, "order": o, "kl": kl, "uniform_floor_kl": 0.001}
+         for s, kls in (("bae", (0.01, 0.02)), ("vq", (0.5, 1.0)), ("text", (3.0, 6.0))) for o, kl in zip(("unigram", "bigram"), kls)]
+        + [{"analysis": "attention_locality", "size": "tiny", "layer": layer, "local_mass": 0.8 - 0.1 * layer} for layer in range(4)]
+    )
+    data = data_of([StudyInfo("g", {"cfg_scale": [1.0]})], rows("g", [{"cfg_scale": 1.0}], {(1.0,): [5.0]}), rows={"analysis": analysis})
+    make_figures(data, tmp_path)
+    assert seen["attention-locality"]["ticks"] == [[0.0, 1.0, 2.0, 3.0]]  # 4 layers: no 0.5, 1.5, ...
+    assert seen["token-randomness"]["legend_over_axes"] == [False]

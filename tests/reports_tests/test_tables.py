@@ -139,8 +139,10 @@ def test_protocol_note_names_counts_reference_extractor_and_protocol_columns():
         "features: classifier:abc; extractor sha256: abababababab; pr k: 3."
     ]
     rows.loc[1, "protocol_reference"] = "imagenet/VIRTUAL_imagenet256_labeled.npz"
-    note = protocol_note(rows)
-    assert note[1] == "⚠ Rows differ in protocol_reference: their numbers are not comparable."
+    # the note lists both; whether the rows may be compared is reports.protocols' call (test_protocols.py)
+    assert protocol_note(rows)[0].startswith(
+        "Protocol: 200 generated samples, 20 per class (class-balanced); reference: digits/heldout / imagenet/VIRTUAL_imagenet256_labeled.npz;"
+    )
     assert protocol_note(rows.iloc[:0]) == ["No finished evaluations yet."]
 
 

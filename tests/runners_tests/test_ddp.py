@@ -1,42 +1,50 @@
-"""Data-parallel training (runners/distributed.py): 2 gloo workers through Ray Train equal one process.
+"""Data-parallel training (runners/distributed.py): 2 gloo ranks equal one process, and resume bit-identically.
 
 Same global batch, deterministic loss (dropout 0, class_dropout 0): DDP's average of the two equal
 shard gradients is the global-batch gradient, so after a few AdamW steps the weights match
-single-process `train_generator` up to float rounding of the reduction.
+single-process `train_generator` up to float rounding of the reduction. With dropout, each rank draws its
+own masks: a run resumed from its checkpoint (rank 0 writes every rank's streams) ends bit-identical.
+
+The ranks here are two torch.multiprocessing processes running `train_rank`, the body of Ray Train's worker
+function; the whole path through Ray Train, inside a Ray Tune trial, is tests/sweep_tests/test_ddp_stage.py.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+from safetensors.torch import load as load_safetensors
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 
-from runners.distributed import LossForward, shard_rows, train_generator_ddp
+from runners.checkpoint import CHECKPOINT_FILE, Checkpointer
+from runners.distributed import LossForward, loop_config, shard_rows, train_generator_ddp, train_rank
 from runners.generators import ARGenerator, GeneratorConfig
 from runners.train_generator import train_generator
 
 torch.set_num_threads(2)
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG = GeneratorConfig("tiny", 4, 4, token_each=2, bits_each=4, num_classes=10, dropout=0.0, class_dropout=0.0)
 GLOBAL_BATCH = 8
 STEPS = 3
 LR = 1e-3
 
 
-def problem() -> tuple[Callable[[], ARGenerator], Callable[[int, torch.Generator], tuple[Tensor, Tensor]]]:
-    """build_model and batch_fn as closures: cloudpickle ships closures by value to the Ray workers
-    (module-level functions of this test module would be pickled by a module name they cannot import)."""
+def problem(dropout: float = 0.0) -> tuple[Callable[[], ARGenerator], Callable[[int, torch.Generator], tuple[Tensor, Tensor]]]:
+    """build_model and batch_fn as closures (cloudpickle ships closures by value to Ray workers); dropout > 0 also
+    drops labels to the null class (both draw from each rank's own streams)."""
+    config = GeneratorConfig("tiny", 4, 4, token_each=2, bits_each=4, num_classes=10, dropout=dropout,
+                             class_dropout=dropout)
 
     def build_model() -> ARGenerator:
         torch.manual_seed(123)
-        model = ARGenerator(CONFIG)
+        model = ARGenerator(config)
         with torch.no_grad():
             for head in model.heads:
                 # random heads: every parameter gets a gradient well above Adam's eps from step 0 (zero
@@ -45,29 +53,11 @@ def problem() -> tuple[Callable[[], ARGenerator], Callable[[int, torch.Generator
         return model
 
     def batch_fn(step: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        ids = torch.randint(0, CONFIG.vocab_size, (GLOBAL_BATCH, CONFIG.seq_len, CONFIG.token_each), generator=generator)
-        labels = torch.randint(0, CONFIG.num_classes, (GLOBAL_BATCH,), generator=generator)
+        ids = torch.randint(0, config.vocab_size, (GLOBAL_BATCH, config.seq_len, config.token_each), generator=generator)
+        labels = torch.randint(0, config.num_classes, (GLOBAL_BATCH,), generator=generator)
         return ids, labels  # (B, N, K), (B,): drawn from the generator, so every rank must seed it alike
 
     return build_model, batch_fn
-
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    import ray
-
-    started_here = not ray.is_initialized()
-    if started_here:
-        # 4 logical CPUs: two 1-CPU workers (the Train controller takes none) fit on this 2-core machine
-        ray.init(
-            address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
-            runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}},
-        )
-    yield
-    if started_here:
-        ray.shutdown()
 
 
 def test_shard_rows_takes_contiguous_equal_blocks() -> None:
@@ -108,23 +98,68 @@ def test_importing_runners_distributed_does_not_import_ray() -> None:
     assert done.returncode == 0, done.stderr
 
 
-def test_two_gloo_workers_match_single_process_training(local_ray: None) -> None:
+def _rank_main(rank: int, world_size: int, workdir: str) -> None:
+    """One gloo rank (torch.multiprocessing.spawn; Ray Train's own start-up is tested in
+    tests/sweep_tests/test_ddp_stage.py): the runs the test compares, written by rank 0 to results.pt."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{workdir}/rendezvous", rank=rank, world_size=world_size)
+    try:
+        work = Path(workdir)
+        ranked = dict(rank=rank, world_size=world_size, prepare_model=DistributedDataParallel, report=lambda _: None)
+        results = {}
+        build_model, batch_fn = problem()
+        results["exact"] = train_rank(loop_config(build_model, batch_fn, steps=STEPS, lr=LR, seed=0), **ranked)
+
+        # dropout and label dropout: every rank draws its own masks, so a resume must restore each rank's streams
+        noisy_build, noisy_batch = problem(dropout=0.1)
+
+        def noisy(folder: str) -> dict:
+            checkpointer = Checkpointer(work / folder, every_steps=2, every_s=3600.0)  # time-based: rank 0 decides
+            config = loop_config(noisy_build, noisy_batch, steps=5, lr=LR, seed=0, log_every=2, checkpointer=checkpointer)
+            return train_rank(config, **ranked)
+        results["full"] = noisy("ckpt")  # saves after steps 2 and 4; the one of step 4 stays
+        if rank == 0:
+            results["checkpoint"] = torch.load(work / "ckpt" / CHECKPOINT_FILE, weights_only=False)
+        dist.barrier()
+        results["resumed"] = noisy("ckpt")  # continues after step 4
+        if rank == 0:  # the same checkpoint without the per-rank streams, as if written by another worker count
+            state = torch.load(work / "ckpt" / CHECKPOINT_FILE, weights_only=False)
+            (work / "fresh").mkdir()
+            torch.save({k: v for k, v in state.items() if k != "rng_by_rank"}, work / "fresh" / CHECKPOINT_FILE)
+        dist.barrier()
+        results["fresh"] = noisy("fresh")
+        if rank == 0:
+            torch.save(results, work / "results.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> dict:
+    workdir = tmp_path_factory.mktemp("ddp")
+    torch.multiprocessing.spawn(_rank_main, args=(2, str(workdir)), nprocs=2, join=True)
+    return torch.load(workdir / "results.pt", weights_only=False)
+
+
+def weights_of(result: dict) -> dict[str, Tensor]:
+    return load_safetensors(result["state_dict"])
+
+
+def test_two_gloo_ranks_match_single_process_training(two_ranks: dict) -> None:
     build_model, batch_fn = problem()
     single = train_generator(build_model(), batch_fn, steps=STEPS, lr=LR, seed=0)
     expected = single.model.state_dict()
+    result = two_ranks["exact"]
+    got = weights_of(result)
 
-    result = train_generator_ddp(build_model, batch_fn, num_workers=2, use_gpu=False, steps=STEPS, lr=LR, seed=0)
-
-    assert result.world_size == 2
-    assert set(result.state_dict) == set(expected)  # plain keys, no "module." / "model." prefixes
+    assert set(got) == set(expected)  # plain keys, no "module." / "model." prefixes
     for name, value in expected.items():
-        torch.testing.assert_close(result.state_dict[name], value, atol=1e-5, rtol=0, msg=name)
+        torch.testing.assert_close(got[name], value, atol=1e-5, rtol=0, msg=name)
     # the losses are the global batch's (mean of the two shard means), not rank 0's half
-    assert [step for step, _ in result.losses] == list(range(STEPS))
-    for (_, got), (_, want) in zip(result.losses, single.losses):
-        assert got == pytest.approx(want, abs=1e-5)
-    rebuilt = build_model()
-    rebuilt.load_state_dict(result.state_dict)  # loads into a fresh model as is
+    assert [step for step, _ in result["losses"]] == list(range(STEPS))
+    for (_, value), (_, want) in zip(result["losses"], single.losses):
+        assert value == pytest.approx(want, abs=1e-5)
+    build_model().load_state_dict(got)  # loads into a fresh model as is
 
     # the comparison can fail: the weights moved far more than 1e-5, and training on rank 0's half of
     # each batch alone (no gradient sync) lands 1e-4+ away from the global-batch weights
@@ -137,3 +172,28 @@ def test_two_gloo_workers_match_single_process_training(local_ray: None) -> None
 
     unsynced = train_generator(build_model(), first_half, steps=STEPS, lr=LR, seed=0).model.state_dict()
     assert max((expected[name] - unsynced[name]).abs().max().item() for name in expected) > 1e-4
+
+
+def test_a_resumed_data_parallel_run_is_bit_identical(two_ranks: dict) -> None:
+    full, resumed, fresh = two_ranks["full"], two_ranks["resumed"], two_ranks["fresh"]
+    assert (full["resumed_from_step"], resumed["resumed_from_step"], fresh["resumed_from_step"]) == (-1, 4, 4)
+    full_weights, resumed_weights = weights_of(full), weights_of(resumed)
+    for name, value in full_weights.items():
+        assert torch.equal(resumed_weights[name], value), name
+    assert resumed["losses"] == full["losses"]  # global-batch losses, the restored ones included
+
+    # rank 0 wrote every rank's streams, the data stream and the global losses
+    checkpoint = two_ranks["checkpoint"]
+    assert checkpoint["step"] == 4 and checkpoint["world_size"] == 2 and len(checkpoint["rng_by_rank"]) == 2
+    assert [value for _, value in checkpoint["losses"]] == [value for _, value in full["losses"][:4]]
+    # the test can fail: without each rank's own streams the resumed masks differ, and so do the weights
+    fresh_weights = weights_of(fresh)
+    assert max((fresh_weights[name] - value).abs().max().item() for name, value in full_weights.items()) > 1e-6
+
+    # logs as single-process training writes them: global losses at steps 1, 3 and the last (4)
+    assert [step for step, _ in full["logs"]] == [step for step, _ in resumed["logs"]] == [1, 3, 4]
+    for (_, want), (_, got) in zip(full["logs"], resumed["logs"]):
+        assert got["loss"] == want["loss"] and got["lr"] == want["lr"]
+    assert "grad_norm" not in resumed["logs"][0][1] and "grad_norm" in resumed["logs"][2][1]  # before / after the resume
+    losses = [value for _, value in full["losses"]]
+    assert full["logs"][1][1]["loss"] == pytest.approx((losses[2] + losses[3]) / 2, abs=1e-12)

@@ -124,3 +124,81 @@ def test_inconsistent_vocab_and_token_each_are_rejected():
     message = error_of(minimal(baseline={"vocab": "2-10", "token_each": 4}))
     assert "vocab 2-10 means token_each=2, but got token_each=4; set one of them" in message
     assert "vocab must read K-c" in error_of(minimal(baseline={"vocab": "2x10"}))
+
+
+# ---- resources: data-parallel workers of a generator stage
+
+
+def test_workers_follow_gpus_and_split_the_stage_resources():
+    spec = parse_spec(minimal(resources={"generator": {"cpus": 64, "gpus": 8}, "tokenizer": {"cpus": 32, "gpus": 8}}))
+    generator = spec.resources_of("generator")
+    assert (generator.num_workers, generator.cpus_per_worker, generator.gpus_per_worker) == (8, 8.0, 1.0)
+    assert spec.resources_of("tokenizer").num_workers == 1  # only a generator trains data-parallel
+    assert spec.resources_of("evaluation").num_workers == 1  # kinds not listed: 1 CPU, one process
+    cpu = parse_spec(minimal(resources={"generator": {"cpus": 1, "workers": 2}})).resources_of("generator")
+    assert (cpu.num_workers, cpu.cpus_per_worker, cpu.gpus_per_worker) == (2, 0.5, 0.0)
+    assert parse_spec(minimal(resources={"generator": {"gpus": 1}})).resources_of("generator").num_workers == 1
+
+
+def test_bad_worker_resources_name_the_field_the_value_and_a_fix():
+    message = error_of(minimal(resources={"generator": {"gpus": 1.5}}))
+    assert "resources.generator" in message and "gpus=1.5" in message and "use 1 or 2" in message
+    message = error_of(minimal(resources={"generator": {"gpus": 1, "workers": 2}}))
+    assert "with workers=2, gpus must be 0 (CPU workers) or 2" in message and "but got gpus=1" in message
+    message = error_of(minimal(resources={"tokenizer": {"workers": 2}}))
+    assert "resources.tokenizer.workers" in message and "generator stages only" in message
+    assert "resources.generator.workers" in error_of(minimal(resources={"generator": {"workers": 0}}))
+    message = error_of(minimal(baseline={"intermediate_every": 10}, resources={"generator": {"gpus": 2}}))
+    assert "intermediate_every > 0 cannot steer data-parallel training, but got workers=2" in message
+
+
+# ---- assets: the LPIPS weights file behind perceptual_weight
+
+
+def _with_lpips(path, weight=0.5, **extra):
+    return minimal(baseline={"perceptual_weight": weight}, assets={"perceptual_weights": str(path)}, **extra)
+
+
+def test_perceptual_weight_needs_the_weights_file():
+    assert parse_spec(minimal()).baseline.perceptual_weight == 0.0  # off by default: no file needed
+    message = error_of(minimal(baseline={"perceptual_weight": 0.5}))
+    assert "assets.perceptual_weights" in message and "perceptual_weights=None" in message
+    assert "convert_lpips_state_dict" in message and "set perceptual_weight: 0" in message
+    # a study that turns it on needs the file too; one that keeps it off does not
+    on = minimal(studies=[{"name": "s", "vary": {"perceptual_weight": [0.0, 0.1]}}])
+    assert "assets.perceptual_weights" in error_of(on)
+
+
+def test_validate_cli_names_a_missing_weights_file(tmp_path, capsys):
+    from sweep.cli import main
+
+    path = tmp_path / "lpips.yaml"
+    path.write_text(yaml.safe_dump(_with_lpips(tmp_path / "missing.safetensors")))
+    parse_spec(yaml.safe_load(path.read_text()))  # parsing alone passes: reports read specs where the file is not
+    assert main(["validate", str(path)]) == 2
+    stderr = " ".join(capsys.readouterr().err.split())  # rich may wrap long lines
+    assert "assets.perceptual_weights must name an existing file" in stderr
+    assert "missing.safetensors" in stderr and "set perceptual_weight: 0" in stderr
+    (tmp_path / "missing.safetensors").write_bytes(b"weights")
+    assert main(["validate", str(path)]) == 0
+
+
+def test_tokenizer_key_holds_the_weights_sha256_not_their_path(tmp_path):
+    from sweep.plan import make_plan
+
+    def tokenizer(raw) -> tuple[str, dict]:
+        (stage,) = make_plan(parse_spec(raw)).of_kind("tokenizer")
+        return stage.key, stage.runtime
+
+    first, moved, edited = tmp_path / "a.safetensors", tmp_path / "b.safetensors", tmp_path / "c.safetensors"
+    first.write_bytes(b"lpips weights")
+    moved.write_bytes(b"lpips weights")  # the same bytes elsewhere
+    edited.write_bytes(b"other weights")
+    key, runtime = tokenizer(_with_lpips(first))
+    assert runtime["perceptual_weights"] == str(first.resolve())  # the path rides along, unhashed
+    assert tokenizer(_with_lpips(moved))[0] == key
+    assert tokenizer(_with_lpips(edited))[0] != key
+    assert tokenizer(_with_lpips(first, weight=0.25))[0] != key  # the weight itself is a tokenizer axis
+    # off: the file is not read, so neither it nor its absence reaches the key
+    off_key, off_runtime = tokenizer(_with_lpips(first, weight=0.0))
+    assert off_key == tokenizer(minimal())[0] and "perceptual_weights" not in off_runtime

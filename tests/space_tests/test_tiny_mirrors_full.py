@@ -2,7 +2,7 @@
 the same axes around a baseline that sets the same axes; only the values (and the dataset) are CPU-sized.
 
 The stage counts are pinned because they are the demo's budget: `make demo` must finish (install
-included) in 10 minutes on a fresh 2-core machine, and these 36 stages took about 3.5 minutes through
+included) in 10 minutes on a fresh 2-core machine, and these 41 stages took about 3.5 minutes through
 Ray on 2 quiet cores. Adding stages means measuring again (see the README's "What you get").
 """
 
@@ -56,7 +56,7 @@ def test_tiny_validates_and_plans_within_the_demo_budget():
     check_spec(tiny)
     plan = make_plan(tiny)
     assert {kind: n for kind, n in plan.counts().items() if n} == {
-        "classifier": 1, "tokenizer": 4, "generator": 10, "evaluation": 21,
+        "classifier": 1, "reference": 1, "tokenizer": 4, "reconstruction": 4, "generator": 10, "evaluation": 21,
     }
     # the vocabulary study trains one BAE per code size (8 and 12 bits) and one generator per vocab and seed
     vocabulary = [t for t in plan.trials if t.trial.study == "vocabulary-size"]

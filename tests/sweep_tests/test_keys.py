@@ -78,14 +78,19 @@ def test_each_kind_hashes_exactly_its_own_settings():
         "classifier": {"dataset", *AXES_OF_STAGE["classifier"]},
         "tokenizer": {"dataset", *AXES_OF_STAGE["tokenizer"]} - {"restart_dead_codes"},  # a BAE has no codebook
         # an AR generator reads neither the MLM mask schedule nor the MLM sampling knobs
-        "generator": {"dataset", "seed", *AXES_OF_STAGE["generator"]} - {"mask_schedule_steps"},
+        # ... nor, without intermediate evaluations, their sample count
+        "generator": {"dataset", "seed", *AXES_OF_STAGE["generator"]}
+        - {"mask_schedule_steps", "intermediate_every", "intermediate_samples_per_class"},
         "evaluation": {"dataset", "sampling_seed", *AXES_OF_STAGE["evaluation"]} - {"mlm_steps", "mlm_tau"},
+        "reference": {"dataset", "feature_extractor"},
+        "reconstruction": {"dataset"},  # everything else arrives through the tokenizer and reference keys
     }
     for stage in plan.stages.values():
         assert set(stage.settings) == expected[stage.kind], stage.kind
     assert {k: sorted(s.inputs) for k, s in ((s.kind, s) for s in plan.stages.values())} == {
         "classifier": [], "tokenizer": [], "generator": ["tokenizer"],
-        "evaluation": ["classifier", "generator", "tokenizer"],
+        "evaluation": ["classifier", "generator", "reference", "tokenizer"],
+        "reference": ["classifier"], "reconstruction": ["classifier", "reference", "tokenizer"],
     }
 
 

@@ -34,8 +34,10 @@ def test_plan_matches_the_golden_file():
 
 def test_identical_stages_are_planned_once():
     plan = make_plan(load_spec(FIXTURES / "plan.yaml"))
-    # 16 trials but: one classifier; tokenizers for code_dim 8 and 12; generators per (code_dim, K, seed)
-    assert plan.counts() == {"classifier": 1, "tokenizer": 2, "generator": 7, "evaluation": 13, "analysis": 0}
+    # 16 trials but: one classifier; one reference (one feature extractor); tokenizers for code_dim 8 and 12, each
+    # with its reconstruction FID; generators per (code_dim, K, seed)
+    assert plan.counts() == {"classifier": 1, "reference": 1, "tokenizer": 2, "reconstruction": 2, "generator": 7,
+                             "evaluation": 13, "analysis": 0}
     # the vocabulary study's three generators per seed share one tokenizer
     vocab = [t for t in plan.trials if t.trial.study == "vocabulary"]
     assert len({t.keys["tokenizer"] for t in vocab}) == 1
@@ -58,7 +60,7 @@ def test_plan_json_lists_every_stage_with_parameter_counts():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert len(data["stages"]) == 23
+    assert len(data["stages"]) == 26
     generators = [s for s in data["stages"] if s["kind"] == "generator"]
     assert all(s["parameter_count"] > 0 and len(s["depends_on"]) == 1 for s in generators)
     evaluation = next(s for s in data["stages"] if s["kind"] == "evaluation")

@@ -24,7 +24,7 @@ from sweep.worker import RUN_METADATA_COLUMNS
 
 SPEC = Path(__file__).parent.parent / "fixtures" / "resume.yaml"
 PROVENANCE = ("git_commit", "git_dirty", "versions", "python", "command", "spec_hash", "device", "traceback")
-KINDS = ("classifier", "tokenizer", "generator", "evaluation")
+KINDS = ("classifier", "reference", "tokenizer", "reconstruction", "generator", "evaluation")
 
 
 def resume(out: Path):
@@ -64,7 +64,7 @@ def assert_same_as_reference(out: Path, reference: dict[str, pd.DataFrame]) -> N
     assert not list(out.glob("stages/*/.tmp-*")) and not list(out.glob("stages/*/.ckpt-*"))
 
 
-@pytest.mark.parametrize("fault", ["checkpoint_saved:2", "before_rename:3", "row_written:4", "evaluation:1"])
+@pytest.mark.parametrize("fault", ["checkpoint_saved:4", "before_rename:3", "row_written:4", "evaluation:1"])
 def test_serial_driver_killed_then_resumed(fault, reference, tmp_path):
     killed = killed_run(tmp_path, fault, "--executor", "serial")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
@@ -74,6 +74,7 @@ def test_serial_driver_killed_then_resumed(fault, reference, tmp_path):
     assert_same_as_reference(tmp_path, reference)
     if fault.startswith("checkpoint_saved"):
         resumed = load_results(tmp_path).rows["generator"]["resumed_from_step"]
+        # checkpoints 1-2 are the tokenizer's (10, 20 of 30 steps); the 4th is the first generator's 2nd
         assert sorted(resumed) == [-1, 20]  # the killed generator went on from its 2nd checkpoint (20 steps done)
 
 

@@ -31,7 +31,8 @@ def quiet() -> Reporter:
 def serial_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("serial")
     summary = run_sweep(load_spec(FIXTURES / "e2e.yaml"), out, SerialExecutor(), quiet())
-    assert summary.failures == [] and summary.counts == {"finished": 6}
+    # classifier, reference, tokenizer, reconstruction, 2 generators, 2 evaluations
+    assert summary.failures == [] and summary.counts == {"finished": 8}
     return out
 
 
@@ -39,7 +40,7 @@ def serial_run(tmp_path_factory) -> Path:
 def ray_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ray")
     summary = run_sweep(load_spec(FIXTURES / "e2e.yaml"), out, RayExecutor(out, num_cpus=2), quiet())
-    assert summary.failures == [] and summary.counts == {"finished": 6}
+    assert summary.failures == [] and summary.counts == {"finished": 8}
     return out
 
 
@@ -71,12 +72,12 @@ def test_serial_run_writes_one_row_per_evaluation_with_every_axis(serial_run):
 def test_second_run_finds_everything_finished(serial_run):
     before = {p: p.stat().st_mtime_ns for p in serial_run.glob("stages/*/*/row.parquet")}
     summary = run_sweep(load_spec(FIXTURES / "e2e.yaml"), serial_run, SerialExecutor(), quiet())
-    assert summary.cached == summary.planned == 6 and summary.counts == {}
+    assert summary.cached == summary.planned == 8 and summary.counts == {}
     assert before == {p: p.stat().st_mtime_ns for p in serial_run.glob("stages/*/*/row.parquet")}
 
 
 def test_ray_and_serial_give_the_same_rows_apart_from_run_metadata(serial_run, ray_run):
-    for kind in ("classifier", "tokenizer", "generator", "evaluation"):
+    for kind in ("classifier", "reference", "tokenizer", "reconstruction", "generator", "evaluation"):
         a = comparable(load_results(serial_run).rows[kind])
         b = comparable(load_results(ray_run).rows[kind])
         pd.testing.assert_frame_equal(a, b, check_exact=True)
@@ -96,6 +97,39 @@ def test_ray_runs_stages_in_worker_processes_side_by_side(ray_run):
     assert first["worker_pid"] != second["worker_pid"]
 
 
+def test_training_losses_reach_tensorboard_through_tune(ray_run):
+    """Stages report their losses to Tune, whose TensorBoard logger writes them under <run>/ray."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    generator_key = load_results(ray_run).rows["generator"]["key"].iloc[0]
+    (events,) = (ray_run / "ray").glob(f"tune-*/generator-{generator_key}/events.out.tfevents.*")
+    data, offset, losses = events.read_bytes(), 0, []
+    while offset < len(data):  # TFRecord framing: length (8), its crc (4), the event, its crc (4)
+        (length,) = struct.unpack("<Q", data[offset:offset + 8])
+        event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+        offset += 16 + length
+        losses += [value.simple_value for value in event.summary.value if value.tag == "ray/tune/loss"]
+    logged = load_results(ray_run).losses
+    expected = logged[(logged["key"] == generator_key) & logged["loss"].notna()]["loss"]
+    assert len(losses) >= len(expected) > 1
+    assert losses[: len(expected)] == pytest.approx(list(expected), rel=1e-6)
+
+
+def test_a_second_sweep_on_a_shared_store_reuses_every_finished_stage(serial_run, tmp_path):
+    from sweep.status import stage_status
+
+    spec = load_spec(FIXTURES / "e2e.yaml")
+    summary = run_sweep(spec, tmp_path / "second", SerialExecutor(), quiet(), store_root=serial_run / "stages")
+    assert summary.cached == summary.planned == 8 and summary.counts == {}
+    assert not list((tmp_path / "second" / "stages").glob("*/*/row.parquet"))  # nothing written twice
+    # the report and `sweep status` of the second run folder read the shared store
+    first, second = load_results(serial_run).evaluations(), load_results(tmp_path / "second").evaluations()
+    pd.testing.assert_frame_equal(first, second)
+    assert stage_status(tmp_path / "second")["finished"].sum() == 8
+
+
 def test_report_prints_a_table_per_study(serial_run, tmp_path):
     from reports.build import write_report
 
@@ -113,7 +147,7 @@ def test_a_half_written_artifact_is_not_finished(serial_run, tmp_path):
     dead.wait()
     os.rename(evaluation, evaluation.with_name(f".tmp-{evaluation.name}-{dead.pid}-abc"))
     summary = run_sweep(load_spec(FIXTURES / "e2e.yaml"), copy, SerialExecutor(), quiet())
-    assert summary.counts == {"finished": 1} and summary.cached == 5
+    assert summary.counts == {"finished": 1} and summary.cached == 7
     assert not list((copy / "stages" / "evaluation").glob(".tmp-*"))
 
 
@@ -121,7 +155,7 @@ def test_a_stage_no_node_can_fit_fails_with_the_reason(tmp_path):
     spec = load_spec(FIXTURES / "e2e.yaml")
     spec = spec.model_copy(update={"resources": {k: Resources(cpus=99) for k in ("classifier", "tokenizer", "generator", "evaluation")}})
     summary = run_sweep(spec, tmp_path, RayExecutor(tmp_path, num_cpus=2), quiet())
-    assert summary.counts == {"failed": 2, "skipped": 4}
+    assert summary.counts == {"failed": 2, "skipped": 6}  # + reference (needs the classifier), reconstruction
     rows = load_results(tmp_path).rows
     assert "needs 99 CPUs" in rows["tokenizer"]["error"].iloc[0] and "lower resources.tokenizer" in rows["tokenizer"]["error"].iloc[0]
     assert set(rows["evaluation"]["status"]) == {"skipped"}
