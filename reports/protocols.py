@@ -37,20 +37,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from runners.evaluation.protocol_keys import PROTOCOL_ID_KEYS
+
 PROTOCOL_ID = "protocol_id"
 MIX_FLAG = "--mix-protocols"
 
-COMPARABLE_FIELDS: tuple[str, ...] = (
-    "protocol_extractor",
-    "protocol_extractor_sha256",
-    "protocol_samples",
-    "protocol_samples_per_class",
-    "protocol_image_size",
-    "protocol_reference",
-    "protocol_reference_sha256",
-    "protocol_pr_k",
-)
-"""The fields that decide whether two numbers are comparable (= PROTOCOL_ID_KEYS: no seed, no versions)."""
+COMPARABLE_FIELDS: tuple[str, ...] = PROTOCOL_ID_KEYS
+"""The fields that decide whether two numbers are comparable: those `protocol_id` hashes (no seed, no versions)."""
 
 # Older rows name some fields without the prefix: used where the protocol_* value is missing.
 # (samples_per_class and feature_extractor are also the axes that set them: a row's axis value is what it used.)

@@ -55,11 +55,16 @@ class Ledger:
         self.by_key = {stage.key: stage for stage in self.stages}
         self.pending = [stage.key for stage in self.stages]
 
+    can_start: Callable[[Stage, list[Stage]], bool] | None = None  # (stage, running stages): room for it now?
+
     def ready(self) -> Stage | None:
-        """The next pending stage whose inputs (among the stages to run) are all finished."""
+        """The next pending stage whose inputs (among the stages to run) are all finished and that
+        `can_start` (if given) lets start beside the running ones."""
         for key in self.pending:
             stage = self.by_key[key]
-            if self._inputs_ready(stage.depends_on):
+            if self._inputs_ready(stage.depends_on) and (
+                self.can_start is None or self.can_start(stage, [self.by_key[k] for k in self.running])
+            ):
                 self.pending.remove(key)
                 self.running.add(key)
                 return stage
@@ -213,6 +218,9 @@ class RayExecutor:
 
         store = Store(store_root)
         ledger = Ledger(stages, searches, store, lambda stage, row: on_event("cached", stage, row))
+        totals = ray.cluster_resources()
+        ledger.can_start = lambda stage, running: data_parallel_fits(
+            stage, running, totals.get("CPU", 0.0), totals.get("GPU", 0.0))
         for key, reason in unschedulable(stages).items():  # never submitted: they would wait forever
             if key not in ledger.pending:
                 continue  # already skipped: an input of it cannot be scheduled either
@@ -316,6 +324,27 @@ def _stage_searcher_class() -> type:
                 self.on_event("skipped", skipped, skip)
 
     return StageSearcher
+
+
+def data_parallel_fits(stage: Stage, running: list[Stage], total_cpus: float, total_gpus: float) -> bool:
+    """Whether a data-parallel stage may start beside the running ones.
+
+    Its Tune trial holds only a coordinator CPU and Ray Train reserves the workers afterwards, so Tune
+    alone would start as many coordinators as CPUs allow and leave no CPUs for their workers: a
+    deadlock. A data-parallel stage therefore starts only when its workers and coordinator fit in the
+    cluster's totals beside the data-parallel stages already running (the first one always may:
+    `unschedulable` has checked that it fits on its own). Other stages always may: they wait on nothing.
+    """
+    from space.schema import COORDINATOR_CPUS
+
+    if stage.resources.num_workers <= 1:
+        return True
+    parallel = [s for s in running if s.resources.num_workers > 1]
+    if not parallel:
+        return True
+    cpus = sum(s.resources.cpus + COORDINATOR_CPUS for s in [*parallel, stage])
+    gpus = sum(s.resources.gpus for s in [*parallel, stage])
+    return cpus <= total_cpus + 1e-9 and gpus <= total_gpus + 1e-9
 
 
 def unschedulable(stages: list[Stage]) -> dict[str, str]:

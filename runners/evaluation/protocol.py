@@ -32,25 +32,7 @@ import torch_fidelity
 from torch import Tensor
 
 from runners.evaluation.metrics import FeatureExtractor, feature_extractor_name
-
-PROTOCOL_KEYS: tuple[str, ...] = (
-    "protocol_extractor",
-    "protocol_extractor_sha256",
-    "protocol_samples",
-    "protocol_samples_per_class",
-    "protocol_image_size",
-    "protocol_reference",
-    "protocol_reference_sha256",
-    "protocol_pr_k",
-    "protocol_versions",
-    "protocol_sampling_seed",
-)
-"""Keys of the dict `protocol` returns, in order (flat columns of a result row)."""
-
-PROTOCOL_ID_KEYS: tuple[str, ...] = tuple(
-    key for key in PROTOCOL_KEYS if key not in ("protocol_sampling_seed", "protocol_versions")
-)
-"""The keys `protocol_id` hashes: what makes two numbers comparable."""
+from runners.evaluation.protocol_keys import PROTOCOL_ID_KEYS, PROTOCOL_KEYS  # torch-free: reports read them too
 
 
 def array_sha256(array: np.ndarray | Tensor) -> str:

@@ -3,7 +3,6 @@
 Hand-made rows; one end-to-end `sweep report` on a copy of the fixture run with one row re-labelled.
 """
 
-import ast
 import shutil
 from pathlib import Path
 
@@ -48,14 +47,10 @@ def data_of(rows: list[dict], *studies: StudyInfo) -> ReportData:
 
 
 def test_the_compared_fields_are_those_protocol_id_hashes():
-    """reports/ never imports torch: its field list mirrors runners/evaluation/protocol.py, read here as source."""
-    tree = ast.parse((ROOT / "runners" / "evaluation" / "protocol.py").read_text())
-    assigned = {t.id: node.value for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
-                for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)}
-    keys = ast.literal_eval(assigned["PROTOCOL_KEYS"])
-    excluded = next(ast.literal_eval(n.comparators[0]) for n in ast.walk(assigned["PROTOCOL_ID_KEYS"]) if isinstance(n, ast.Compare))
-    assert COMPARABLE_FIELDS == tuple(k for k in keys if k not in excluded)
-    assert set(excluded) == {"protocol_sampling_seed", "protocol_versions"}
+    from runners.evaluation.protocol_keys import PROTOCOL_KEYS
+
+    assert set(PROTOCOL_KEYS) - set(COMPARABLE_FIELDS) == {"protocol_sampling_seed", "protocol_versions"}
+    assert set(COMPARABLE_FIELDS) < set(PROTOCOL_KEYS)
 
 
 def test_rows_differing_only_in_sampling_seed_or_versions_are_one_protocol():

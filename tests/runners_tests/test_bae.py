@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -22,13 +21,7 @@ from runners.vocab import Vocabulary
 DIGITS_RECIPE = dict(steps=200, lr=3e-3, batch_size=32, bit_usage_weight=0.01)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    # One intra-op thread: on a shared 2-core machine two OpenMP threads can stall badly when other processes run.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny(code_dim: int = 8, bernoulli: bool = True, seed: int = 0) -> BinaryAutoencoder:

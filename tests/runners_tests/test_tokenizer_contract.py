@@ -5,7 +5,6 @@ A new tokenizer registers one line in TOKENIZERS and one tiny build here; the fi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,12 +26,7 @@ TOKEN_EACH: dict[str, int] = {"bae": 2, "vq": 1}
 NAMES = sorted(TOKENIZERS)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _build(name: str, seed: int = 0) -> nn.Module:

@@ -9,7 +9,6 @@ names in `assets.perceptual_weights`.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +30,7 @@ STEPS = 7  # 24 images in batches of 8: 3 per epoch, so the run crosses two resh
 GAN = dict(gan_weight=0.5, gan_start=2, disc_width=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def two_threads() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Interrupted(Exception):

@@ -116,3 +116,22 @@ def test_unschedulable_checks_each_worker_and_the_total(monkeypatch: pytest.Monk
     assert "holds 4 such workers" in verdict([{"CPU": 16.0, "GPU": 4.0}], cpus=8, gpus=8)
     assert verdict([{"CPU": 8.0, "GPU": 8.0}], cpus=8, gpus=8) != ""  # no CPU left for the coordinator
     assert "needs 99 CPUs and 0 GPUs on one node" in verdict([eight], cpus=99)  # one process: one node
+
+
+def test_data_parallel_stages_start_only_while_their_workers_fit_beside_the_running_ones() -> None:
+    """Tune holds only a coordinator CPU per data-parallel trial: without this check, coordinators could
+    take every CPU and leave none for the workers they wait on."""
+    from sweep.executors import Ledger, data_parallel_fits
+
+    (generator,) = make_plan(parse_spec(SPEC)).of_kind("generator")
+    ddp = [dataclasses.replace(generator, key=f"g{i}", resources=Resources(cpus=8, gpus=8)) for i in range(3)]
+    single = dataclasses.replace(generator, key="s", resources=Resources(cpus=1, gpus=1))
+    assert data_parallel_fits(ddp[1], [ddp[0]], total_cpus=18, total_gpus=16)  # 2 x (8 workers + 1 coordinator)
+    assert not data_parallel_fits(ddp[1], [ddp[0]], total_cpus=17, total_gpus=16)  # no CPU for the 2nd coordinator
+    assert not data_parallel_fits(ddp[1], [ddp[0]], total_cpus=64, total_gpus=15)
+    assert data_parallel_fits(ddp[0], [], total_cpus=0, total_gpus=0)  # alone: `unschedulable` has judged it
+    assert data_parallel_fits(single, ddp[:2], total_cpus=0, total_gpus=0)  # waits on nothing: never held back
+    ledger = Ledger(ddp, can_start=lambda stage, running: data_parallel_fits(stage, running, 18, 16))
+    assert ledger.ready().key == "g0" and ledger.ready().key == "g1" and ledger.ready() is None
+    ledger.complete("g0", {"status": "finished"})
+    assert ledger.ready().key == "g2"
