@@ -49,10 +49,11 @@ def _is_float(text: str) -> bool:
 
 
 def count_cell(row: dict[str, Any]) -> str:
-    """`n`, or `n/trials` when some trials did not finish, with how many failed."""
-    n, trials, failed = int(row["n"]), int(row["trials"]), int(row["failed"])
+    """`n`, or `n/trials` when some trials did not finish, with how many failed or were pruned by early stopping."""
+    n, trials, failed, pruned = int(row["n"]), int(row["trials"]), int(row["failed"]), int(row.get("pruned", 0) or 0)
     text = f"{n}" if n == trials else f"{n}/{trials}"
-    return text + (f" ({failed} failed)" if failed else "")
+    why = [f"{count} {word}" for count, word in ((failed, "failed"), (pruned, "pruned")) if count]
+    return text + (f" ({', '.join(why)})" if why else "")
 
 
 def cell_texts(

@@ -17,6 +17,8 @@ import pandas as pd
 
 from reports.protocols import ProtocolCheck, Refusal, check_protocols, finished
 
+PRUNED_REASON = "pruned by early stopping"  # the reason runners/stages.py StagePruned gives
+
 Interval = Literal["std", "t95"]
 INTERVALS: tuple[str, ...] = ("std", "t95")
 
@@ -334,11 +336,15 @@ def ablation_table(
                 record[f"{metric.column}_n"] = len(values)
             record["n"] = len(done)
             record["trials"] = len(part)
-            record["failed"] = int(part["status"].isin(["failed", "skipped"]).sum())
+            # an evaluation skipped because early stopping pruned its generator is no failure: count it apart
+            errors = part["error"].fillna("").astype(str) if "error" in part else pd.Series("", index=part.index)
+            pruned = part["status"].eq("skipped") & errors.str.contains(PRUNED_REASON, regex=False)
+            record["pruned"] = int(pruned.sum())
+            record["failed"] = int(part["status"].isin(["failed", "skipped"]).sum()) - record["pruned"]
             records.append(record)
     columns = [
         *varied, *shown, "baseline", SEARCHED,
-        *(f"{m.column}_{s}" for m in metrics for s in ("mean", "std", "half", "n")), "n", "trials", "failed",
+        *(f"{m.column}_{s}" for m in metrics for s in ("mean", "std", "half", "n")), "n", "trials", "failed", "pruned",
     ]
     return pd.DataFrame(records, columns=columns)
 

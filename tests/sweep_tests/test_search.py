@@ -120,6 +120,16 @@ def test_asha_prunes_the_learning_rate_that_cannot_learn(killed_then_resumed):
     assert "pruned" not in run(out).counts
 
 
+def test_the_report_counts_the_pruned_cell_apart_from_failures(killed_then_resumed, tmp_path):
+    from reports.build import write_report
+
+    out, _ = killed_then_resumed
+    markdown = write_report(load_results(out), tmp_path, ("md",), figures=False)
+    (line,) = [text for text in markdown.splitlines() if text.startswith("| 1e-07")]
+    assert line.endswith("| 0/1 (1 pruned) |") and "failed" not in line
+    assert "‡" in markdown  # the searched cell is marked
+
+
 def test_asha_rule_with_literal_numbers(tmp_path):
     bracket = Bracket(tmp_path, reduction_factor=3)
     assert bracket.decide(10, "a", 2.0).keep  # first at a rung: nothing to compare with
