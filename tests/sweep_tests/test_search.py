@@ -179,3 +179,26 @@ def test_status_counts_the_pruned_stage_and_shows_the_search(killed_then_resumed
     assert main(["status", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "pruned" in printed and "3 of 3 points scored" in printed
+
+
+def test_the_search_runs_under_ray_with_two_points_in_flight(killed_then_resumed, tmp_path):
+    """The same search through the Ray executor, concurrency 2, on a copy of the trained generator: TPE's
+    first draws do not depend on timing, so its first points are those the serial run tried."""
+    import shutil
+
+    from sweep.executors import RayExecutor
+
+    out, _ = killed_then_resumed
+    copy = tmp_path / "ray"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("evaluation", "searches", "ray", "failed"))
+    raw = json.loads(json.dumps(load_spec(SPEC).model_dump(mode="json")))
+    raw["studies"] = raw["studies"][:1]
+    raw["studies"][0]["search"]["concurrency"] = 2
+    summary = run_sweep(parse_spec(raw), copy, RayExecutor(copy, num_cpus=2), Reporter(Console(file=io.StringIO())))
+    assert summary.failures == [] and summary.counts == {"finished": 4}  # 3 points and the chosen evaluation
+    serial_points, _ = read_journal(out / "stages", search_id(out))
+    ray_points, chosen = read_journal(copy / "stages", search_id(copy))
+    assert sorted(ray_points) == [0, 1, 2] and chosen is not None
+    assert [ray_points[i]["params"] for i in (0, 1)] == [serial_points[i]["params"] for i in (0, 1)]
+    evaluations = load_results(copy).rows["evaluation"]
+    assert (evaluations["executor"] == "ray").all() and len(evaluations) == 4
