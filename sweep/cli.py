@@ -64,6 +64,8 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
         if "parameter_count" in extra:
             shown = {"params": f"{extra['parameter_count'] / 1e6:.2f}M", "gpu_h": f"{extra['gpu_hours']:.3g}", **shown}
         needs = f"{stage.resources.cpus:g} CPU" + (f", {stage.resources.gpus:g} GPU" if stage.resources.gpus else "")
+        if stage.resources.num_workers > 1:
+            needs += f", {stage.resources.num_workers} DDP workers"
         table.add_row(stage.kind, stage.key, needs, " ".join(stage.inputs.values()), _short(shown))
     console.print(table)
     for search in plan.searches.values():
