@@ -460,6 +460,26 @@ def sample_blocks(
     return out
 
 
+def scoring_space(
+    inputs: dict[str, Path], device: torch.device, *, num_samples: int, samples_per_class: int, image_size: int,
+    sampling_seed: int,
+) -> tuple[Any, torch.nn.Module | None, Any, dict[str, Any]]:
+    """What every score against the reference needs: (reference features, the dataset classifier if an input,
+    the extractor that made the features, the protocol record of the score with its `protocol_id`).
+
+    The extractor is checked against the weights the reference recorded: numbers are never computed in
+    one feature space against statistics of another."""
+    reference = load_reference_features(inputs["reference"])
+    classifier = load_classifier(inputs["classifier"]).to(device) if "classifier" in inputs else None
+    extractor = feature_extractor_for(reference.extractor, classifier, device)
+    record = protocol(
+        extractor=extractor, num_samples=num_samples, samples_per_class=samples_per_class, image_size=image_size,
+        reference=reference.name, reference_checksum=reference.checksum, k=PR_K, sampling_seed=sampling_seed,
+    )
+    reference.check_extractor(str(record["protocol_extractor_sha256"]))
+    return reference, classifier, extractor, {**record, "protocol_id": protocol_id(record)}
+
+
 def intermediate_evaluator(
     s: dict[str, Any], inputs: dict[str, Path], tokenizer: Any, vocab: Any, grid: tuple[int, int], positions: Tensor,
     data: ImageDataset, device: torch.device, checkpoints: Path | None,
@@ -469,25 +489,22 @@ def intermediate_evaluator(
     training seed, scored against the reference features; rows kept in the checkpoint folder until the end."""
     from sweep.keys import derive_seed
 
-    reference = load_reference_features(inputs["reference"])
-    classifier = load_classifier(inputs["classifier"]).to(device)
-    extractor = feature_extractor_for(reference.extractor, classifier, device)
     per_class = s["intermediate_samples_per_class"]
     labels = balanced_labels(data.num_classes, per_class, device)
     knobs = {**s["intermediate_sampling"], "sampling_seed": derive_seed("intermediate", s["seed"])}
+    reference, classifier, extractor, record = scoring_space(
+        inputs, device, num_samples=len(labels), samples_per_class=per_class, image_size=data.image_size,
+        sampling_seed=knobs["sampling_seed"],
+    )
     entry, blocks = GENERATORS[s["modeling"]], range(math.ceil(len(labels) / SAMPLE_BATCH))
 
     def sample(model: torch.nn.Module) -> Tensor:
         images = sample_blocks(blocks, labels, knobs, tokenizer, vocab, model, entry, s["scan_order"], grid, positions)
         return torch.cat([images[block] for block in blocks])  # (M, C, H, W)
 
-    record = protocol(
-        extractor=extractor, num_samples=len(labels), samples_per_class=per_class, image_size=data.image_size,
-        reference=reference.name, reference_checksum=reference.checksum, k=PR_K, sampling_seed=knobs["sampling_seed"],
-    )
     return IntermediateEvaluator(
         every=s["intermediate_every"], sample=sample, labels=labels, classifier=classifier, extractor=extractor,
-        reference=reference, record={**record, "protocol_id": protocol_id(record)},
+        reference=reference, record=record,
         log=IntermediateLog(checkpoints / INTERMEDIATE_LOG if checkpoints is not None else None),
     )
 
@@ -516,17 +533,12 @@ def reconstruction_stage(
     device = pick_device(stage.resources.gpus)
     data = dataset_of(s)
     tokenizer = load_tokenizer(inputs["tokenizer"], device)
-    reference = load_reference_features(inputs["reference"])
-    classifier = load_classifier(inputs["classifier"]).to(device) if "classifier" in inputs else None
-    extractor = feature_extractor_for(reference.extractor, classifier, device)
     images, _ = stack(data.heldout)
-    record = protocol(
-        extractor=extractor, num_samples=len(images), samples_per_class=0, image_size=data.image_size,
-        reference=reference.name, reference_checksum=reference.checksum, k=PR_K, sampling_seed=0,
+    reference, _, extractor, record = scoring_space(
+        inputs, device, num_samples=len(images), samples_per_class=0, image_size=data.image_size, sampling_seed=0
     )
-    reference.check_extractor(str(record["protocol_extractor_sha256"]))
     metrics = reconstruction_fid(tokenizer, images.to(device), extractor, reference)
-    return {**metrics, **record, "protocol_id": protocol_id(record)}
+    return {**metrics, **record}
 
 
 @torch.no_grad()
@@ -542,7 +554,6 @@ def evaluation_stage(
     entry = GENERATORS[saved["modeling"]]
     order, grid = saved["scan_order"], (config.grid_height, config.grid_width)
     positions = scan_positions(order, *grid, device=device)
-    classifier = load_classifier(inputs["classifier"]).to(device)
 
     # Class-balanced labels; fixed micro-batches, each drawing from its own generator seeded from
     # (sampling seed, batch index): the images do not depend on how the work is split.
@@ -551,21 +562,16 @@ def evaluation_stage(
     sampled = sample_blocks(blocks, labels, s, tokenizer, vocab, generator, entry, order, grid, positions)
     fake = torch.cat([sampled[block] for block in blocks]).clamp(0, 1)
     # The held-out set's features and statistics come from the reference stage (computed once per extractor).
-    reference = load_reference_features(inputs["reference"])
-    extractor = feature_extractor_for(reference.extractor, classifier, device)
-    record = protocol(
-        extractor=extractor, num_samples=len(labels), samples_per_class=s["samples_per_class"],
-        image_size=data.image_size, reference=reference.name, reference_checksum=reference.checksum, k=PR_K,
-        sampling_seed=s["sampling_seed"],
+    reference, classifier, extractor, record = scoring_space(
+        inputs, device, num_samples=len(labels), samples_per_class=s["samples_per_class"],
+        image_size=data.image_size, sampling_seed=s["sampling_seed"],
     )
-    reference.check_extractor(str(record["protocol_extractor_sha256"]))
     metrics = image_metrics(classifier, None, fake, labels, real_features=reference.features,
                             real_statistics=reference.statistics, extractor=extractor, k=PR_K)
-    # Samples as scored (uint8 by truncation, as torch-fidelity does), NHWC: the ADM evaluator reads arr_0.
-    # arr_0 is what the ADM evaluator reads; labels let reports draw per-class grids.
+    # Samples as scored (uint8 by truncation, as torch-fidelity does), NHWC: the ADM evaluator reads arr_0;
+    # labels let reports draw per-class grids.
     np.savez(out / "samples.npz", arr_0=to_uint8_nhwc(fake), labels=labels.cpu().numpy())
-    return {**metrics, **record, "protocol_id": protocol_id(record), "feature_extractor_name": feature_extractor_name(extractor),
-            "num_samples": len(labels)}
+    return {**metrics, **record, "feature_extractor_name": feature_extractor_name(extractor), "num_samples": len(labels)}
 
 
 @torch.no_grad()

@@ -84,12 +84,7 @@ class Ledger:
             if stage.key in self.failed:
                 search.complete(stage.key, {"status": "failed", "error": self.failed[stage.key]})
                 continue
-            if self.store is not None and self.store.is_finished(stage.kind, stage.key):
-                import pandas as pd
-
-                from sweep.store import ROW_FILE
-
-                row = pd.read_parquet(self.store.folder(stage.kind, stage.key) / ROW_FILE).iloc[0].to_dict()
+            if self.store is not None and (row := self.store.row(stage.kind, stage.key)) is not None:
                 search.complete(stage.key, row)
                 if self.on_cached is not None:
                     self.on_cached(stage, row)
@@ -236,8 +231,8 @@ class RayExecutor:
                 on_event("skipped", skipped, skip)
         if searches:  # their stages are evaluations: if no node fits one, the searches cannot run
             probe = searches[0].plan.point(0, {})
-            for search in searches:
-                if reason := unschedulable([probe]).get(probe.key):
+            if reason := unschedulable([probe]).get(probe.key):
+                for search in searches:
                     search.abandon(reason)
         searcher = _stage_searcher_class()(ledger, store, context, on_event)
 
@@ -400,15 +395,11 @@ def _trial_name(trial: Any) -> str:
 
 def _row_of(store: Any, stage: Stage, context: dict[str, Any], result: dict[str, Any] | None, error: bool) -> dict[str, Any]:
     """The row a finished trial left in the store; a failure row if the worker died before writing one."""
-    import pandas as pd
-
-    from sweep.store import ROW_FILE
-
-    if store.is_finished(stage.kind, stage.key):
-        return pd.read_parquet(store.folder(stage.kind, stage.key) / ROW_FILE).iloc[0].to_dict()
-    failure = store.failure_file(stage.kind, stage.key)
-    if failure.is_file() and not error:
-        return pd.read_parquet(failure).iloc[0].to_dict()
+    if (row := store.row(stage.kind, stage.key)) is not None:
+        return row
+    failure = store.failure(stage.kind, stage.key)
+    if failure is not None and not error:
+        return failure
     reason = "the worker process died before the stage wrote its row" if error else str((result or {}).get("error", ""))
     row = base_row(stage, context)
     row.update(status="failed", failure_kind="lost", error=reason, started_at=now_iso(), ended_at=now_iso(), wall_s=0.0)

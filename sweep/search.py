@@ -161,13 +161,13 @@ class SearchRun:
             entry = journaled[index]
             point = {"params": entry["params"], "key": entry["key"], "value": None, "state": "todo"}
             self.points[index] = point
-            row = self._finished_row(entry["key"])
+            row = self.store.row("evaluation", entry["key"])
             if row is not None:
                 self._resolve(index, row)
         if chosen is not None and len(self.points) >= config.budget:  # (a raised budget chooses again)
             self.chosen_key = chosen["key"]
             self.chosen_params = chosen["chosen"]
-            self.done = self._finished_row(chosen["key"]) is not None
+            self.done = self.store.row("evaluation", chosen["key"]) is not None
 
     # -- what the ledger asks
 
@@ -231,15 +231,6 @@ class SearchRun:
         self.done, self.abandoned = True, reason
 
     # -- helpers
-
-    def _finished_row(self, key: str) -> dict[str, Any] | None:
-        import pandas as pd
-
-        from sweep.store import ROW_FILE
-
-        if not self.store.is_finished("evaluation", key):
-            return None
-        return pd.read_parquet(self.store.folder("evaluation", key) / ROW_FILE).iloc[0].to_dict()
 
     def _resolve(self, index: int, row: dict[str, Any]) -> None:
         point = self.points[index]

@@ -53,8 +53,7 @@ def search_status(run_dir: Path, store_root: Path | None = None) -> pd.DataFrame
         points, chosen = read_journal(store.root, search["id"])
         values = []
         for point in points.values():
-            if store.is_finished("evaluation", point["key"]):
-                row = pd.read_parquet(store.folder("evaluation", point["key"]) / "row.parquet").iloc[0]
+            if (row := store.row("evaluation", point["key"])) is not None:
                 values.append(float(row.get(search["metric"], float("nan"))))
         best = (min(values) if search["mode"] == "min" else max(values)) if values else float("nan")
         records.append({"search_id": search["id"], "study": search["study"], "budget": search["budget"],

@@ -128,6 +128,12 @@ class Store:
                 return True
         return False
 
+    def row(self, kind: str, key: str) -> dict[str, Any] | None:
+        """The row of a finished stage (None if it is not finished)."""
+        if not self.is_finished(kind, key):
+            return None
+        return pd.read_parquet(self.folder(kind, key) / ROW_FILE).iloc[0].to_dict()
+
     def failure_file(self, kind: str, key: str) -> Path:
         return self.root / "failed" / kind / f"{key}.parquet"
 

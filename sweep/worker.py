@@ -18,8 +18,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-import pandas as pd
-
 from sweep.plan import Stage
 from sweep.store import LOSSES_FILE, ROW_FILE, Store, write_json, write_rows
 
@@ -72,8 +70,8 @@ def execute(
     from runners.stages import STAGE_FUNCTIONS, StagePruned, device_name  # torch is imported here, in the worker
 
     store = Store(store_root)
-    if store.is_finished(stage.kind, stage.key):
-        return pd.read_parquet(store.folder(stage.kind, stage.key) / ROW_FILE).iloc[0].to_dict()
+    if (finished := store.row(stage.kind, stage.key)) is not None:
+        return finished
 
     import torch
 
