@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from runners.evaluation.protocol_keys import PROTOCOL_ID_KEYS
+from space.protocol import PROTOCOL_ID_KEYS
 
 PROTOCOL_ID = "protocol_id"
 MIX_FLAG = "--mix-protocols"

@@ -17,7 +17,7 @@ import pandas as pd
 
 from reports.protocols import ProtocolCheck, Refusal, check_protocols, finished
 
-PRUNED_REASON = "pruned by early stopping"  # the reason runners/stages.py StagePruned gives
+PRUNED_REASON = "pruned by early stopping"  # the reason sweep/stages/generator.py StagePruned gives
 
 Interval = Literal["std", "t95"]
 INTERVALS: tuple[str, ...] = ("std", "t95")

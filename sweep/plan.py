@@ -116,14 +116,14 @@ class Plan:
 
 def code_versions(kind: str, settings: Settings) -> dict[str, str]:
     """Code versions of what a stage runs; a fix to a model bumps its version and so its keys."""
-    from runners.stages import code_versions as runner_code_versions
+    from sweep.stages import code_versions as runner_code_versions
 
     return runner_code_versions(kind, settings)
 
 
 def ignored_axes(kind: str, settings: Settings) -> set[str]:
     """Axes the chosen registry entries do not read (e.g. top_k for a masked generator)."""
-    from runners.stages import ignored_axes as runner_ignored_axes
+    from sweep.stages import ignored_axes as runner_ignored_axes
 
     return runner_ignored_axes(kind, settings)
 
@@ -169,7 +169,7 @@ def make_plan(spec: Spec) -> Plan:
         generator_own: dict[str, Any] = {"seed": trial.seed}
         generator_inputs = {"tokenizer": keys["tokenizer"]}
         if s.intermediate_every:  # scored while it trains: the baseline's feature space and sampling knobs
-            from runners.stages import intermediate_sampling
+            from sweep.stages import intermediate_sampling
 
             generator_inputs.update({"classifier": keys["classifier"], **add_reference(spec.baseline, keys["classifier"])[1]})
             generator_own["intermediate_sampling"] = intermediate_sampling(s, spec.baseline)

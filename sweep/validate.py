@@ -9,7 +9,7 @@ from space.schema import Spec, SpecError, compose, study_points
 
 def check_spec(spec: Spec, source: str = "spec") -> None:
     """Raise SpecError naming the study, the axis, the value and the fix for the first registry miss."""
-    from runners.stages import check_settings, ignored_axes
+    from sweep.stages import check_settings, ignored_axes
 
     spec.check_assets(source)  # files the settings read exist (perceptual weights)
     problems = check_settings(spec.baseline, spec.dataset)
@@ -33,6 +33,6 @@ def check_spec(spec: Spec, source: str = "spec") -> None:
 
 
 def describe_stage(stage: Any, tflops: float = 400.0) -> dict[str, Any]:
-    from runners.stages import describe
+    from sweep.stages import describe
 
     return describe(stage, tflops)

@@ -1,7 +1,7 @@
 """Run one stage inside whatever process an executor gives it, and record its row.
 
 Both executors call :func:`execute`: the serial one in the driver's process, the Ray one inside a
-Tune trial's worker process. The stage function itself (``runners.stages``) never sees Ray; the
+Tune trial's worker process. The stage function itself (``sweep.stages``) never sees Ray; the
 executor hands run metadata (Tune trial id, node) in through `meta`.
 """
 
@@ -67,7 +67,7 @@ def execute(
     and the stage recorded as failed with `failure_kind` "lost", so the next run recomputes both.
     Failed work never takes the sweep down.
     """
-    from runners.stages import STAGE_FUNCTIONS, StagePruned, device_name  # torch is imported here, in the worker
+    from sweep.stages import STAGE_FUNCTIONS, StagePruned, device_name  # torch is imported here, in the worker
 
     store = Store(store_root)
     if (finished := store.row(stage.kind, stage.key)) is not None:

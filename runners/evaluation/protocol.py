@@ -32,7 +32,7 @@ import torch_fidelity
 from torch import Tensor
 
 from runners.evaluation.metrics import FeatureExtractor, feature_extractor_name
-from runners.evaluation.protocol_keys import PROTOCOL_ID_KEYS, PROTOCOL_KEYS  # torch-free: reports read them too
+from space.protocol import PROTOCOL_ID_KEYS, PROTOCOL_KEYS  # torch-free: reports read them too
 
 
 def array_sha256(array: np.ndarray | Tensor) -> str:

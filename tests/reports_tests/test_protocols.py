@@ -47,7 +47,7 @@ def data_of(rows: list[dict], *studies: StudyInfo) -> ReportData:
 
 
 def test_the_compared_fields_are_those_protocol_id_hashes():
-    from runners.evaluation.protocol_keys import PROTOCOL_KEYS
+    from space.protocol import PROTOCOL_KEYS
 
     assert set(PROTOCOL_KEYS) - set(COMPARABLE_FIELDS) == {"protocol_sampling_seed", "protocol_versions"}
     assert set(COMPARABLE_FIELDS) < set(PROTOCOL_KEYS)

@@ -14,7 +14,8 @@ import torch
 from rich.console import Console
 
 from runners.generators import GENERATORS, GeneratorConfig
-from runners.stages import CONFIG_FILE, evaluation_stage, save_model
+from runners.artifacts import CONFIG_FILE, save_model
+from sweep.stages import evaluation_stage
 from space.schema import load_spec
 from sweep.executors import SerialExecutor
 from sweep.plan import make_plan
@@ -75,9 +76,10 @@ def test_trained_generator_with_guidance_beats_chance_and_its_untrained_self(run
 
 
 def test_samples_do_not_depend_on_how_blocks_are_split_over_workers(run):
-    from runners.stages import (
-        SAMPLE_BATCH, balanced_labels, load_generator, load_tokenizer, sample_blocks, scan_positions, vocabulary_for,
-    )
+    from runners.artifacts import load_generator, load_tokenizer
+    from runners.scan import scan_positions
+    from runners.tokenizers import vocabulary_for
+    from sweep.stages.common import SAMPLE_BATCH, balanced_labels, sample_blocks
 
     out, plan = run
     stage = plan.of_kind("evaluation")[0]

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import TensorDataset
 
 from runners.checkpoint import CHECKPOINT_FILE, Checkpointer
-from runners.stages import tokenizer_stage
+from sweep.stages import tokenizer_stage
 from runners.tokenizers.bae import BinaryAutoencoder
 from runners.tokenizers.losses import VGG_CHANNELS, convert_lpips_state_dict, vgg16_features
 from runners.train_tokenizer import train_tokenizer

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from runners.generators import GENERATORS
-from runners.stages import load_generator
+from runners.artifacts import load_generator
 from space.schema import Resources, parse_spec
 from sweep.executors import RayExecutor, SerialExecutor
 from sweep.plan import make_plan

@@ -102,7 +102,8 @@ def test_evaluations_and_reconstructions_score_against_the_reference_stage(run):
 def test_intermediate_rows_survive_a_kill(run, tmp_path, monkeypatch):
     # Kill the stage inside its 2nd intermediate evaluation (step 20, just after the step-20 checkpoint);
     # the resumed stage scores step 20 from the checkpoint and ends with the rows and weights of a clean run.
-    import runners.stages as stages
+    import sweep.stages.common as common
+    from sweep.stages import generator_stage
 
     class Killed(BaseException):
         pass
@@ -117,16 +118,16 @@ def test_intermediate_rows_survive_a_kill(run, tmp_path, monkeypatch):
         if point == "evaluation" and calls.count("evaluation") == 2:
             raise Killed
 
-    monkeypatch.setattr(stages, "fault_point", fault)
+    monkeypatch.setattr(common, "fault_point", fault)  # sample_blocks' fault point
     (tmp_path / "first").mkdir()
     with pytest.raises(Killed):
-        stages.generator_stage(stage, inputs, tmp_path / "first", lambda *_: None, checkpoints=checkpoints)
+        generator_stage(stage, inputs, tmp_path / "first", lambda *_: None, checkpoints=checkpoints)
     logged = [json.loads(line)["step"] for line in (checkpoints / INTERMEDIATE_LOG).read_text().splitlines()]
     assert logged == [10]
     monkeypatch.undo()
 
     (tmp_path / "second").mkdir()
-    metrics = stages.generator_stage(stage, inputs, tmp_path / "second", lambda *_: None, checkpoints=checkpoints)
+    metrics = generator_stage(stage, inputs, tmp_path / "second", lambda *_: None, checkpoints=checkpoints)
     assert metrics["resumed_from_step"] == 20
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "second" / INTERMEDIATE_FILE),
                                   pd.read_parquet(folder / INTERMEDIATE_FILE), check_exact=True)

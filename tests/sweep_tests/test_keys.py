@@ -61,7 +61,7 @@ def test_tokenizer_change_propagates_downstream():
 
 
 def test_code_version_enters_the_key(monkeypatch):
-    import runners.stages as stages
+    import sweep.stages.planning as stages
 
     before = keys_by_kind(make_plan(spec_with()))
     monkeypatch.setitem(stages.STAGE_CODE_VERSIONS, "generator", "999")

@@ -1,0 +1,61 @@
+"""analysis: ELM's analyses beyond FID (token randomness, attention locality) as rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from runners.analysis.attention import attention_maps, locality
+from runners.analysis.token_randomness import bigram_kl, text_corpus_ids, unigram_kl
+from runners.artifacts import load_generator, load_tokenizer
+from runners.data import stack
+from runners.scan import scan_positions, to_scan
+from runners.tokenizers import vocabulary_for
+from sweep.stages.common import Log, dataset_of, pick_device
+
+
+@torch.no_grad()
+def analysis_stage(
+    stage: Any, inputs: dict[str, Path], out: Path, log: Log, checkpoints: Path | None = None
+) -> dict[str, Any]:
+    """ELM's analyses beyond FID; returns `rows`: one row per (subject, n-gram order) or per layer."""
+    s = stage.settings
+    device = pick_device(stage.resources.gpus)
+    if s["analysis"] == "token_randomness_text":
+        ids = text_corpus_ids(s["text_bpe_vocab"], s["text_corpus"])
+        subject = f"text (BPE {s['text_bpe_vocab']})"
+        return {"rows": [
+            {"analysis": "token_randomness", "subject": subject, "order": order, **measure(ids, s["text_bpe_vocab"])}
+            for order, measure in (("unigram", unigram_kl), ("bigram", bigram_kl))
+        ]}
+
+    data = dataset_of(s)
+    tokenizer = load_tokenizer(inputs["tokenizer"], device)
+    images, labels = stack(data.heldout, limit=s["images"])
+    grid = tuple(tokenizer.grid)
+    if s["analysis"] == "token_randomness":
+        vocab = vocabulary_for(tokenizer, s["token_each"])
+        _, vocab_size = tokenizer.token_shape(vocab)
+        ids = to_scan(tokenizer.encode_ids(images.to(device), mode="threshold", vocab=vocab), s["scan_order"], *grid)
+        sequences = ids.flatten(1).cpu()  # (B, N*K): sub-tokens in scan order, consecutive pairs are bigrams
+        name = stage.columns["tokenizer"]
+        subject = f"{name} {stage.columns['vocab']}" if name == "bae" else f"{name} {vocab_size}"
+        return {"rows": [
+            {"analysis": "token_randomness", "subject": subject, "order": order, **measure(sequences, vocab_size)}
+            for order, measure in (("unigram", unigram_kl), ("bigram", bigram_kl))
+        ]}
+
+    # attention locality of a trained generator on real held-out tokens
+    generator, config, saved = load_generator(inputs["generator"], device)
+    vocab = vocabulary_for(tokenizer, config.token_each)
+    positions = scan_positions(saved["scan_order"], *grid, device=device)
+    ids = to_scan(tokenizer.encode_ids(images.to(device), mode="threshold", vocab=vocab), saved["scan_order"], *grid)
+    maps = attention_maps(generator, ids, labels.to(device), positions=positions)  # (layers, B, H, T, T)
+    causal = saved["modeling"] == "ar"
+    slots = positions[: maps.shape[-1] - 1] if causal else positions.repeat_interleave(maps.shape[-1] // len(positions), 0)
+    per_layer = locality(maps, slots[: maps.shape[-1] - 1], k=s["locality_k"], causal=causal)
+    return {"rows": [{"analysis": "attention_locality", **layer} for layer in per_layer]}
+
+

@@ -1,0 +1,29 @@
+"""reference: (classifier) -> held-out features + FID statistics, once per dataset x feature extractor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from runners.data import stack
+from runners.evaluation.classifier import load_classifier
+from runners.evaluation.reference import feature_extractor_for, save_reference_features
+from sweep.stages.common import Log, dataset_of, pick_device
+
+
+@torch.no_grad()
+def reference_stage(
+    stage: Any, inputs: dict[str, Path], out: Path, log: Log, checkpoints: Path | None = None
+) -> dict[str, Any]:
+    """Features and FID statistics of the held-out images in one feature space, for every stage that scores."""
+    s = stage.settings
+    device = pick_device(stage.resources.gpus)
+    data = dataset_of(s)
+    classifier = load_classifier(inputs["classifier"]).to(device) if "classifier" in inputs else None
+    extractor = feature_extractor_for(s["feature_extractor"], classifier, device)
+    images, _ = stack(data.heldout)
+    return save_reference_features(out, extractor, images.to(device), name=f"{s['dataset']['name']}/heldout",
+                                   extractor_kind=s["feature_extractor"])
+

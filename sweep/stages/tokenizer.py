@@ -1,0 +1,48 @@
+"""tokenizer: dataset -> tokenizer weights (+ held-out reconstruction metrics)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from runners.artifacts import save_model
+from runners.data import stack
+from runners.tokenizers import TOKENIZERS, vocabulary_for
+from runners.tokenizers.losses import check_perceptual_weights
+from runners.train_tokenizer import reconstruction_metrics, train_tokenizer
+from sweep.stages.common import Log, checkpointer_of, dataset_of, pick_device
+
+
+def tokenizer_stage(
+    stage: Any, inputs: dict[str, Path], out: Path, log: Log, checkpoints: Path | None = None
+) -> dict[str, Any]:
+    s = stage.settings
+    device = pick_device(stage.resources.gpus)
+    data = dataset_of(s)
+    kwargs: dict[str, Any] = {"size": s["tokenizer_size"], "channels": data.channels, "image_size": data.image_size}
+    if s["tokenizer"] == "vq":  # a codebook of 2^code_dim entries: ids of code_dim bits, as the vocab column says
+        kwargs.update(codebook_size=2 ** s["code_dim"], restart_dead_codes=s["restart_dead_codes"])
+    else:
+        kwargs.update(code_dim=s["code_dim"], bernoulli=s["bernoulli"])
+    perceptual_weights = stage.runtime.get("perceptual_weights")  # absolute path (not hashed); the key holds its sha256
+    if s.get("perceptual_weight", 0.0) > 0:
+        check_perceptual_weights(perceptual_weights, s["perceptual_weights_sha256"])
+    checkpointer = checkpointer_of(stage, checkpoints)
+    resumed = checkpointer.restore()
+    torch.manual_seed(s["tokenizer_seed"])
+    model = TOKENIZERS[s["tokenizer"]].build(**kwargs).to(device)
+    model = train_tokenizer(
+        model, data.train, steps=s["tokenizer_steps"], lr=s["tokenizer_lr"], batch_size=s["tokenizer_batch"],
+        seed=s["tokenizer_seed"], bit_usage_weight=s.get("bit_usage_weight", 0.0), on_log=log,
+        gan_weight=s["gan_weight"], gan_start=s["gan_start"], perceptual_weight=s.get("perceptual_weight", 0.0),
+        perceptual_weights=perceptual_weights, checkpointer=checkpointer,
+    )
+    save_model(model, out, {"tokenizer": s["tokenizer"], "kwargs": kwargs})
+    heldout_images, _ = stack(data.heldout)
+    vocab = vocabulary_for(model, 1) if s["tokenizer"] == "bae" else None  # ids of one whole latent position
+    metrics = reconstruction_metrics(model, heldout_images.to(device), vocab=vocab)
+    return {**{name: float(value) for name, value in metrics.items()},
+            "resumed_from_step": -1 if resumed is None else int(resumed["step"])}
+
