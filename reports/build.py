@@ -27,9 +27,21 @@ from reports.figures import FigureFile, make_figures, report_palette, safe_name
 from reports.grids import SAMPLES_FILE, choose_classes, compare_grid, read_samples, trial_grid
 from reports.html import Picture, StudySection, report_html
 from reports.latex import latex_document, latex_table
-from reports.markdown import escape_markdown, format_value, markdown_study, refusal_markdown
+from reports.markdown import escape_markdown, markdown_study, refusal_markdown
+from reports.order import rank_key, setting_text
 from reports.protocols import Refusal
-from reports.tables import INTERVALS, Interval, ReportData, StudyInfo, StudyTable, is_baseline, study_table
+from reports.tables import (
+    INTERVALS,
+    Interval,
+    ReportData,
+    StudyInfo,
+    StudyTable,
+    comparable_rows,
+    csv_frame,
+    is_baseline,
+    protocol_provenance,
+    study_table,
+)
 
 FORMATS: tuple[str, ...] = ("md", "html", "latex", "csv")
 TRIAL_GRID_PER_CLASS = 8
@@ -60,31 +72,57 @@ def _samples_path(run_dir: str | None, key: Any) -> Path | None:
 
 
 def _point_text(row: dict[str, Any], axes: list[str]) -> str:
-    return ", ".join(f"{a} = {format_value(row[a])}" for a in axes if a in row)
+    """The settings of a trial as `axis=value, ...` (top_k=all)."""
+    return ", ".join(setting_text(a, row[a]) for a in axes if a in row)
+
+
+def in_axis_order(rows: pd.DataFrame, study: StudyInfo) -> pd.DataFrame:
+    """Rows sorted like the study's table (reports.order), then by seed; a stable sort."""
+    axes = [a for a in study.varied if a in rows]
+    if rows.empty or not axes:
+        return rows
+    keys = {a: rank_key(a, study.vary.get(a, ())) for a in axes}
+    order = sorted(range(len(rows)), key=lambda i: tuple(keys[a](rows.iloc[i][a]) for a in axes))
+    return rows.iloc[order]
+
+
+def _trial_axes(data: ReportData, key: str) -> list[str]:
+    """The axes a trial's settings are told by: those varied by every study its evaluation belongs to
+    (the baseline's evaluation is in several studies), in study order."""
+    rows = data.evaluations[data.evaluations["evaluation_key"] == key]
+    names = set(rows["study"]) if "study" in rows else set()
+    axes: list[str] = []
+    for study in data.studies:
+        if study.name in names:
+            axes += [a for a in study.varied if a not in axes]
+    return axes
 
 
 def make_grids(data: ReportData, out: Path) -> Grids:
-    """A grid per finished evaluation with samples, and per study the side-by-side comparison of its
-    grid points for the training seed with the most finished points (same classes, same sampling seed)."""
+    """A grid per finished evaluation with samples (titled with its settings), and per study the
+    side-by-side comparison of its grid points for the training seed with the most finished points
+    (same classes, same sampling seed)."""
     grids = Grids()
-    evaluations = data.evaluations
+    evaluations = comparable_rows(data.evaluations)
     if data.run_dir is None or "evaluation_key" not in evaluations:
         return grids
     done = evaluations[evaluations["status"] == "finished"]
     for study in data.studies:
-        rows = done[done["study"] == study.name]
+        rows = in_axis_order(done[done["study"] == study.name], study)
         for row in rows.to_dict("records"):
             key = row["evaluation_key"]
             path = _samples_path(data.run_dir, key)
             if path is None or key in grids.trials:
                 continue
             target = out / f"trial-{safe_name(key)}.png"
-            _, classes = trial_grid(path, target, per_class=_per_class(path, TRIAL_GRID_PER_CLASS))
+            settings = _point_text(row, _trial_axes(data, key))
+            base = " (baseline)" if _is_baseline_row(row, study, data) else ""
+            title = f"{settings}{base}, training seed {row.get('seed')}"
+            _, classes = trial_grid(path, target, per_class=_per_class(path, TRIAL_GRID_PER_CLASS), title=title)
             caption = (
-                f"{_point_text(row, study.varied)}, training seed {row.get('seed')} (evaluation {key}): "
-                f"rows are classes {', '.join(str(int(c)) for c in classes)} top to bottom."
+                f"{title} (evaluation {key}): rows are classes {', '.join(str(int(c)) for c in classes)} top to bottom."
             )
-            grids.trials[key] = Picture(target, caption, f"samples of evaluation {key}")
+            grids.trials[key] = Picture(target, caption, f"samples of {settings}")
         if rows.empty or "seed" not in rows or not study.varied:  # a search-only study has no points to set side by side
             continue
         with_samples = rows[rows["evaluation_key"].map(lambda k: _samples_path(data.run_dir, k) is not None)]
@@ -157,6 +195,7 @@ def _provenance(data: ReportData) -> list[str]:
     if "versions" in rows:
         for versions in rows["versions"].dropna().unique():
             lines.append(f"Versions: {versions}.")
+    lines += protocol_provenance(comparable_rows(rows))
     return lines
 
 
@@ -208,7 +247,7 @@ def build_report(
                 (out / "tables" / f"{stem}{suffix}").unlink(missing_ok=True)
             continue
         if "csv" in formats:
-            csv_texts[table.study.name] = table.frame.to_csv(index=False)
+            csv_texts[table.study.name] = csv_frame(table).to_csv(index=False)
             _write_text(out / "tables" / f"{stem}.csv", csv_texts[table.study.name])
         if "latex" in formats:
             latex_texts[table.study.name] = latex_table(table)
@@ -269,7 +308,7 @@ def build_report(
             sections.append(
                 StudySection(
                     table=table,
-                    csv=None if table.refusal else csv_texts.get(name, table.frame.to_csv(index=False)),
+                    csv=None if table.refusal else csv_texts.get(name, csv_frame(table).to_csv(index=False)),
                     latex=None if table.refusal else latex_texts.get(name, latex_table(table)),
                     figures=[Picture(f.png, f.caption, f.title) for f in by_study.get(name, [])],
                     compare=grid_files.compare.get(name),
@@ -287,7 +326,9 @@ def build_report(
 
 
 def _study_keys(data: ReportData, study: str, grids: Grids) -> list[str]:
-    rows = data.evaluations[data.evaluations["study"] == study]
+    """The evaluation keys of a study's trial grids, in the table's order."""
+    info = next(s for s in data.studies if s.name == study)
+    rows = in_axis_order(data.evaluations[data.evaluations["study"] == study], info)
     keys = rows["evaluation_key"].dropna().tolist() if "evaluation_key" in rows else []
     return [k for k in dict.fromkeys(keys) if k in grids.trials]
 

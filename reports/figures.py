@@ -29,11 +29,13 @@ import numpy as np
 import pandas as pd
 
 from reports.markdown import format_chosen
+from reports.order import ALL_LABEL, is_all, rank_key, setting_text, value_text
 from reports.palette import SIZE_ORDER, Palette, value_key
 from reports.protocols import ProtocolCheck, check_protocols
 from reports.tables import (
     INTERMEDIATE_COLUMN,
     METRIC_BY_COLUMN,
+    METRIC_BY_NAME,
     SEARCH_ID,
     SEARCH_INDEX,
     SEARCH_MARK,
@@ -58,7 +60,7 @@ from reports.tables import (
 AXIS_LABELS: dict[str, str] = {
     "size": "generator size",
     "cfg_scale": "CFG scale s",
-    "top_k": "top-k (ids kept per sub-token head; 0 = all)",
+    "top_k": "top-k (ids kept per sub-token head)",
     "temperature": "sampling temperature",
     "top_p": "top-p (nucleus mass kept)",
     "mlm_steps": "MLM decoding steps",
@@ -72,7 +74,7 @@ AXIS_LABELS: dict[str, str] = {
 }
 METRIC_AXIS_LABELS: dict[str, str] = {
     "fid": "FID ↓",
-    "kid_mean": "KID ↓",
+    "kid": "KID ×10³ ↓",
     "inception_score": "Inception Score ↑",
     "precision": "precision ↑",
     "recall": "recall ↑",
@@ -144,6 +146,16 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
+def chance_line(ax: Any, data: ReportData, column: str, vertical: bool = False) -> None:
+    """The chance level 1/num_classes on a class-accuracy panel (nothing for other metrics, or when the
+    class count is unknown)."""
+    if column != "class_accuracy" or not data.num_classes:
+        return
+    level = 1.0 / data.num_classes
+    draw = ax.axvline if vertical else ax.axhline
+    draw(level, color="0.45", linestyle="--", linewidth=1.0, zorder=1, label=f"chance (1/{data.num_classes})")
+
+
 def vocabulary_label(token_each: Any, code_dim: Any) -> str:
     """ELM's `K-c` name of a vocabulary: K sub-tokens of c = D/K bits (1-16, 2-12, ...)."""
     try:
@@ -189,53 +201,93 @@ def _x_axes(study: StudyInfo) -> list[str]:
     return ordered or multi[:1]
 
 
-def _series(study: StudyInfo, x: str, table: pd.DataFrame, data: ReportData) -> tuple[str | None, list[tuple[str, str, pd.DataFrame]]]:
-    """(legend title, [(label, colour key axis, rows)]) of the lines of a figure over `x`."""
+@dataclass(frozen=True)
+class Series:
+    """One line of a figure over an axis: its legend label, the palette key of its colour, its rows."""
+
+    label: str
+    colour_axis: str  # "" : the study's colour
+    colour_value: Any
+    rows: pd.DataFrame
+
+
+def _series(study: StudyInfo, x: str, table: pd.DataFrame, data: ReportData) -> tuple[str | None, list[Series]]:
+    """(legend title, lines) of a figure over `x`: a line per value of the study's other axes, in the
+    report's value order (reports.order)."""
     others = [a for a in study.varied if a != x]
     if not others:
-        return None, [("", "", table)]
+        return None, [Series("", "", "", table)]
+    keys = {a: rank_key(a, study.vary.get(a, ())) for a in others}
+    split = sorted(
+        table.groupby(others, sort=False, dropna=False),
+        key=lambda item: tuple(keys[a](v) for a, v in zip(others, item[0] if isinstance(item[0], tuple) else (item[0],))),
+    )
     groups = []
     if set(others) <= set(VOCABULARY_AXES):
-        for _, rows in table.groupby(others, sort=False, dropna=False):
+        for _, rows in split:
             first = rows.iloc[0]
             k = first["token_each"] if "token_each" in rows else study.fixed.get("token_each", data.baseline.get("token_each"))
             d = first["code_dim"] if "code_dim" in rows else study.fixed.get("code_dim", data.baseline.get("code_dim"))
-            groups.append((vocabulary_label(k, d), "vocabulary", rows))
+            label = vocabulary_label(k, d)
+            groups.append(Series(label, "vocabulary", label, rows))
         return "vocabulary (K-c)", groups
-    for values, rows in table.groupby(others, sort=False, dropna=False):
+    for values, rows in split:
         values = values if isinstance(values, tuple) else (values,)
         if len(others) == 1:
-            groups.append((value_key(values[0]), others[0], rows))
+            label = ALL_LABEL if is_all(others[0], values[0]) else value_key(values[0])
+            groups.append(Series(label, others[0], values[0], rows))
         else:
-            groups.append((", ".join(f"{a}={value_key(v)}" for a, v in zip(others, values)), "series", rows))
+            label = ", ".join(setting_text(a, v) for a, v in zip(others, values))
+            groups.append(Series(label, "series", label, rows))
     return (others[0] if len(others) == 1 else ", ".join(others)), groups
 
 
-def _x_positions(study: StudyInfo, x: str, data: ReportData) -> tuple[dict[str, float], dict[str, str], str]:
-    """value key -> x coordinate, value key -> tick label, scale ('linear' | 'log' | 'category')."""
-    values = study.vary[x]
-    keys = [value_key(v) for v in values]
+@dataclass(frozen=True)
+class XAxis:
+    """Where the values of an axis sit on a figure's x axis."""
+
+    positions: dict[str, float]  # value key -> x coordinate
+    ticks: dict[str, str]  # value key -> tick label (missing: the key)
+    scale: str  # "linear" | "log" | "category"
+    apart: str | None = None  # value key of the "all" value, drawn apart from the line (None: none)
+    separator: float | None = None  # x of the dotted line between the numbers and "all"
+
+
+def _x_positions(study: StudyInfo, x: str, data: ReportData) -> XAxis:
+    """The x axis of a study's figure over `x`: numbers at their value (log scale when positive values
+    span >= 20x), in the report's order; the "all" value (top_k = 0) a labelled category right of them,
+    behind a dotted separator; sizes and names as evenly spaced categories in the report's order."""
+    values = ordered_values(study, x)
     if x != SIZE and all(_is_number(v) for v in values):
-        numbers = sorted(float(v) for v in values)
-        positive = [n for n in numbers if n > 0]
-        spread = positive and max(positive) / min(positive) >= 20
-        if spread and len(positive) == len(numbers):
-            return {value_key(v): float(v) for v in values}, {}, "log"
-        if spread:  # a 0 (e.g. top_k = 0: all ids) next to values spanning decades: evenly spaced ticks
-            order = sorted(values, key=float)
-            return (
-                {value_key(v): float(i) for i, v in enumerate(order)},
-                {value_key(v): ("all (0)" if x == "top_k" and float(v) == 0 else value_key(v)) for v in order},
-                "category",
-            )
-        linear = {value_key(v): float(v) for v in values}
+        apart = [v for v in values if is_all(x, v)]
+        numbers = [v for v in values if not is_all(x, v)]
+        positive = [float(v) for v in numbers if float(v) > 0]
+        if apart and len(numbers) < 2:  # nothing to scale: two categories
+            positions = {value_key(v): float(i) for i, v in enumerate(values)}
+            ticks = {value_key(v): value_text(x, v) for v in values}
+            return XAxis(positions, ticks, "category", value_key(apart[0]), len(numbers) - 0.5 if numbers else None)
+        spread = bool(positive) and max(positive) / min(positive) >= 20
+        if spread and len(positive) < len(numbers):  # a 0 next to values spanning decades: evenly spaced ticks
+            positions = {value_key(v): float(i) for i, v in enumerate(values)}
+            ticks = {value_key(v): value_text(x, v) for v in values}
+            return XAxis(positions, ticks, "category", value_key(apart[0]) if apart else None, len(numbers) - 0.5 if apart else None)
+        positions = {value_key(v): float(v) for v in numbers}
+        ticks: dict[str, str] = {}
         if x in VOCABULARY_AXES:  # name the vocabulary K-c at each tick
-            k = {value_key(v): (v if x == "token_each" else study.fixed.get("token_each", data.baseline.get("token_each"))) for v in values}
-            d = {value_key(v): (v if x == "code_dim" else study.fixed.get("code_dim", data.baseline.get("code_dim"))) for v in values}
-            return linear, {key: f"{key}\n({vocabulary_label(k[key], d[key])})" for key in linear}, "linear"
-        return linear, {}, "linear"
-    order = sorted(values, key=_size_rank) if x == SIZE else list(values)
-    labels = {value_key(v): value_key(v) for v in order}
+            k = {value_key(v): (v if x == "token_each" else study.fixed.get("token_each", data.baseline.get("token_each"))) for v in numbers}
+            d = {value_key(v): (v if x == "code_dim" else study.fixed.get("code_dim", data.baseline.get("code_dim"))) for v in numbers}
+            ticks = {key: f"{key}\n({vocabulary_label(k[key], d[key])})" for key in positions}
+        scale = "log" if spread else "linear"
+        if not apart:
+            return XAxis(positions, ticks, scale)
+        low, high = min(positions.values()), max(positions.values())
+        if scale == "log":  # "all" a third of the numbers' span (in decades) to their right
+            where, separator = high * (high / low) ** 0.35, high * (high / low) ** 0.175
+        else:
+            where, separator = high + 0.35 * (high - low), high + 0.175 * (high - low)
+        key = value_key(apart[0])
+        return XAxis({**positions, key: where}, {**ticks, key: ALL_LABEL}, scale, key, separator)
+    labels = {value_key(v): value_text(x, v) for v in values}
     if x == SIZE:
         rows = _with_generator_columns(data.evaluations, data, ["parameter_count"])
         if "parameter_count" in rows and SIZE in rows:
@@ -243,7 +295,12 @@ def _x_positions(study: StudyInfo, x: str, data: ReportData) -> tuple[dict[str, 
             for size, count in counts.items():
                 if value_key(size) in labels:
                     labels[value_key(size)] += f"\n{_format_count(float(count))} params"
-    return {value_key(v): float(i) for i, v in enumerate(order)}, labels, "category"
+    return XAxis({value_key(v): float(i) for i, v in enumerate(values)}, labels, "category")
+
+
+def ordered_values(study: StudyInfo, axis: str) -> list[Any]:
+    """The values a study varies an axis over, in the report's order (tables and figures alike)."""
+    return sorted(study.vary[axis], key=rank_key(axis, study.vary[axis]))
 
 
 PANEL_CANDIDATES: tuple[str, ...] = ("fid", "inception_score", "class_accuracy")
@@ -281,46 +338,63 @@ def axis_figures(data: ReportData, out: Path, palette: Palette, interval: Interv
             if not metrics:
                 continue
             plt = plt or _pyplot()
-            positions, ticks, scale = _x_positions(study, x, data)
+            xaxis = _x_positions(study, x, data)
+            positions = xaxis.positions
             legend_title, groups = _series(study, x, table, data)
             figure, axes = plt.subplots(1, len(metrics), figsize=(4.0 * len(metrics), 3.2), squeeze=False)
             for ax, metric in zip(axes[0], metrics):
-                for label, colour_axis, rows in groups:
-                    rows = rows[rows[f"{metric.column}_mean"].notna()]
+                mean, half = f"{metric.column}_mean", f"{metric.column}_half"
+                for line in groups:
+                    rows = line.rows[line.rows[mean].notna()]
                     if rows.empty:
                         continue
                     rows = rows.assign(_x=rows[x].map(lambda v: positions.get(value_key(v), np.nan))).sort_values("_x")
-                    colour = palette(colour_axis, label) if colour_axis else palette("study", study.name)
-                    ax.errorbar(
-                        rows["_x"], rows[f"{metric.column}_mean"], yerr=rows[f"{metric.column}_half"].fillna(0.0),
-                        marker="o", markersize=4, capsize=3, linewidth=1.5, color=colour, label=label or None,
-                    )
+                    colour = palette(line.colour_axis, line.colour_value) if line.colour_axis else palette("study", study.name)
+                    apart = rows[x].map(value_key) == xaxis.apart  # the "all" point: no line to the numbers
+                    joined = rows[~apart]
+                    if len(joined):
+                        ax.errorbar(
+                            joined["_x"], joined[mean] * metric.scale, yerr=joined[half].fillna(0.0) * metric.scale,
+                            marker="o", markersize=4, capsize=3, linewidth=1.5, color=colour, label=line.label or None,
+                        )
+                    if apart.any():
+                        alone = rows[apart]
+                        ax.errorbar(
+                            alone["_x"], alone[mean] * metric.scale, yerr=alone[half].fillna(0.0) * metric.scale,
+                            marker="o", markersize=4, capsize=3, linestyle="none", color=colour,
+                            label=(line.label or None) if joined.empty else None,
+                        )
                     base = rows[rows["baseline"]]
                     if len(base):
-                        ax.scatter(base["_x"], base[f"{metric.column}_mean"], s=90, facecolors="none", edgecolors="black", linewidths=1.0, zorder=5)
-                stars = searched[searched[f"{metric.column}_mean"].notna()] if len(searched) else searched
+                        ax.scatter(base["_x"], base[mean] * metric.scale, s=90, facecolors="none", edgecolors="black", linewidths=1.0, zorder=5)
+                stars = searched[searched[mean].notna()] if len(searched) else searched
                 if len(stars):
                     ax.scatter(
-                        stars[x].map(lambda v: positions.get(value_key(v), np.nan)), stars[f"{metric.column}_mean"],
+                        stars[x].map(lambda v: positions.get(value_key(v), np.nan)), stars[mean] * metric.scale,
                         marker="*", s=110, color="black", zorder=6, label=f"chosen by search {SEARCH_MARK}",
                     )
-                if scale == "log":
+                chance_line(ax, data, metric.column)
+                if xaxis.scale == "log":
                     ax.set_xscale("log")
-                ax.set_xticks(list(positions.values()), [ticks.get(k, k) for k in positions])
+                if xaxis.separator is not None:
+                    ax.axvline(xaxis.separator, color="0.6", linestyle=":", linewidth=1.0)
+                ax.set_xticks(list(positions.values()), [xaxis.ticks.get(k, k) for k in positions])
                 ax.minorticks_off()
-                if scale == "category":
+                if xaxis.scale == "category":
                     ax.set_xlim(min(positions.values()) - 0.4, max(positions.values()) + 0.4)
                 ax.margins(x=0.08)
                 ax.set_xlabel(axis_label(x) + (" (vocabulary K-c)" if x in VOCABULARY_AXES else ""))
-                ax.set_ylabel(METRIC_AXIS_LABELS.get(metric.column, f"{metric.label} {metric.arrow}"))
+                ax.set_ylabel(METRIC_AXIS_LABELS.get(metric.column, metric.header))
             if legend_title is not None:  # one legend for all panels, right of them
                 handles: dict[str, Any] = {}
                 for ax in axes[0]:
                     for handle, label in zip(*ax.get_legend_handles_labels()):
                         handles.setdefault(label, handle)
                 figure.legend(handles.values(), handles.keys(), title=legend_title, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
-            if legend_title is None and len(searched):
-                axes[0][-1].legend(frameon=False, loc="best")
+            if legend_title is None and (len(searched) or any(ax.get_legend_handles_labels()[1] for ax in axes[0])):
+                for ax in axes[0]:  # the search's stars, the chance line: a legend in the panel that has them
+                    if ax.get_legend_handles_labels()[1]:
+                        ax.legend(frameon=False, loc="best")
             names = " and ".join(m.label for m in metrics)
             title = f"{study.name}: {names} vs {x}"
             figure.suptitle(title, fontsize=10)
@@ -497,10 +571,12 @@ def search_figures(data: ReportData, out: Path, palette: Palette, interval: Inte
             else (info.search.get("metric") if info is not None and info.search.get("metric") else "fid")
         )
         direction = _search_direction(column)
-        column = next((c for c in (column, *_COLUMN_OF_METRIC.get(column, ())) if c in trace), None)
+        known = METRIC_BY_NAME.get(column)
+        names = (column, known.column, *known.aliases) if known else (column,)
+        column = next((c for c in names if c in trace), None)
         if column is None:
             continue
-        metric = METRIC_BY_COLUMN.get(column) or Metric(column, column, higher_is_better=direction == "max", digits=3)
+        metric = known or Metric(column, column, higher_is_better=direction == "max", digits=3)
         index = pd.to_numeric(trace[SEARCH_INDEX], errors="coerce") if SEARCH_INDEX in trace else pd.Series(range(len(trace)), index=trace.index)
         trace = trace.assign(_index=index, _value=pd.to_numeric(trace[column], errors="coerce")).sort_values("_index")
         scored = trace.dropna(subset=["_index", "_value"])
@@ -518,16 +594,17 @@ def search_figures(data: ReportData, out: Path, palette: Palette, interval: Inte
             searched = searched[searched[SEARCH_ID].astype(str) == search_id]
         summary = search_summary(data, searched if len(searched) else trace, info)
         axes = [a for a in (summary.axes if summary else ()) if a in best]
-        chosen = ", ".join(f"{a} = {format_chosen(best[a])}" for a in axes)
+        chosen = ", ".join(f"{a}={format_chosen(best[a])}" for a in axes)
         plt = _pyplot()
         figure, ax = plt.subplots(figsize=(4.8, 3.2))
         colour = palette("study", study) if study else CYCLE_GREY
-        ax.scatter(scored["_index"], scored["_value"], s=14, color=colour, alpha=0.8, zorder=3, label="point")
-        ax.step(scored["_index"], best_so_far, where="post", color="black", linewidth=1.3, label="best so far")
-        ax.scatter([best["_index"]], [best["_value"]], marker="*", s=140, color="black", zorder=5, label="chosen " + SEARCH_MARK)
+        ax.scatter(scored["_index"], scored["_value"] * metric.scale, s=14, color=colour, alpha=0.8, zorder=3, label="point")
+        ax.step(scored["_index"], best_so_far * metric.scale, where="post", color="black", linewidth=1.3, label="best so far")
+        ax.scatter([best["_index"]], [best["_value"] * metric.scale], marker="*", s=140, color="black", zorder=5, label="chosen " + SEARCH_MARK)
+        chance_line(ax, data, metric.column)
         ax.xaxis.set_major_locator(_integer_locator())
         ax.set_xlabel("search point (order tried)")
-        ax.set_ylabel(METRIC_AXIS_LABELS.get(column, f"{metric.label} {metric.arrow}") + " (search protocol)")
+        ax.set_ylabel(METRIC_AXIS_LABELS.get(metric.column, metric.header) + " (search protocol)")
         ax.legend(frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
         title = f"Search {search_id[:12]}: {metric.label} per point"
         ax.set_title(title)
@@ -545,8 +622,6 @@ def search_figures(data: ReportData, out: Path, palette: Palette, interval: Inte
 
 
 CYCLE_GREY = "#555555"
-# A search's metric name (space.schema.SEARCH_METRICS) -> other evaluation columns it may arrive under.
-_COLUMN_OF_METRIC: dict[str, tuple[str, ...]] = {"kid": ("kid_mean",)}
 
 
 def _search_direction(metric: str) -> str | None:
@@ -797,21 +872,20 @@ def tradeoff_figure(data: ReportData, out: Path, palette: Palette, interval: Int
     if data.refuse(check):
         return []
     plt = _pyplot()
-    figure, ax = plt.subplots(figsize=(5.2, 3.8))
+    figure, ax = plt.subplots(figsize=(6.0, 4.2))
     annotated: set[tuple[float, float]] = set()  # a point shared by studies (the baseline) is labelled once
     annotated_text: set[str] = set()
+    other_metric = METRIC_BY_COLUMN[other]
     for study, table in tables:
         table = table[table["fid_mean"].notna() & table[f"{other}_mean"].notna()]
         if table.empty:
             continue
         colour = palette("study", study.name)
-        single_numeric = len(study.varied) == 1 and all(_is_number(v) for v in study.vary[study.varied[0]])
-        if single_numeric:
-            table = table.sort_values(study.varied[0])
-        ax.errorbar(
-            table[f"{other}_mean"], table["fid_mean"], xerr=table[f"{other}_half"].fillna(0), yerr=table["fid_half"].fillna(0),
-            color=colour, marker="o", markersize=5, capsize=2, linewidth=1.0 if single_numeric else 0,
-            elinewidth=0.8, label=f"{study.name} ({', '.join(study.varied)})",
+        ax.errorbar(  # points only: a line would join settings that are no sequence (and studies to each other)
+            table[f"{other}_mean"] * other_metric.scale, table["fid_mean"],
+            xerr=table[f"{other}_half"].fillna(0) * other_metric.scale, yerr=table["fid_half"].fillna(0),
+            color=colour, marker="o", markersize=5, capsize=2, linestyle="none", elinewidth=0.8,
+            label=f"{study.name} ({', '.join(study.varied)})",
         )
         for row in table.to_dict("records"):
             where = (round(row[f"{other}_mean"], 9), round(row["fid_mean"], 9))
@@ -820,24 +894,30 @@ def tradeoff_figure(data: ReportData, out: Path, palette: Palette, interval: Int
             annotated.add(where)
             if row["baseline"] and "baseline" in annotated_text:
                 continue  # the ring marks it; one label is enough
-            text = "baseline" if row["baseline"] else ", ".join(value_key(row[a]) for a in study.varied)
+            text = "baseline" if row["baseline"] else ", ".join(setting_text(a, row[a]) for a in study.varied)
+            annotated_text.add(text)
             if row[SEARCHED]:
                 text = f"{text or 'chosen'} {SEARCH_MARK}"
-            annotated_text.add(text)
-            ax.annotate(text, (row[f"{other}_mean"], row["fid_mean"]), textcoords="offset points", xytext=(5, 4), fontsize=7, color=colour)
+            ax.annotate(
+                text, (row[f"{other}_mean"] * other_metric.scale, row["fid_mean"]), textcoords="offset points",
+                xytext=(7, -11) if row["baseline"] else (5, 4), fontsize=7, color="black" if row["baseline"] else colour,
+            )
         base = table[table["baseline"]]
         if len(base):
-            ax.scatter(base[f"{other}_mean"], base["fid_mean"], s=110, facecolors="none", edgecolors="black", linewidths=1.0, zorder=5)
+            ax.scatter(base[f"{other}_mean"] * other_metric.scale, base["fid_mean"], s=110, facecolors="none", edgecolors="black", linewidths=1.0, zorder=5)
+    chance_line(ax, data, other, vertical=True)
     ax.set_xlabel(METRIC_AXIS_LABELS[other])
     ax.set_ylabel(METRIC_AXIS_LABELS["fid"])
-    ax.legend(title="study (axes)", frameon=False, loc="best")
+    ax.margins(x=0.18, y=0.08)  # room for the labels right of the points
+    ax.legend(title="study (axes)", frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)  # below: never over a label
     title = f"Trade-off: FID vs {pair[1].label}"
     ax.set_title(title)
     figure.tight_layout()
     caption = (
         f"Every grid point of every study: FID against {pair[1].label} (means over training seeds, bars the "
-        f"{_interval_words(interval)}); labels are the study's axis values, the ringed point the baseline"
+        f"{_interval_words(interval)}); a colour per study, points labelled axis=value, the ringed point the baseline"
         + (f", {SEARCH_MARK} settings an Optuna search chose" if any(t[SEARCHED].any() for _, t in tables) else "")
+        + (f"; dashed: chance (1/{data.num_classes})" if other == "class_accuracy" and data.num_classes else "")
         + ". Down and to the right is better."
         + _mixed(check)
     )

@@ -112,13 +112,27 @@ def save_png(image: np.ndarray, path: Path) -> Path:
     return path
 
 
-def trial_grid(samples_path: str | Path, out: Path, per_class: int = 8, max_classes: int = MAX_CLASSES) -> tuple[Path, np.ndarray]:
-    """A PNG of one evaluation's samples: one row per class, `per_class` columns. Returns the path and
-    the class ids of the rows."""
+def trial_grid(
+    samples_path: str | Path, out: Path, per_class: int = 8, max_classes: int = MAX_CLASSES, title: str = ""
+) -> tuple[Path, np.ndarray]:
+    """A PNG of one evaluation's samples: one row per class, `per_class` columns. With a `title` (the
+    trial's settings) the grid is drawn under it with the class ids on the left; without, it is the
+    bare mosaic. Returns the path and the class ids of the rows."""
     with zipfile.ZipFile(samples_path) as archive, archive.open("labels.npy") as stream:
         labels = np.lib.format.read_array(stream)
     images, classes = read_samples(samples_path, choose_classes(labels, max_classes), per_class)
+    if title:
+        return compare_grid([(title, images)], classes, out), classes
     return save_png(mosaic(images), out), classes
+
+
+def _wrap(text: str, inches: float) -> str:
+    """`text` broken into lines about `inches` wide (8-9 pt text: ~14 characters per inch), each line
+    of the text wrapped apart; a line breaks after a comma where it can."""
+    import textwrap
+
+    width = max(18, int(inches * 14))
+    return "\n".join(textwrap.fill(line, width, break_on_hyphens=False) for line in text.split("\n"))
 
 
 def compare_grid(
@@ -140,7 +154,7 @@ def compare_grid(
     cell = (height - PAD) / max(rows, 1)
     for index, (ax, (label, _), image) in enumerate(zip(axes[0], panels, mosaics)):
         ax.imshow(image, interpolation="nearest")
-        ax.set_title(label, fontsize=8)
+        ax.set_title(_wrap(label, panel_w), fontsize=8)
         ax.set_xticks([])
         ax.grid(False)
         for spine in ax.spines.values():
@@ -151,7 +165,7 @@ def compare_grid(
         else:
             ax.set_yticks([])
     if title:
-        figure.suptitle(title, fontsize=9)
+        figure.suptitle(_wrap(title, panel_w * len(panels) + 0.6), fontsize=9)
     figure.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=150, bbox_inches="tight", metadata={"Software": None})

@@ -54,12 +54,12 @@ def text_uri(text: str, mime: str) -> str:
 
 
 def html_table(table: StudyTable) -> str:
-    """A study's table: axes left, metrics right, best per column bold, the baseline row shaded; a
+    """A study's table: axes left, metrics right, a distinguishable best bold, the baseline row shaded; a
     refused table is its reason."""
     if table.refusal is not None:
         return f'<p class="refusal" data-study="{escape(table.study.name)}"><strong>Not compared.</strong> {escape(table.refusal)}</p>'
     head = [f'<th class="axis">{escape(a)}</th>' for a in table.label_axes]
-    head += [f'<th title="{"higher" if m.higher_is_better else "lower"} is better">{escape(m.label)} {m.arrow}</th>' for m in table.metrics]
+    head += [f'<th title="{"higher" if m.higher_is_better else "lower"} is better">{escape(m.header)}</th>' for m in table.metrics]
     head.append("<th><i>n</i></th>")
     body = []
     for (labels, cells, count), baseline in zip(cell_texts(table.frame, table.label_axes, table.metrics, table.search_axes), table.frame["baseline"]):

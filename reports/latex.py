@@ -33,6 +33,7 @@ _UNICODE = {
     "—": "---",
     "–": "--",
     "×": r"$\times$",
+    "³": r"$^{3}$",
     "≥": r"$\geq$",
     "≤": r"$\leq$",
     "τ": r"$\tau$",
@@ -70,7 +71,8 @@ def _cell(text: str, best: bool) -> str:
 
 
 def latex_table(table: StudyTable) -> str:
-    """A booktabs `table` float: axes left, metrics right with arrows, best bold, † baseline, footnote.
+    """A booktabs `table` float: caption from the study's description and protocol, axes left, metrics
+    right with arrows, a distinguishable best bold, † baseline, footnote.
 
     A refused table (mixed protocols) has no float: build_report leaves it out."""
     if table.refusal is not None:
@@ -78,12 +80,12 @@ def latex_table(table: StudyTable) -> str:
     name = table.study.name
     varied, metrics = table.label_axes, table.metrics
     spec = "l" * len(varied) + "r" * (len(metrics) + 1)
-    header = [latex_escape(a) for a in varied] + [latex_escape(f"{m.label} {m.arrow}") for m in metrics] + ["$n$"]
+    header = [latex_escape(a) for a in varied] + [latex_escape(m.header) for m in metrics] + ["$n$"]
     lines = [
         "% needs \\usepackage{booktabs,graphicx}",
         "\\begin{table}[htbp]",
         "\\centering",
-        f"\\caption{{{latex_escape(name)}{': ' + latex_escape(table.study.description.strip()) if table.study.description.strip() else ''}}}",
+        f"\\caption{{{latex_escape(caption(table))}}}",
         f"\\label{{tab:{_label(name)}}}",
         # shrink to the line width only when wider (\width is the natural width inside \resizebox)
         "\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%",
@@ -101,11 +103,20 @@ def latex_table(table: StudyTable) -> str:
         "}",
         "\\par\\smallskip",
         "\\begin{minipage}{\\linewidth}\\footnotesize",
-        " ".join(latex_escape(line) for line in table.footnote),
+        " ".join(latex_escape(line) for line in table.footnote if line != table.protocol),  # the protocol is in the caption
         "\\end{minipage}",
         "\\end{table}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def caption(table: StudyTable) -> str:
+    """The caption of a study's table: its description (its name when it has none), then the evaluation
+    protocol in one short sentence (hashes and versions stay in report.md's provenance)."""
+    text = " ".join(table.study.description.split()) or f"Study {table.study.name}."
+    if not text.endswith((".", "!", "?")):
+        text += "."
+    return f"{text} {table.protocol}".strip()
 
 
 def _label(name: str) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 
+from reports.order import value_text
 from reports.tables import METRICS, SEARCH_MARK, Metric, StudyTable, best_rows
 
 BASELINE_MARK = "†"
@@ -21,11 +22,9 @@ def format_cell(mean: float, half: float, n: int, digits: int) -> str:
     return f"{mean:.{digits}f} ± {half:.{digits}f}"
 
 
-def format_value(value: Any) -> str:
-    """An axis value as a table label (floats without trailing noise)."""
-    if isinstance(value, float):
-        return repr(value) if not value.is_integer() else f"{value:.1f}"
-    return str(value)
+def format_value(value: Any, axis: str = "") -> str:
+    """An axis value as a table label (floats without trailing noise; "all" for top_k = 0, reports.order)."""
+    return value_text(axis, value)
 
 
 def format_chosen(value: Any) -> str:
@@ -60,17 +59,21 @@ def cell_texts(
     table: pd.DataFrame, varied: list[str], metrics: tuple[Metric, ...], search_axes: list[str] | tuple[str, ...] = ()
 ) -> list[tuple[list[str], list[tuple[str, bool]], str]]:
     """Renderer-neutral cells: per row (axis labels, [(metric text, is best)], count text); the first
-    label carries the baseline mark; in a `searched` row each searched axis' value carries ‡."""
+    label carries the baseline mark; in a `searched` row each searched axis' value carries ‡. Metrics
+    show multiplied by their scale (KID x 10^3; the header says so); best: `best_rows`."""
     best = {m.column: best_rows(table, m) for m in metrics}
     out = []
     for index, row in zip(table.index, table.to_dict("records")):  # records keep each column's dtype
-        labels = [format_chosen(row[name]) if name in search_axes else format_value(row[name]) for name in varied]
+        labels = [format_chosen(row[name]) if name in search_axes else format_value(row[name], name) for name in varied]
         if row.get("searched"):
             labels = [f"{label} {SEARCH_MARK}" if name in search_axes else label for name, label in zip(varied, labels)]
         if row.get("baseline"):
             labels[0] += f" {BASELINE_MARK}"
         cells = [
-            (format_cell(row[f"{m.column}_mean"], row[f"{m.column}_half"], int(row[f"{m.column}_n"]), m.digits), index in best[m.column])
+            (
+                format_cell(row[f"{m.column}_mean"] * m.scale, row[f"{m.column}_half"] * m.scale, int(row[f"{m.column}_n"]), m.digits),
+                index in best[m.column],
+            )
             for m in metrics
         ]
         out.append((labels, cells, count_cell(row)))
@@ -80,8 +83,8 @@ def cell_texts(
 def markdown_table(
     table: pd.DataFrame, varied: list[str], metrics: tuple[Metric, ...] = METRICS, search_axes: list[str] | tuple[str, ...] = ()
 ) -> str:
-    """A GitHub table: axes left-aligned, metrics right-aligned with arrows, best per column bold."""
-    header = [*varied, *(f"{m.label} {m.arrow}" for m in metrics), "n"]
+    """A GitHub table: axes left-aligned, metrics right-aligned with arrows, a distinguishable best bold."""
+    header = [*varied, *(m.header for m in metrics), "n"]
     lines = [
         "| " + " | ".join(header) + " |",
         "|" + "|".join(["---"] * len(varied) + ["---:"] * (len(metrics) + 1)) + "|",

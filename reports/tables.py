@@ -15,7 +15,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from reports.protocols import ProtocolCheck, Refusal, check_protocols, finished
+from reports.order import rank_key
+from reports.protocols import FIELD_LABELS, ProtocolCheck, Refusal, check_protocols, finished
 
 PRUNED_REASON = "pruned by early stopping"  # the reason sweep/stages/generator.py StagePruned gives
 
@@ -33,16 +34,24 @@ class Metric:
     digits: int
     aliases: tuple[str, ...] = ()  # other column names the same number may arrive under
     stage: str = "evaluation"  # tokenizer metrics are shown only where a study varies a tokenizer axis
+    scale: float = 1.0  # shown (tables, figures) multiplied by this, the label says so; CSVs keep raw units
 
     @property
     def arrow(self) -> str:
         return "↑" if self.higher_is_better else "↓"
 
+    @property
+    def header(self) -> str:
+        """The column header of tables: label and direction (`KID ×10³ ↓`)."""
+        return f"{self.label} {self.arrow}"
+
 
 # Every metric a table may show, in column order; a metric shows only where its column holds a value.
 METRICS: tuple[Metric, ...] = (
     Metric("fid", "FID", higher_is_better=False, digits=2),
-    Metric("kid_mean", "KID", higher_is_better=False, digits=4),
+    # KID: `kid_mean` in evaluation rows (kid_std there is the estimator's spread over subsets), `kid` in
+    # intermediate rows and searches; the report names it `kid` and shows it x 10^3.
+    Metric("kid", "KID ×10³", higher_is_better=False, digits=2, aliases=("kid_mean",), scale=1e3),
     Metric("inception_score", "IS", higher_is_better=True, digits=1, aliases=("inception_score_mean", "is_mean", "isc_mean")),
     Metric("precision", "Prec.", higher_is_better=True, digits=3),
     Metric("recall", "Rec.", higher_is_better=True, digits=3),
@@ -51,6 +60,9 @@ METRICS: tuple[Metric, ...] = (
     Metric("psnr_db", "PSNR (dB)", higher_is_better=True, digits=2, stage="tokenizer"),
 )
 METRIC_BY_COLUMN: dict[str, Metric] = {m.column: m for m in METRICS}
+# Any name a metric arrives under (its column or an alias) -> the metric.
+METRIC_BY_NAME: dict[str, Metric] = {**{a: m for m in METRICS for a in m.aliases}, **METRIC_BY_COLUMN}
+SIGNIFICANCE = 0.05  # bold needs Welch's t-test p below this against every other row
 
 # Columns that mark an evaluation of an intermediate checkpoint (not a table row) and its training step.
 INTERMEDIATE_COLUMN = "intermediate"
@@ -104,6 +116,7 @@ class ReportData:
     # the point's evaluation row); empty: taken from `search_point` rows of `rows`.
     searches: pd.DataFrame = field(default_factory=pd.DataFrame)
     mix_protocols: bool = False  # draw comparisons whose rows mix evaluation protocols (marked) instead of refusing
+    num_classes: int | None = None  # classes of the dataset: the chance level 1/num_classes of class accuracy
     refusals: list[Refusal] = field(default_factory=list)  # comparisons refused so far (filled while building)
 
     def __post_init__(self) -> None:
@@ -139,6 +152,7 @@ class ReportData:
             run_dir=str(run_dir) if run_dir is not None else getattr(results, "run_dir", None),
             intermediate=with_study(intermediate, getattr(results, "trials", None)),
             searches=searches if isinstance(searches, pd.DataFrame) else pd.DataFrame(),
+            num_classes=dataset.num_classes,
         )
 
     def refuse(self, check: ProtocolCheck, study: str | None = None) -> bool:
@@ -193,6 +207,16 @@ def comparable_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return frame if keep.all() else frame[keep].reset_index(drop=True)
 
 
+def with_canonical_metrics(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with every metric that arrived under an alias also under its column (`kid_mean` -> `kid`)."""
+    missing = {
+        m.column: next(a for a in m.aliases if a in frame)
+        for m in METRICS
+        if m.column not in frame and any(a in frame for a in m.aliases)
+    }
+    return frame.assign(**{column: frame[alias] for column, alias in missing.items()}) if missing else frame
+
+
 def prepare_evaluations(evaluations: pd.DataFrame, tokenizer_rows: pd.DataFrame | None = None,
                         reconstruction_rows: pd.DataFrame | None = None) -> pd.DataFrame:
     """Final evaluations only, metric aliases under their canonical column, tokenizer metrics attached.
@@ -203,13 +227,7 @@ def prepare_evaluations(evaluations: pd.DataFrame, tokenizer_rows: pd.DataFrame 
     `tokenizer_key` when the evaluation rows do not already carry them; rFID from the reconstruction row of
     the trial's (`tokenizer_key`, `reference_key`): the same tokenizer scored in the trial's feature space.
     """
-    table = comparable_rows(evaluations).copy()
-    for metric in METRICS:
-        if metric.column not in table:
-            for alias in metric.aliases:
-                if alias in table:
-                    table[metric.column] = table[alias]
-                    break
+    table = with_canonical_metrics(comparable_rows(evaluations).copy())
     if tokenizer_rows is not None and not tokenizer_rows.empty and "tokenizer_key" in table and "key" in tokenizer_rows:
         wanted = {}
         for metric in METRICS:
@@ -235,7 +253,7 @@ def prepare_evaluations(evaluations: pd.DataFrame, tokenizer_rows: pd.DataFrame 
 
 def available_metrics(evaluations: pd.DataFrame, metrics: tuple[Metric, ...] = METRICS) -> tuple[Metric, ...]:
     """The metrics with at least one value among finished rows (FID always, so an empty run still has a column)."""
-    done = evaluations[evaluations["status"] == "finished"] if "status" in evaluations else evaluations
+    done = with_canonical_metrics(evaluations[evaluations["status"] == "finished"] if "status" in evaluations else evaluations)
     found = tuple(
         m for m in metrics if m.column in done and pd.to_numeric(done[m.column], errors="coerce").notna().any()
     )
@@ -293,7 +311,7 @@ def ablation_table(
     baseline: dict[str, Any] | None = None,
     search_axes: list[str] | None = None,
 ) -> pd.DataFrame:
-    """One row per grid point of a study (in spec order): the varied axes, `baseline` (the point equal
+    """One row per grid point of a study (in the report's value order, reports.order): the varied axes, `baseline` (the point equal
     to the spec's baseline), per metric the mean, the sample std and the ± half-width (`interval`) over
     finished seeds, the finished seed count `n`, the trial count and how many failed or were skipped.
 
@@ -307,7 +325,7 @@ def ablation_table(
     info = study if isinstance(study, StudyInfo) else StudyInfo(study, {name: [] for name in varied or []})
     varied = list(varied) if varied is not None else info.varied
     shown = [a for a in (search_axes or []) if a not in varied]
-    rows = comparable_rows(evaluations)
+    rows = with_canonical_metrics(comparable_rows(evaluations))
     rows = rows[rows["study"] == info.name]
     searched = flagged(rows, SEARCHED)
     records = []
@@ -342,6 +360,8 @@ def ablation_table(
             record["pruned"] = int(pruned.sum())
             record["failed"] = int(part["status"].isin(["failed", "skipped"]).sum()) - record["pruned"]
             records.append(record)
+    keys = {axis: rank_key(axis, info.vary.get(axis, ())) for axis in varied}
+    records.sort(key=lambda r: (*(keys[a](r[a]) for a in varied), r[SEARCHED]))  # stable: a searched row after its point
     columns = [
         *varied, *shown, "baseline", SEARCHED,
         *(f"{m.column}_{s}" for m in metrics for s in ("mean", "std", "half", "n")), "n", "trials", "failed", "pruned",
@@ -363,13 +383,37 @@ def chosen_values(rows: pd.DataFrame, axis: str) -> Any:
     return " / ".join(f"{float(v):.6g}" if isinstance(v, (float, np.floating)) else str(v) for v in values)
 
 
-def best_rows(table: pd.DataFrame, metric: Metric) -> set[int]:
-    """Indices of the best mean of a metric in its direction (ties all count); none if < 2 rows have one."""
-    column = table[f"{metric.column}_mean"]
-    if column.notna().sum() < 2:
+def welch_p(mean_a: float, std_a: float, n_a: int, mean_b: float, std_b: float, n_b: int) -> float:
+    """Two-sided p-value of Welch's t-test (unequal variances) from each group's mean, sample std
+    (ddof 1) and size; NaN when a group has fewer than 2 values. Two groups without spread: 0 if their
+    means differ, 1 if not."""
+    if n_a < 2 or n_b < 2 or any(math.isnan(float(v)) for v in (mean_a, std_a, mean_b, std_b)):
+        return float("nan")
+    var_a, var_b = std_a**2 / n_a, std_b**2 / n_b
+    spread = var_a + var_b
+    if spread == 0:
+        return 0.0 if mean_a != mean_b else 1.0
+    statistic = (mean_a - mean_b) / math.sqrt(spread)
+    dof = spread**2 / (var_a**2 / (n_a - 1) + var_b**2 / (n_b - 1))  # Welch-Satterthwaite
+    from scipy.stats import t
+
+    return float(2.0 * t.sf(abs(statistic), dof))
+
+
+def best_rows(table: pd.DataFrame, metric: Metric, alpha: float = SIGNIFICANCE) -> set[int]:
+    """The index of the best mean of a metric in its direction, when it is distinguishable from every
+    other row with a value: Welch's t-test p < `alpha` with n >= 2 seeds on both sides. Empty when
+    fewer than 2 rows have a value, on a tie, or when any comparison has n = 1 or p >= `alpha`."""
+    mean, std, n = (table[f"{metric.column}_{s}"] for s in ("mean", "std", "n"))
+    scored = mean.dropna()
+    if len(scored) < 2:
         return set()
-    best = column.max() if metric.higher_is_better else column.min()
-    return set(table.index[column == best])
+    best = scored.idxmax() if metric.higher_is_better else scored.idxmin()
+    for other in scored.index.drop(best):
+        p = welch_p(mean[best], std[best], int(n[best]), mean[other], std[other], int(n[other]))
+        if not p < alpha:  # NaN (n = 1) counts as not distinguishable
+            return set()
+    return {best}
 
 
 @dataclass
@@ -383,6 +427,7 @@ class StudyTable:
     interval: Interval
     search_axes: list[str] = field(default_factory=list)  # axes an Optuna search chose for `searched` rows
     refusal: str | None = None  # why the table is not drawn (mixed protocols); None: draw it
+    protocol: str = ""  # the evaluation protocol in one short sentence (also the footnote's last line but notes)
 
     @property
     def varied(self) -> list[str]:
@@ -406,6 +451,14 @@ def statistic_note(interval: Interval) -> str:
     return "Cells: mean ± sample standard deviation (ddof 1) over n training seeds; n = 1 shows the single value."
 
 
+def bold_note(alpha: float = SIGNIFICANCE) -> str:
+    """The footnote sentence of the bold rule (best_rows)."""
+    return (
+        f"Bold: the best mean of a column, only where Welch's t-test (two-sided) against every other row gives "
+        f"p < {alpha:g} with n ≥ 2 seeds on both sides; nothing is bold with n = 1. ↓ lower is better, ↑ higher is better."
+    )
+
+
 def _distinct(values: pd.Series) -> list[str]:
     out = []
     for value in values.dropna().unique():
@@ -416,11 +469,17 @@ def _distinct(values: pd.Series) -> list[str]:
     return sorted(out)
 
 
+def _is_audit_column(column: str) -> bool:
+    """A protocol column for the provenance only: a hash or library versions (not in notes or captions)."""
+    return column == "protocol_id" or column.endswith("_sha256") or "version" in column
+
+
 def protocol_note(rows: pd.DataFrame, dataset: str = "") -> list[str]:
     """The evaluation protocol of finished rows in one sentence: sample count, per class, reference,
-    feature extractor and every other `protocol_*` column (values joined by " / " where rows differ;
-    whether they may differ is `reports.protocols.check_protocols`'s call). Sampling seeds are not
-    listed: a seed is a repeat of the same protocol."""
+    feature extractor and every other `protocol_*` column but hashes and versions (those are in the
+    provenance, `protocol_provenance`); values joined by " / " where rows differ (whether they may
+    differ is `reports.protocols.check_protocols`'s call). Sampling seeds are not listed: a seed is a
+    repeat of the same protocol."""
     done = finished(rows)
     if done.empty:
         return ["No finished evaluations yet."]
@@ -442,11 +501,25 @@ def protocol_note(rows: pd.DataFrame, dataset: str = "") -> list[str]:
     if extractor:
         parts.append(f"features: {' / '.join(extractor)}")
     shown = {"protocol_samples", "protocol_samples_per_class", "protocol_reference", "protocol_extractor", "protocol_sampling_seed"}
-    for column in sorted(c for c in done.columns if c.startswith("protocol_") and c not in shown):
+    for column in sorted(c for c in done.columns if c.startswith("protocol_") and c not in shown and not _is_audit_column(c)):
         found = values_of(column)
         if found:
-            parts.append(f"{column.removeprefix('protocol_').replace('_', ' ')}: {' / '.join(found)}")
+            label = FIELD_LABELS.get(column, column.removeprefix("protocol_").replace("_", " "))
+            parts.append(f"{label}: {' / '.join(found)}")
     return ["Protocol: " + "; ".join(parts) + "."]
+
+
+def protocol_provenance(rows: pd.DataFrame) -> list[str]:
+    """The hashes and library versions of the finished rows' protocols, in full, one line per field
+    (the report's provenance section; notes and captions leave them out)."""
+    done = finished(rows)
+    lines = []
+    for column in sorted(c for c in done.columns if c.startswith("protocol_") and _is_audit_column(c)):
+        found = sorted({str(v) for v in done[column].dropna().unique()})
+        if found:
+            label = FIELD_LABELS.get(column, column.removeprefix("protocol_").replace("_", " "))
+            lines.append(f"Protocol {label}: {', '.join(found)}.")
+    return lines
 
 
 # ---------------------------------------------------------------- searched sampling axes
@@ -565,19 +638,41 @@ def study_table(data: ReportData, study: StudyInfo, interval: Interval = "std") 
     search = search_summary(data, searched, study)
     search_axes = list(search.axes) if search else []
     frame = ablation_table(rows, study, study.varied, metrics, interval=interval, baseline=data.baseline, search_axes=search_axes)
-    footnote = [statistic_note(interval), "Bold: best per column; ↓ lower is better, ↑ higher is better."]
+    footnote = [statistic_note(interval), bold_note()]
     if frame["baseline"].any():
         footnote.append("†: the spec's baseline settings.")
     if search is not None:
         footnote.append(search.note())
     if study.fixed:
         footnote.append("Held for this study: " + ", ".join(f"{k} = {v}" for k, v in study.fixed.items()) + ".")
-    footnote += protocol_note(rows, data.dataset)
+    protocol = protocol_note(rows, data.dataset)[0]
+    footnote.append(protocol)
     if check.by_design:
         footnote.append(check.by_design_note())
     if check.mixed:
         footnote.append(check.mixed_note())
     return StudyTable(
         study=study, frame=frame, metrics=metrics, footnote=footnote, interval=interval,
-        search_axes=search_axes, refusal=check.refusal() if refused else None,
+        search_axes=search_axes, refusal=check.refusal() if refused else None, protocol=protocol,
     )
+
+
+CSV_SPREAD: dict[str, str] = {"std": "std", "t95": "ci95"}
+
+
+def csv_frame(table: StudyTable) -> pd.DataFrame:
+    """A study's table as its CSV holds it: the label axes, `baseline`, `searched`, then per metric
+    `<metric>` (the mean over seeds, in the metric's own units: KID not scaled), `<metric>_std` (sample
+    std over seeds), `<metric>_ci95` (Student-t 95% half-width, with interval t95 only) and `<metric>_n`;
+    then n, trials, failed, pruned. Rows in the table's order."""
+    frame = table.frame
+    columns: dict[str, str] = {a: a for a in table.label_axes}
+    columns.update({"baseline": "baseline", SEARCHED: SEARCHED})
+    for metric in table.metrics:
+        columns[f"{metric.column}_mean"] = metric.column
+        columns[f"{metric.column}_std"] = f"{metric.column}_std"
+        if table.interval == "t95":
+            columns[f"{metric.column}_half"] = f"{metric.column}_{CSV_SPREAD['t95']}"
+        columns[f"{metric.column}_n"] = f"{metric.column}_n"
+    columns.update({c: c for c in ("n", "trials", "failed", "pruned")})
+    return frame[[c for c in columns if c in frame]].rename(columns=columns)

@@ -20,22 +20,29 @@ def test_unicode_symbols_become_math_and_adjacent_math_merges():
 
 
 def test_study_table_is_booktabs_with_bold_best_and_dagger_baseline():
+    protocol = {"protocol_extractor": "classifier", "protocol_extractor_sha256": "ab" * 32, "protocol_versions": "torch-fidelity=0.4.0"}
     rows = pd.DataFrame(
         [
-            {"study": "top_k", "top_k": k, "seed": s, "status": "finished", "fid": f}
-            for k, fids in ((0, (4.0, 6.0)), (16, (3.0, 3.0)))
+            {"study": "top_k", "top_k": k, "seed": s, "status": "finished", "fid": f, **protocol}
+            for k, fids in ((0, (6.0, 6.2)), (16, (3.0, 3.2)))
             for s, f in enumerate(fids)
         ]
     )
     data = ReportData(name="t", studies=[StudyInfo("top_k", {"top_k": [0, 16]}, "Top-k & more")], baseline={"top_k": 0}, evaluations=rows)
     tex = latex_table(study_table(data, data.studies[0]))
     lines = tex.splitlines()
-    assert r"\caption{top\_k: Top-k \& more}" in lines
+    # the caption: the study's description, then the protocol in one sentence, no hash, no version
+    assert r"\caption{Top-k \& more. Protocol: reference: the held-out split; features: classifier.}" in lines
+    assert "abab" not in tex and "fidelity" not in tex
     assert r"top\_k & FID $\downarrow$ & $n$ \\" in lines
-    assert r"0 $^{\dagger}$ & 5.00\,$\pm$\,1.41 & 2 \\" in lines
-    assert r"16 & \textbf{3.00\,$\pm$\,0.00} & 2 \\" in lines
+    # 3.10 +- 0.14 vs 6.10 +- 0.14 (n = 2 each): Welch p = 0.0022, bold; top_k = 0 is "all", after the numbers
+    assert lines.index(r"16 & \textbf{3.10\,$\pm$\,0.14} & 2 \\") + 1 == lines.index(r"all $^{\dagger}$ & 6.10\,$\pm$\,0.14 & 2 \\")
     assert lines.index(r"\toprule") < lines.index(r"\midrule") < lines.index(r"\bottomrule")
     assert tex.count("{") == tex.count("}")
     document = latex_document([study_table(data, data.studies[0])], "run_1")
     assert document.startswith("\\documentclass{article}") and "\\usepackage{booktabs,graphicx}" in document
     assert "\\section*{run\\_1}" in document and document.rstrip().endswith("\\end{document}")
+
+
+def test_the_kid_header_names_its_scale():
+    assert latex_escape("KID ×10³ ↓") == r"KID $\times$10$^{3}$ $\downarrow$"

@@ -119,7 +119,7 @@ def test_build_report_writes_the_other_studies_and_lists_the_refusals(tmp_path):
     markdown = build_report(data_of(rows, StudyInfo("guidance", {"cfg_scale": [1.0, 2.0]}), vocab), tmp_path, figures=False, grids=False, refusals=refusals)
     assert [r.comparison for r in refusals] == ["study guidance"]
     assert markdown.index("## Not compared") < markdown.index("## guidance") < markdown.index("## vocab")
-    assert "| 2 | **4.00** | 104.0 | 1 |" in markdown  # the other study is compared as usual
+    assert "| 2 | 4.00 | 104.0 | 1 |" in markdown  # the other study is compared as usual (n = 1: nothing bold)
     assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == ["tables.tex", "vocab.csv", "vocab.tex"]
     assert (tmp_path / "tables" / "tables.tex").read_text().count("\\begin{table}") == 1
     html = (tmp_path / "report.html").read_text()
