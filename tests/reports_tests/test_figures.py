@@ -147,3 +147,54 @@ def test_layer_ticks_are_whole_numbers_and_the_token_legend_sits_outside_the_bar
     make_figures(data, tmp_path)
     assert seen["attention-locality"]["ticks"] == [[0.0, 1.0, 2.0, 3.0]]  # 4 layers: no 0.5, 1.5, ...
     assert seen["token-randomness"]["legend_over_axes"] == [False]
+
+
+@pytest.fixture
+def axes_of(monkeypatch):
+    """name -> the figure's axes (drawn, kept open for the test to read)."""
+    seen = {}
+
+    def record(figure, out, name, title, caption, study):
+        figure.canvas.draw()
+        seen[name] = figure.axes
+        return FigureFile(name, title, caption, study, out / f"{name}.png", out / f"{name}.pdf")
+
+    monkeypatch.setattr(figures, "_save", record)
+    yield seen
+    figures._pyplot().close("all")
+
+
+def test_top_k_all_is_a_labelled_category_after_the_numbers_and_no_line_reaches_it(axes_of, tmp_path):
+    study = StudyInfo("top-k", {"top_k": [4, 0, 1]})  # 0 = all ids, listed in the middle
+    fids = {(1,): [9.0, 9.4], (4,): [3.0, 3.2], (0,): [5.0, 6.0]}
+    evaluations = rows("top-k", [{"top_k": k} for k in (4, 0, 1)], fids, class_accuracy=0.5)
+    make_figures(data_of([study], evaluations, num_classes=10), tmp_path)
+    fid, accuracy = axes_of["top-k--top_k"]
+    ticks = {tick.get_text(): tick.get_position()[0] for tick in fid.get_xticklabels()}
+    assert list(ticks) == ["1", "4", "all"] and ticks["1"] == 1.0 and ticks["4"] == 4.0 and ticks["all"] > 4.0
+    drawn_lines = [line for line in fid.get_lines() if len(line.get_xdata()) > 1 and line.get_linestyle() not in ("None", "", " ")]
+    numeric = [line for line in drawn_lines if list(line.get_ydata()) == [9.2, 3.1]]
+    assert len(numeric) == 1 and list(numeric[0].get_xdata()) == [1.0, 4.0]  # the line joins the numbers only
+    assert not any(ticks["all"] in list(line.get_xdata()) for line in drawn_lines if line.get_linestyle() == "-")
+    assert all(0.0 not in list(line.get_xdata()) for line in fid.get_lines())  # nothing at x = 0
+    # class accuracy: the chance level 1/10 as a dashed line
+    (chance,) = [line for line in accuracy.get_lines() if line.get_label() == "chance (1/10)"]
+    assert list(chance.get_ydata()) == [0.1, 0.1] and chance.get_linestyle() == "--"
+
+
+def test_tradeoff_draws_points_without_lines_labelled_axis_equals_value(axes_of, tmp_path):
+    guidance = StudyInfo("guidance", {"cfg_scale": [1.0, 2.0, 4.0]})
+    top_k = StudyInfo("top-k", {"top_k": [1, 0]})
+    evaluations = rows("guidance", [{"cfg_scale": c} for c in (1.0, 2.0, 4.0)], {(1.0,): [9.0], (2.0,): [5.0], (4.0,): [7.0]})
+    evaluations += rows("top-k", [{"top_k": k} for k in (1, 0)], {(1,): [8.0], (0,): [6.0]})
+    for row in evaluations:
+        row["class_accuracy"] = 0.9 - row["fid"] / 100
+        row.setdefault("top_k", 0)
+    make_figures(data_of([guidance, top_k], evaluations, num_classes=10), tmp_path)
+    (ax,) = axes_of["tradeoff"]
+    for container in ax.containers:  # each study's points: markers only
+        assert container.lines[0].get_linestyle() == "None"
+    labels = sorted(text.get_text() for text in ax.texts)
+    assert labels == ["baseline", "cfg_scale=1.0", "cfg_scale=4.0", "top_k=1", "top_k=all"]
+    (chance,) = [line for line in ax.get_lines() if line.get_label() == "chance (1/10)"]
+    assert list(chance.get_xdata()) == [0.1, 0.1]  # class accuracy is the x axis here

@@ -42,3 +42,14 @@ def test_trial_grid_writes_a_png_with_a_row_per_class(tmp_path):
     path, classes = trial_grid(tmp_path / "samples.npz", tmp_path / "grid.png", per_class=2)
     assert classes.tolist() == [0, 1]
     assert Image.open(path).size == (2 * 66 + 2, 2 * 66 + 2)
+
+
+def test_a_titled_trial_grid_carries_its_settings_above_the_samples(tmp_path):
+    write_samples(tmp_path / "samples.npz", per_class=(2, 2), side=16, channels=3)
+    bare, _ = trial_grid(tmp_path / "samples.npz", tmp_path / "bare.png", per_class=2)
+    titled, classes = trial_grid(tmp_path / "samples.npz", tmp_path / "titled.png", per_class=2, title="top_k=all, training seed 0")
+    assert classes.tolist() == [0, 1]
+    image = np.asarray(Image.open(titled).convert("L"))
+    assert image.shape[0] > Image.open(bare).size[1]  # room for the title (and class labels on the left)
+    top = image[: image.shape[0] // 6]
+    assert (top < 128).any()  # dark title text on white above the samples
