@@ -251,12 +251,14 @@ class XAxis:
     scale: str  # "linear" | "log" | "category"
     apart: str | None = None  # value key of the "all" value, drawn apart from the line (None: none)
     separator: float | None = None  # x of the dotted line between the numbers and "all"
+    ordinal: bool = True  # False: names (vq, bae), no order between them: points without a line
 
 
 def _x_positions(study: StudyInfo, x: str, data: ReportData) -> XAxis:
     """The x axis of a study's figure over `x`: numbers at their value (log scale when positive values
     span >= 20x), in the report's order; the "all" value (top_k = 0) a labelled category right of them,
-    behind a dotted separator; sizes and names as evenly spaced categories in the report's order."""
+    behind a dotted separator; sizes and names as evenly spaced categories in the report's order (names, which have
+    no order between them, drawn as points without a line)."""
     values = ordered_values(study, x)
     if x != SIZE and all(_is_number(v) for v in values):
         apart = [v for v in values if is_all(x, v)]
@@ -295,7 +297,7 @@ def _x_positions(study: StudyInfo, x: str, data: ReportData) -> XAxis:
             for size, count in counts.items():
                 if value_key(size) in labels:
                     labels[value_key(size)] += f"\n{_format_count(float(count))} params"
-    return XAxis({value_key(v): float(i) for i, v in enumerate(values)}, labels, "category")
+    return XAxis({value_key(v): float(i) for i, v in enumerate(values)}, labels, "category", ordinal=x == SIZE)
 
 
 def ordered_values(study: StudyInfo, axis: str) -> list[Any]:
@@ -356,6 +358,7 @@ def axis_figures(data: ReportData, out: Path, palette: Palette, interval: Interv
                         ax.errorbar(
                             joined["_x"], joined[mean] * metric.scale, yerr=joined[half].fillna(0.0) * metric.scale,
                             marker="o", markersize=4, capsize=3, linewidth=1.5, color=colour, label=line.label or None,
+                            linestyle="-" if xaxis.ordinal else "none",
                         )
                     if apart.any():
                         alone = rows[apart]

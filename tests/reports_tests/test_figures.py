@@ -198,3 +198,17 @@ def test_tradeoff_draws_points_without_lines_labelled_axis_equals_value(axes_of,
     assert labels == ["baseline", "cfg_scale=1.0", "cfg_scale=4.0", "top_k=1", "top_k=all"]
     (chance,) = [line for line in ax.get_lines() if line.get_label() == "chance (1/10)"]
     assert list(chance.get_xdata()) == [0.1, 0.1]  # class accuracy is the x axis here
+
+
+def test_names_on_the_x_axis_are_points_without_a_line_and_sizes_keep_theirs(axes_of, tmp_path):
+    tokenizer = StudyInfo("tokenizer", {"tokenizer": ["vq", "bae"]})
+    scaling = StudyInfo("scaling", {"size": ["XL", "L"]})
+    evaluations = rows("tokenizer", [{"tokenizer": t} for t in ("vq", "bae")], {("vq",): [4.0], ("bae",): [2.5]})
+    evaluations += rows("scaling", [{"size": s} for s in ("XL", "L")], {("XL",): [2.0], ("L",): [3.0]})
+    make_figures(data_of([tokenizer, scaling], evaluations), tmp_path)
+    (names,) = axes_of["tokenizer--tokenizer"]
+    assert [t.get_text() for t in names.get_xticklabels()] == ["vq", "bae"]  # spec order
+    assert [c.lines[0].get_linestyle() for c in names.containers] == ["None"]
+    (sizes,) = axes_of["scaling--size"]
+    assert [t.get_text() for t in sizes.get_xticklabels()] == ["L", "XL"]  # the ladder
+    assert [c.lines[0].get_linestyle() for c in sizes.containers] == ["-"]
