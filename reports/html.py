@@ -73,10 +73,27 @@ def html_table(table: StudyTable) -> str:
     )
 
 
+FIGURE_DPI = 150  # reports.figures and reports.grids save PNGs at this resolution
+CSS_DPI = 120  # CSS pixels per figure inch: a figure's 9-pt text shows at about the page's text size
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) in pixels from a PNG's header."""
+    with open(path, "rb") as stream:
+        head = stream.read(24)
+    if head[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError(f"{path} is not a PNG")
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
 def html_figure(picture: Picture) -> str:
+    """A figure at a fixed scale (CSS_DPI px per inch, at most the page width), so every figure's text
+    shows at the same size whatever the figure's width."""
+    width, height = png_size(picture.path)
+    scale = CSS_DPI / FIGURE_DPI
     return (
-        f'<figure><img src="{data_uri(picture.path)}" alt="{escape(picture.alt)}">'
-        f"<figcaption>{escape(picture.caption)}</figcaption></figure>"
+        f'<figure><img src="{data_uri(picture.path)}" width="{round(width * scale)}" height="{round(height * scale)}" '
+        f'alt="{escape(picture.alt)}"><figcaption>{escape(picture.caption)}</figcaption></figure>'
     )
 
 
