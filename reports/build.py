@@ -2,10 +2,12 @@
 
     <out>/report.md              tables + links to everything below
     <out>/report.html            one self-contained page (every image embedded, opens offline)
-    <out>/tables/<study>.csv     full-precision numbers of each study table
+    <out>/tables/<study>.csv     full-precision numbers of each study table, in the metrics' own units:
+                                 <metric> (mean over seeds), <metric>_std, <metric>_ci95 (--interval
+                                 t95), <metric>_n per metric (reports.tables.csv_frame)
     <out>/tables/<study>.tex     booktabs table floats; tables/tables.tex compiles standalone
     <out>/figures/<name>.png|pdf figures whose data exists (reports.figures)
-    <out>/grids/trial-<evaluation_key>.png   samples of one evaluation, a row per class
+    <out>/grids/trial-<evaluation_key>.png   samples of one evaluation, a row per class, titled with its settings
     <out>/grids/compare-<study>.png          the trials of a study side by side, same classes and seed
 
 Entry point: `write_report(results, out)`; `build_report(data, out)` takes a `ReportData`.

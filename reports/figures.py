@@ -484,10 +484,10 @@ def _line_label(axis: str, value: Any) -> str:
     return str(value).upper() if axis == MODELING else value_key(value)
 
 
-def _vary_rank(study: StudyInfo, axis: str, value: Any) -> int:
-    """Where a value stands in the study's `vary` list (spec order; unknown values last)."""
-    keys = [value_key(v) for v in study.vary.get(axis, [])]
-    return keys.index(value_key(value)) if value_key(value) in keys else len(keys)
+def _vary_rank(study: StudyInfo, axis: str, value: Any) -> tuple:
+    """Where a value stands in the report's order of the axis (reports.order: numbers ascending, names
+    in spec order, "all" last)."""
+    return rank_key(axis, study.vary.get(axis, ()))(value)
 
 
 def study_training_figures(data: ReportData, out: Path, palette: Palette, interval: Interval) -> list[FigureFile]:

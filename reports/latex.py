@@ -7,6 +7,7 @@ line width); `latex_document` wraps tables into a standalone article that pdflat
 from __future__ import annotations
 
 from reports.markdown import BASELINE_MARK, cell_texts
+from reports.order import ordered, value_text
 from reports.tables import SEARCH_MARK, StudyTable
 
 _SPECIAL = {
@@ -111,9 +112,11 @@ def latex_table(table: StudyTable) -> str:
 
 
 def caption(table: StudyTable) -> str:
-    """The caption of a study's table: its description (its name when it has none), then the evaluation
-    protocol in one short sentence (hashes and versions stay in report.md's provenance)."""
-    text = " ".join(table.study.description.split()) or f"Study {table.study.name}."
+    """The caption of a study's table: its description (without one, its name and the values it varies),
+    then the evaluation protocol in one short sentence (hashes and versions stay in report.md's provenance)."""
+    study = table.study
+    varies = "; ".join(f"{a} over {', '.join(value_text(a, v) for v in ordered(a, values, values))}" for a, values in study.vary.items())
+    text = " ".join(study.description.split()) or f"Study {study.name}" + (f": {varies}." if varies else ".")
     if not text.endswith((".", "!", "?")):
         text += "."
     return f"{text} {table.protocol}".strip()

@@ -46,3 +46,9 @@ def test_study_table_is_booktabs_with_bold_best_and_dagger_baseline():
 
 def test_the_kid_header_names_its_scale():
     assert latex_escape("KID ×10³ ↓") == r"KID $\times$10$^{3}$ $\downarrow$"
+
+
+def test_a_study_without_description_is_captioned_by_what_it_varies():
+    rows = pd.DataFrame([{"study": "top-k", "top_k": k, "seed": 0, "status": "finished", "fid": 1.0} for k in (4, 0, 1)])
+    data = ReportData(name="t", studies=[StudyInfo("top-k", {"top_k": [4, 0, 1]})], baseline={"top_k": 0}, evaluations=rows)
+    assert r"\caption{Study top-k: top\_k over 1, 4, all. Protocol: reference: the held-out split.}" in latex_table(study_table(data, data.studies[0]))
