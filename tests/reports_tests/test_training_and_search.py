@@ -94,6 +94,13 @@ def test_fid_over_training_one_line_per_cell_mean_over_seeds_with_a_band(drawn, 
     assert "bands the sample standard deviation" in figure["caption"]
 
 
+def test_fid_over_training_lines_follow_the_spec_order_of_names(drawn, tmp_path):
+    data = training_data(intermediate())
+    data.studies[0] = StudyInfo("modeling", {"modeling": ["mlm", "ar"]})  # the rows come AR first
+    make_figures(data, tmp_path)
+    assert list(drawn["modeling--training-steps"]["lines"]) == ["MLM (2 seeds)", "AR (2 seeds)"]
+
+
 def test_fid_over_training_refuses_mixed_protocols(drawn, tmp_path):
     frame = intermediate()
     frame.loc[frame["key"] == "g-mlm-1", "protocol_id"] = "p2"
