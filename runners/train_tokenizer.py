@@ -347,8 +347,8 @@ def reconstruction_metrics(model: nn.Module, images: Tensor, batch_size: int = 2
     for start in range(0, images.shape[0], batch_size):
         batch = images[start:start + batch_size].to(device)  # (b, C, H, W)
         if kind == "bits":
-            bits = model.quantize(model.encode_probs(batch), "threshold")  # (b, D, h, w)
-            recon = model.decode(bits)
+            bits = model.binarize(model.encode_probs(batch), "threshold")  # (b, D, h, w)
+            recon = model.decode(bits).clamp(0.0, 1.0)  # images: the decoder's output clamped, as the samplers
             batch_ones = bits.sum(dim=(0, 2, 3)).double()  # (D,)
             ones = batch_ones if ones is None else ones + batch_ones
             positions += bits.shape[0] * bits.shape[2] * bits.shape[3]
@@ -356,7 +356,7 @@ def reconstruction_metrics(model: nn.Module, images: Tensor, batch_size: int = 2
             size = vocab.size if vocab is not None else 0
         else:
             ids = model.encode(batch)  # (b, h, w)
-            recon = model.decode(ids)
+            recon = model.decode(ids).clamp(0.0, 1.0)
             size = model.codebook_size
         if ids is not None:
             batch_counts = torch.bincount(ids.flatten(), minlength=size)  # (V,)

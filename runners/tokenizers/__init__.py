@@ -2,21 +2,23 @@
 
 Every tokenizer is an nn.Module built by `TOKENIZERS[name].build(size=..., channels=..., image_size=..., ...)`
 (its own settings as further keyword arguments: BAE `code_dim`, `bernoulli`; VQ `codebook_size`, `code_width`,
-`commitment`, `restart_dead_codes`, `restart_after_steps`) and implements the `Tokenizer` protocol below:
+`beta`, `restart_dead_codes`, `restart_after_steps`) and implements the `Tokenizer` protocol below:
 
-    training     forward(images, generator) -> dict(recon (B, C, H, W) in [0, 1], + its own loss inputs:
+    training     forward(images, generator) -> dict(recon (B, C, H, W) unbounded, + its own loss inputs:
                  BAE probs/bits, VQ quant_loss/ids); last_layer (decoder's final conv, for the adaptive GAN weight);
                  init_kwargs (rebuilds the architecture).
     tokens       grid -> (h, w); latent_kind -> "bits" (a position holds code_dim bits, cut into K sub-tokens by
                  a runners.vocab.Vocabulary) or "index" (a position holds one id in [0, codebook_size), K = 1,
                  vocab None); token_shape(vocab) -> (K, V) sub-tokens per position and ids per sub-token;
                  encode_ids(images, *, mode, vocab, generator) -> ids (B, h*w, K) int64 in raster order;
-                 decode_ids(ids, vocab) -> images (B, C, H, W) in [0, 1]; stochastic_encoding (whether
+                 decode_ids(ids, vocab) -> images (B, C, H, W) clamped to [0, 1] (the one place where the
+                 decoder's unbounded output becomes images); stochastic_encoding (whether
                  mode="bernoulli" draws fresh tokens per call: BAE yes, VQ no).
 
 `vocabulary_for(tokenizer, token_each)` gives the vocab argument for a tokenizer (a Vocabulary for bits, None for
 an index tokenizer). `code_version` enters the content key of every tokenizer artifact: bump it when a change
-to the code changes what a trained tokenizer computes.
+to the code changes what a trained tokenizer computes. `runners.tokenizers.released.tokenizer_from_released`
+builds one from the ELM authors' released checkpoints.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ class Tokenizer(Protocol):
         ...
 
     def decode_ids(self, ids: Tensor, vocab: Vocabulary | None = None) -> Tensor:
-        """Ids (B, h*w, K) -> images (B, C, H, W) in [0, 1]."""
+        """Ids (B, h*w, K) -> images (B, C, H, W), clamped to [0, 1]."""
         ...
 
 
@@ -89,14 +91,14 @@ class TokenizerEntry:
 TOKENIZERS: dict[str, TokenizerEntry] = {
     "bae": TokenizerEntry(
         build=BinaryAutoencoder,
-        code_version="bae-1",
+        code_version="bae-2",  # 2: the authors' architecture (norm_first, 2 res blocks, no output sigmoid)
         description="binary autoencoder: D Bernoulli/threshold bits per latent position, straight-through "
         f"(ELM's pick); sizes {', '.join(BAE_SIZES)}",
     ),
     "vq": TokenizerEntry(
         build=VQTokenizer,
-        code_version="vq-1",
-        description="VQGAN-style nearest-neighbour codebook (commitment 0.25, straight-through, optional dead-code "
+        code_version="vq-2",  # 2: the authors' backbone and loss weighting (commitment 1, codebook beta)
+        description="VQGAN-style nearest-neighbour codebook (codebook term 0.25, straight-through, optional dead-code "
         f"restarts) on the BAE's backbone; sizes {', '.join(VQ_SIZES)}",
     ),
 }

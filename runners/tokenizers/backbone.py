@@ -1,12 +1,20 @@
-"""The convolutional encoder/decoder shared by the image tokenizers (taming-transformers VQGAN family).
+"""The convolutional encoder/decoder shared by the image tokenizers (taming-transformers VQGAN family, in the
+form the ELM authors' binary autoencoder uses it).
 
-Encoder: conv_in -> per level [res blocks (+ self-attention at the listed resolutions), stride-2 downsample
-except at the last level] -> mid [res, attention, res] -> GroupNorm, SiLU, conv_out to `latent_width` channels.
-Decoder: the mirror image, with one extra res block per level and nearest-neighbour 2x upsampling + conv.
-A tokenizer puts its quantiser between the two (BAE: bits; VQ: a codebook) and maps its code to and from the
-`latent_width` channels with 1x1 convolutions.
+Encoder (`blocks`, run in order):
+    conv3x3 -> per level i [res_blocks x (res block, + self-attention at the listed resolutions), stride-2
+    downsample except at the last level] -> res, attention, res -> GroupNorm -> conv3x3 to `out_channels`
+Decoder (`blocks`, run in order):
+    [GroupNorm of the input if norm_first] -> conv3x3 -> res, attention, res -> per level, last first,
+    [res_blocks x (res block, + attention), 2x nearest upsample + conv except at level 0] -> GroupNorm -> conv3x3
 
-Sizes live in `BACKBONE_SIZES`; the tokenizers index their own ladders into it.
+There is no activation between the last GroupNorm and the last conv of either half, and none after the
+decoder: its output is unbounded (images are clamped to [0, 1] only where they are made, `decode_ids`).
+
+Parameter names equal the authors' (`blocks.<i>.norm1`, `.conv1`, `.q`, `.proj_out`, ...), so their tensors load
+by name. One difference in layout: their res blocks always own a 1x1 `conv_out` shortcut, also where the width
+does not change and it is never used; ours own it only where it is used. A tokenizer puts its quantiser between
+the two halves (BAE: bits; VQ: a codebook). Sizes live in `BACKBONE_SIZES`.
 """
 
 from __future__ import annotations
@@ -24,19 +32,17 @@ class BackboneConfig:
     """Shape of a taming-style conv encoder/decoder pair."""
 
     base_channels: int
-    """Channels of the first level (taming `ch`)."""
+    """Channels of the first level (taming `ch`, the authors' `nf`)."""
     channel_multipliers: tuple[int, ...]
     """Channels of level i are base_channels * channel_multipliers[i]; len - 1 stride-2 steps."""
     res_blocks: int
-    """Residual blocks per encoder level (the decoder uses res_blocks + 1, as in taming)."""
+    """Residual blocks per level, in the encoder and in the decoder alike."""
     attention_resolutions: tuple[int, ...]
     """Feature-map sizes (pixels, absolute) at which a level adds self-attention after each res block."""
     latent_width: int
-    """Channels at the latent grid, before the tokenizer's own 1x1 map to its code (taming `z_channels`)."""
+    """Channels of the encoder's output and the decoder's input (the authors' `emb_dim`)."""
     norm_groups: int = 32
-    """GroupNorm groups; must divide every level's channel count."""
-    mid_attention: bool = True
-    """Self-attention between the two res blocks of the middle (latent-resolution) block, as in taming."""
+    """GroupNorm groups; must divide every level's channel count and latent_width."""
 
     @property
     def downsample(self) -> int:
@@ -46,14 +52,17 @@ class BackboneConfig:
 
 # Parameter counts are for the BAE built on them (code_dim 8, 1 channel for tiny/small; code_dim 24, RGB for imagenet).
 BACKBONE_SIZES: dict[str, BackboneConfig] = {
-    # CPU rung: 16x16 digits -> 4x4 latent, widths 8/16/32. ~0.19M parameters; ~0.1 s per step of 32 on one core.
+    # CPU rung: 16x16 digits -> 4x4 latent, widths 8/16/32, one res block per level. 0.16M parameters.
     "tiny": BackboneConfig(base_channels=8, channel_multipliers=(1, 2, 4), res_blocks=1,
                            attention_resolutions=(), latent_width=32, norm_groups=4),
-    # CPU, a bit bigger: widths 32/64/64, 2 res blocks, attention at the 4x4 level of 16x16 inputs. ~1.4M parameters.
+    # CPU, a bit bigger: widths 32/64/64, 2 res blocks, attention at the 4x4 level of 16x16 inputs, 32 GroupNorm
+    # groups as the authors' (the imagenet rung with fewer, narrower levels). 1.26M parameters.
     "small": BackboneConfig(base_channels=32, channel_multipliers=(1, 2, 2), res_blocks=2,
-                            attention_resolutions=(4,), latent_width=64, norm_groups=8),
-    # The paper's (ELM "Tokenizers", taming f16): 256 px -> 16x16 latent, attention at 16x16. 71.8M parameters
-    # (encoder 29.3M, decoder 42.4M, as taming's f16 VQGAN).
+                            attention_resolutions=(4,), latent_width=64, norm_groups=32),
+    # The paper's (the authors' hparams for 256 px): 256 px -> 16x16 latent, widths 128/128/256/256/512, 2 res
+    # blocks per level, attention at 16x16, latent width 256. 63,033,755 parameters at D = 24 (encoder 29.3M,
+    # decoder 33.7M), as the authors' used ones; their module holds 65,530,654: 2,496,899 more in never-used
+    # tensors (see released.py).
     "imagenet": BackboneConfig(base_channels=128, channel_multipliers=(1, 1, 2, 2, 4), res_blocks=2,
                                attention_resolutions=(16,), latent_width=256, norm_groups=32),
 }
@@ -64,7 +73,7 @@ def _norm(channels: int, groups: int) -> nn.GroupNorm:
 
 
 class ResnetBlock(nn.Module):
-    """GroupNorm -> SiLU -> conv3x3, twice, plus a (1x1 if the width changes) shortcut."""
+    """GroupNorm -> SiLU -> conv3x3, twice, plus the input (through a 1x1 `conv_out` if the width changes)."""
 
     def __init__(self, in_channels: int, out_channels: int, groups: int):
         super().__init__()
@@ -72,12 +81,12 @@ class ResnetBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.norm2 = _norm(out_channels, groups)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        self.conv_out = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def forward(self, x: Tensor) -> Tensor:  # (B, Cin, H, W) -> (B, Cout, H, W)
         h = self.conv1(F.silu(self.norm1(x)))
         h = self.conv2(F.silu(self.norm2(h)))
-        return self.shortcut(x) + h
+        return h + (x if self.conv_out is None else self.conv_out(x))
 
 
 class AttentionBlock(nn.Module):
@@ -86,14 +95,17 @@ class AttentionBlock(nn.Module):
     def __init__(self, channels: int, groups: int):
         super().__init__()
         self.norm = _norm(channels, groups)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.proj = nn.Conv2d(channels, channels, 1)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.k = nn.Conv2d(channels, channels, 1)
+        self.v = nn.Conv2d(channels, channels, 1)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W)
         B, C, H, W = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, C, H * W).transpose(-1, -2).unbind(1)  # 3 x (B, HW, C)
+        h = self.norm(x)
+        q, k, v = (conv(h).reshape(B, C, H * W).transpose(1, 2) for conv in (self.q, self.k, self.v))  # (B, HW, C)
         h = F.scaled_dot_product_attention(q, k, v)  # (B, HW, C), softmax(q k^T / sqrt(C)) v
-        return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
+        return x + self.proj_out(h.transpose(1, 2).reshape(B, C, H, W))
 
 
 class Downsample(nn.Module):
@@ -118,16 +130,6 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-def _level(blocks: list[nn.Module]) -> nn.Sequential:
-    return nn.Sequential(*blocks)
-
-
-def _mid(channels: int, config: BackboneConfig) -> nn.Sequential:
-    attention: nn.Module = AttentionBlock(channels, config.norm_groups) if config.mid_attention else nn.Identity()
-    return nn.Sequential(ResnetBlock(channels, channels, config.norm_groups), attention,
-                         ResnetBlock(channels, channels, config.norm_groups))
-
-
 def check_backbone(config: BackboneConfig, image_size: int) -> None:
     """Raise ValueError if `image_size` does not fit `config` (divisibility, GroupNorm groups)."""
     if image_size <= 0 or image_size % config.downsample != 0:
@@ -135,24 +137,29 @@ def check_backbone(config: BackboneConfig, image_size: int) -> None:
             f"image_size must be a positive multiple of the tokenizer's downsampling factor ({config.downsample}), "
             f"but got image_size={image_size}; try {max(1, image_size // config.downsample) * config.downsample}"
         )
-    for width in [config.base_channels * m for m in config.channel_multipliers] + [config.base_channels]:
+    widths = [config.base_channels * m for m in config.channel_multipliers] + [config.base_channels]
+    for width in widths + [config.latent_width]:
         if width % config.norm_groups != 0:
             raise ValueError(f"norm_groups must divide every level's channels, but got norm_groups="
                              f"{config.norm_groups} and a level of {width} channels; pick a divisor of {width}")
 
 
-class Encoder(nn.Module):
-    """Images (B, C, H, W) -> features (B, latent_width, H/f, W/f) with f = config.downsample."""
+def _middle(channels: int, groups: int) -> list[nn.Module]:
+    """res, attention, res at the latent resolution (the authors' "non-local" block; in every rung)."""
+    return [ResnetBlock(channels, channels, groups), AttentionBlock(channels, groups),
+            ResnetBlock(channels, channels, groups)]
 
-    def __init__(self, config: BackboneConfig, in_channels: int, image_size: int):
+
+class Encoder(nn.Module):
+    """Images (B, C, H, W) in [0, 1] -> features (B, out_channels, H/f, W/f) with f = config.downsample."""
+
+    def __init__(self, config: BackboneConfig, in_channels: int, image_size: int, out_channels: int | None = None):
         super().__init__()
         check_backbone(config, image_size)
         groups, widths = config.norm_groups, [config.base_channels * m for m in config.channel_multipliers]
-        self.conv_in = nn.Conv2d(in_channels, config.base_channels, 3, padding=1)
-        levels: list[nn.Module] = []
+        blocks: list[nn.Module] = [nn.Conv2d(in_channels, config.base_channels, 3, padding=1)]
         width, resolution = config.base_channels, image_size
         for i, out_width in enumerate(widths):
-            blocks: list[nn.Module] = []
             for _ in range(config.res_blocks):
                 blocks.append(ResnetBlock(width, out_width, groups))
                 width = out_width
@@ -161,31 +168,36 @@ class Encoder(nn.Module):
             if i != len(widths) - 1:
                 blocks.append(Downsample(width))
                 resolution //= 2
-            levels.append(_level(blocks))
-        self.levels = nn.Sequential(*levels)
-        self.mid = _mid(width, config)
-        self.norm_out = _norm(width, groups)
-        self.conv_out = nn.Conv2d(width, config.latent_width, 3, padding=1)
+        blocks += _middle(width, groups)
+        blocks += [_norm(width, groups), nn.Conv2d(width, out_channels or config.latent_width, 3, padding=1)]
+        self.blocks = nn.ModuleList(blocks)
 
     def forward(self, images: Tensor) -> Tensor:
-        h = self.mid(self.levels(self.conv_in(images)))  # (B, widths[-1], h, w)
-        return self.conv_out(F.silu(self.norm_out(h)))  # (B, latent_width, h, w)
+        h = images
+        for block in self.blocks:
+            h = block(h)
+        return h  # (B, out_channels, h, w)
 
 
 class Decoder(nn.Module):
-    """Features (B, latent_width, h, w) -> pre-activation images (B, C, h*f, w*f); the tokenizer maps them to [0, 1]."""
+    """Features (B, in_channels, h, w) -> images (B, C, h*f, w*f), unbounded (clamp to [0, 1] to make images).
 
-    def __init__(self, config: BackboneConfig, out_channels: int, image_size: int):
+    norm_first: a GroupNorm on the input before the first conv (the authors' `norm_first`, on in every ELM
+    script; it makes the decoder blind to the scale of the learned bit embedding).
+    """
+
+    def __init__(self, config: BackboneConfig, out_channels: int, image_size: int, in_channels: int | None = None,
+                 norm_first: bool = False):
         super().__init__()
         check_backbone(config, image_size)
         groups, widths = config.norm_groups, [config.base_channels * m for m in config.channel_multipliers]
+        in_channels = in_channels or config.latent_width
         width, resolution = widths[-1], image_size // config.downsample
-        self.conv_in = nn.Conv2d(config.latent_width, width, 3, padding=1)
-        self.mid = _mid(width, config)
-        levels: list[nn.Module] = []
+        blocks: list[nn.Module] = [_norm(in_channels, groups)] if norm_first else []
+        blocks.append(nn.Conv2d(in_channels, width, 3, padding=1))
+        blocks += _middle(width, groups)
         for i in reversed(range(len(widths))):
-            blocks: list[nn.Module] = []
-            for _ in range(config.res_blocks + 1):
+            for _ in range(config.res_blocks):
                 blocks.append(ResnetBlock(width, widths[i], groups))
                 width = widths[i]
                 if resolution in config.attention_resolutions:
@@ -193,19 +205,22 @@ class Decoder(nn.Module):
             if i != 0:
                 blocks.append(Upsample(width))
                 resolution *= 2
-            levels.append(_level(blocks))
-        self.levels = nn.Sequential(*levels)
-        self.norm_out = _norm(width, groups)
-        self.conv_out = nn.Conv2d(width, out_channels, 3, padding=1)
+        blocks += [_norm(width, groups), nn.Conv2d(width, out_channels, 3, padding=1)]
+        self.blocks = nn.ModuleList(blocks)
+        self.norm_first = norm_first
 
     @property
     def last_layer(self) -> nn.Conv2d:
         """The final conv: where an adaptive GAN weight reads its gradient norms (taming's `last_layer`)."""
-        return self.conv_out
+        last = self.blocks[-1]
+        assert isinstance(last, nn.Conv2d)
+        return last
 
     def forward(self, latent: Tensor) -> Tensor:
-        h = self.levels(self.mid(self.conv_in(latent)))  # (B, widths[0], H, W)
-        return self.conv_out(F.silu(self.norm_out(h)))  # (B, C, H, W), unbounded
+        h = latent
+        for block in self.blocks:
+            h = block(h)
+        return h  # (B, C, H, W), unbounded
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -1,17 +1,22 @@
 """Binary autoencoder (BAE): the ELM tokenizer that turns each latent position into D bits.
 
-    images (B, C, H, W) --Encoder--> (B, latent_width, h, w) --1x1 conv--> logits (B, D, h, w)
-      --sigmoid--> probs p --quantize--> bits {0, 1} --1x1 conv--> (B, latent_width, h, w)
-      --Decoder--> sigmoid --> images (B, C, H, W) in [0, 1]
+    images (B, C, H, W) --Encoder--> (B, latent_width, h, w) --1x1 conv (quantize.proj)--> logits (B, D, h, w)
+      --sigmoid--> probs p --quantize--> bits {0, 1} --bit embedding (quantize.embed)--> (B, latent_width, h, w)
+      --Decoder (GroupNorm first)--> images (B, C, H, W), unbounded
 
 Quantisation (ELM "Tokenizers"): in training, bits ~ Bernoulli(p) (the paper's pick); deterministic mode
 bits = [p > 0.5] (used for evaluation). Either way straight-through: the forward value is the hard bit,
 the backward pass treats the quantiser as the identity so the gradient reaches p and the encoder.
 
-Output map: the decoder's last conv goes through a sigmoid, not a clamp. Reason: a clamp has zero gradient
-wherever the pre-activation leaves [0, 1], so pixels that overshoot early stop learning; the sigmoid keeps a
-gradient everywhere and always yields valid images (which a perceptual loss / discriminator will want later).
-Its cost, that exact 0 and 1 are reached only asymptotically, is below 1e-3 per pixel after training.
+Bit embedding: a bias-free linear map, one learned latent_width vector per bit, summed over the bits that are
+set (the authors' einsum over an nn.Embedding table, so their tensor loads as is). The decoder normalises it
+with a GroupNorm before its first conv (`norm_first`, on in every ELM script).
+
+Output: the decoder's last conv, unbounded, as the authors'. Training losses read it as it is; `decode_ids`, the
+interface that makes images (sampling, evaluation), clamps it to [0, 1], as the authors' samplers do.
+
+Parameter names match the authors' `BinaryAutoEncoder` after its `ae.` prefix, except `decoder.` for their
+`generator.` (a word this project keeps for the image generators); runners/tokenizers/released.py converts.
 """
 
 from __future__ import annotations
@@ -80,8 +85,27 @@ def bit_usage_penalty(probs: Tensor) -> Tensor:
     return ((mean_per_bit - 0.5) ** 2).mean()
 
 
+class BitMaps(nn.Module):
+    """The two learned maps between latent features and bits (the authors' `quantize` module, same names)."""
+
+    def __init__(self, latent_width: int, code_dim: int):
+        super().__init__()
+        # (B, latent_width, h, w) -> D bit logits (B, D, h, w); a Sequential so that the key is `proj.0`, as theirs
+        self.proj = nn.Sequential(nn.Conv2d(latent_width, code_dim, 1))
+        # row n: the latent vector that bit n adds where it is set (no bias); nn.Embedding's N(0, 1) init, as theirs
+        self.embed = nn.Embedding(code_dim, latent_width)
+
+    def logits(self, features: Tensor) -> Tensor:
+        """(B, latent_width, h, w) -> (B, D, h, w)."""
+        return self.proj(features)
+
+    def embed_bits(self, bits: Tensor) -> Tensor:
+        """Bits (B, D, h, w) -> (B, latent_width, h, w): the sum of embed.weight[n] over the set bits n."""
+        return torch.einsum("b n h w, n d -> b d h w", bits, self.embed.weight)
+
+
 class BinaryAutoencoder(nn.Module):
-    """Conv encoder -> D sigmoid bits per latent position -> conv decoder (ELM's BAE tokenizer).
+    """Conv encoder -> D sigmoid bits per latent position -> conv decoder (ELM's BAE tokenizer, the authors' layout).
 
     Token interface (runners/tokenizers/__init__.py): a latent position holds `code_dim` bits, cut into K
     sub-token ids by a `Vocabulary(code_dim, K)`; encoding is stochastic (Bernoulli) or thresholded.
@@ -117,10 +141,9 @@ class BinaryAutoencoder(nn.Module):
         self.channels = channels
         self.image_size = image_size
         self.bernoulli = bernoulli
-        self.encoder = Encoder(config, channels, image_size)
-        self.to_logits = nn.Conv2d(config.latent_width, code_dim, 1)  # (B, W, h, w) -> (B, D, h, w)
-        self.from_bits = nn.Conv2d(code_dim, config.latent_width, 1)  # learned linear map of the D bits
-        self.decoder = Decoder(config, channels, image_size)
+        self.encoder = Encoder(config, channels, image_size)  # (B, C, H, W) -> (B, latent_width, h, w)
+        self.quantize = BitMaps(config.latent_width, code_dim)
+        self.decoder = Decoder(config, channels, image_size, norm_first=True)  # (B, latent_width, h, w) -> images
 
     @property
     def init_kwargs(self) -> dict[str, object]:
@@ -136,24 +159,31 @@ class BinaryAutoencoder(nn.Module):
 
     def encode_logits(self, images: Tensor) -> Tensor:
         """Images (B, C, H, W) in [0, 1] -> bit logits (B, D, h, w); probabilities are their sigmoid."""
-        return self.to_logits(self.encoder(images))
+        return self.quantize.logits(self.encoder(images))
 
     def encode_probs(self, images: Tensor) -> Tensor:
         """Images (B, C, H, W) in [0, 1] -> bit probabilities (B, D, h, w)."""
         return torch.sigmoid(self.encode_logits(images))
 
-    def quantize(self, probs: Tensor, mode: QuantizeMode, generator: torch.Generator | None = None) -> Tensor:
+    def binarize(self, probs: Tensor, mode: QuantizeMode, generator: torch.Generator | None = None) -> Tensor:
         """Probabilities (B, D, h, w) -> straight-through bits {0., 1.} (B, D, h, w); see `quantize_bits`."""
         return quantize_bits(probs, mode, generator)
 
     def encode(self, images: Tensor, mode: QuantizeMode = "threshold",
                generator: torch.Generator | None = None) -> Tensor:
         """Images (B, C, H, W) -> bits (B, D, h, w). For a generator's training data use mode="bernoulli"."""
-        return self.quantize(self.encode_probs(images), mode, generator)
+        return self.binarize(self.encode_probs(images), mode, generator)
 
     def decode(self, bits: Tensor) -> Tensor:
-        """Bits (B, D, h, w) -> images (B, C, H, W) in [0, 1]."""
-        return torch.sigmoid(self.decoder(self.from_bits(bits)))
+        """Bits (B, D, h, w) -> decoder output (B, C, H, W), unbounded (images are its clamp to [0, 1])."""
+        return self.decoder(self.quantize.embed_bits(bits))
+
+    @property
+    def to_logits(self) -> nn.Conv2d:
+        """The 1x1 conv from the encoder's features to the D bit logits."""
+        conv = self.quantize.proj[0]
+        assert isinstance(conv, nn.Conv2d)
+        return conv
 
     @property
     def last_layer(self) -> nn.Conv2d:
@@ -186,19 +216,19 @@ class BinaryAutoencoder(nn.Module):
         return bits_to_token_ids(bits, vocab)
 
     def decode_ids(self, ids: Tensor, vocab: Vocabulary | None = None) -> Tensor:
-        """Sub-token ids (B, h*w, K) -> images (B, C, H, W) in [0, 1]; vocab None = Vocabulary(D, K=ids.shape[-1])."""
+        """Sub-token ids (B, h*w, K) -> images (B, C, H, W) clamped to [0, 1]; vocab None = Vocabulary(D, K=ids.shape[-1])."""
         if vocab is None:
             vocab = Vocabulary(code_dim=self.code_dim, token_each=int(ids.shape[-1]))
         vocab = self.check_vocab(vocab)
-        bits = token_ids_to_bits(ids, vocab, self.grid).to(self.from_bits.weight.dtype)  # (B, D, h, w)
-        return self.decode(bits)
+        bits = token_ids_to_bits(ids, vocab, self.grid).to(self.quantize.embed.weight.dtype)  # (B, D, h, w)
+        return self.decode(bits).clamp(0.0, 1.0)
 
     def forward(self, images: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """Images (B, C, H, W) -> dict(recon (B, C, H, W), probs (B, D, h, w), bits (B, D, h, w)).
+        """Images (B, C, H, W) -> dict(recon (B, C, H, W) unbounded, probs (B, D, h, w), bits (B, D, h, w)).
 
         Bernoulli bits (drawn from `generator`) when `self.bernoulli` and in training mode, else threshold.
         """
         probs = self.encode_probs(images)
         mode: QuantizeMode = "bernoulli" if (self.bernoulli and self.training) else "threshold"
-        bits = self.quantize(probs, mode, generator)
+        bits = self.binarize(probs, mode, generator)
         return dict(recon=self.decode(bits), probs=probs, bits=bits)

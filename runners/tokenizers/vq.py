@@ -1,23 +1,22 @@
 """VQ tokenizer (ELM's VQGAN baseline): the BAE's conv backbone with a nearest-neighbour codebook in between.
 
-    images (B, C, H, W) --Encoder--> (B, latent_width, h, w) --1x1 conv--> z (B, e, h, w)
-      --nearest codebook entry (squared L2)--> ids (B, h, w) in [0, codebook_size), z_q = codebook[ids]
-      --straight-through z + sg(z_q - z)--> 1x1 conv --> (B, latent_width, h, w) --Decoder--> sigmoid
-      --> images (B, C, H, W) in [0, 1]
+    images (B, C, H, W) --Encoder--> z (B, e, h, w) --nearest codebook entry (squared L2)--> ids (B, h, w) in
+      [0, codebook_size), z_q = codebook[ids] --straight-through z + sg(z_q - z)--> Decoder --> images (B, C, H, W),
+      unbounded (clamped to [0, 1] where images are made, `decode_ids`)
 
-Losses (VQ-VAE, van den Oord et al. 2017; LlamaGen's VQ): the codebook loss ||sg(z) - z_q||^2 pulls the chosen
-entries towards the encoder outputs; the commitment loss ||z - sg(z_q)||^2, weighted by `commitment` (beta = 0.25,
-ELM.md "VQGAN"), keeps the encoder close to its entries. The forward pass returns both in `quant_loss` =
-codebook + commitment * commitment_loss; the training loop adds it to the reconstruction loss. (taming's code
-with its default legacy=True puts beta on the codebook term instead; we follow the paper's definition.)
+As the authors' VQAutoEncoder (bae/vqgan.py): the encoder's last conv gives the e = code_width channels the
+codebook lives in (no 1x1 maps around the codebook), and the decoder starts with its conv (no GroupNorm first).
+
+Losses, weighted as the taming code the authors ship (its default legacy form): the commitment term
+||z - sg(z_q)||^2 with weight 1 keeps the encoder close to its entries; the codebook term ||sg(z) - z_q||^2 with
+weight `beta` (0.25) pulls the chosen entries towards the encoder outputs. The forward pass returns
+quant_loss = commitment_loss + beta * codebook_loss; the training loop adds it to the reconstruction loss.
 
 Codebook init as taming: U(-1/codebook_size, 1/codebook_size). With it most entries are never the nearest of any
 encoder output and so never move (ELM: VQGAN uses a few % of its codes at scale). Dead-code restarts
 (`restart_dead_codes=True`, off by default = the paper's VQGAN): in training, an entry unused for
 `restart_after_steps` consecutive forward passes is re-initialised from a random encoder output of the current
 batch (drawn from the training generator, so the run stays deterministic).
-
-The decoder sees the same 1x1 "post-quant" map and sigmoid output as the BAE (see bae.py for why a sigmoid).
 """
 
 from __future__ import annotations
@@ -53,12 +52,13 @@ def nearest_code(z: Tensor, codebook: Tensor) -> Tensor:
     return torch.cat(ids) if ids else torch.zeros(0, dtype=torch.int64, device=z.device)
 
 
-def vector_quantize(z: Tensor, codebook: Tensor, commitment: float) -> dict[str, Tensor]:
+def vector_quantize(z: Tensor, codebook: Tensor, beta: float) -> dict[str, Tensor]:
     """Quantise encoder outputs z (B, e, h, w) with a codebook (V, e): the VQ-VAE forward, losses included.
 
     Returns dict(z_q (B, e, h, w) straight-through: value codebook[ids], gradient to z as if identity;
     ids (B, h, w); codebook_loss = mean ||sg(z) - z_q||^2 (gradient to the entries); commitment_loss =
-    mean ||z - sg(z_q)||^2 (gradient to the encoder); quant_loss = codebook_loss + commitment * commitment_loss).
+    mean ||z - sg(z_q)||^2 (gradient to the encoder); quant_loss = commitment_loss + beta * codebook_loss, the
+    authors' (taming's legacy) weighting).
     Means are over all B * e * h * w elements, as taming's torch.mean.
     """
     B, e, h, w = z.shape
@@ -71,7 +71,7 @@ def vector_quantize(z: Tensor, codebook: Tensor, commitment: float) -> dict[str,
     # which is off by float rounding), gradient to z as if identity, none to the entries along this path.
     z_q = chosen.detach() + (z - z.detach())
     return dict(z_q=z_q, ids=ids, codebook_loss=codebook_loss, commitment_loss=commitment_loss,
-                quant_loss=codebook_loss + commitment * commitment_loss)
+                quant_loss=commitment_loss + beta * codebook_loss)
 
 
 class VQTokenizer(nn.Module):
@@ -83,7 +83,7 @@ class VQTokenizer(nn.Module):
     """Nearest-neighbour lookup is deterministic: encode_ids gives the same ids for mode bernoulli and threshold."""
 
     def __init__(self, *, codebook_size: int, size: str, channels: int, image_size: int,
-                 code_width: int | None = None, commitment: float = 0.25, restart_dead_codes: bool = False,
+                 code_width: int | None = None, beta: float = 0.25, restart_dead_codes: bool = False,
                  restart_after_steps: int = 50):
         """
         Args:
@@ -91,9 +91,9 @@ class VQTokenizer(nn.Module):
             size: a key of VQ_SIZES ("tiny", "small", "imagenet").
             channels: image channels C.
             image_size: image side H = W; a multiple of the size's downsampling factor.
-            code_width: e, the dimension of a codebook entry; None = the backbone's latent width (taming's
-                embed_dim = z_channels = 256 at the imagenet size; 32 at tiny).
-            commitment: weight of the commitment loss (beta; 0.25 in VQGAN and ELM).
+            code_width: e, the dimension of a codebook entry = the encoder's output channels; None = the
+                backbone's latent width (the authors' emb_dim 256 at the imagenet size; 32 at tiny).
+            beta: weight of the codebook loss (the commitment loss has weight 1), 0.25 as the authors' hparams.
             restart_dead_codes: re-initialise entries unused for `restart_after_steps` training forward passes
                 from random encoder outputs of the batch (off = the paper's VQGAN).
             restart_after_steps: N, the number of consecutive unused training forward passes that makes an entry dead.
@@ -113,8 +113,8 @@ class VQTokenizer(nn.Module):
         if code_width < 1:
             raise ValueError(f"code_width must be >= 1 or None, but got code_width={code_width}; "
                              f"try None (the backbone's latent width, {config.latent_width})")
-        if not commitment >= 0.0:
-            raise ValueError(f"commitment must be >= 0, but got commitment={commitment}; VQGAN uses 0.25")
+        if not beta >= 0.0:
+            raise ValueError(f"beta must be >= 0, but got beta={beta}; the authors' VQGAN uses 0.25")
         if restart_after_steps < 1:
             raise ValueError(f"restart_after_steps must be >= 1, but got restart_after_steps={restart_after_steps}; "
                              f"try 50")
@@ -124,16 +124,14 @@ class VQTokenizer(nn.Module):
         self.channels = channels
         self.image_size = image_size
         self.code_width = code_width
-        self.commitment = float(commitment)
+        self.beta = float(beta)
         self.restart_dead_codes = bool(restart_dead_codes)
         self.restart_after_steps = int(restart_after_steps)
 
-        self.encoder = Encoder(config, channels, image_size)
-        self.quant_conv = nn.Conv2d(config.latent_width, code_width, 1)  # (B, W, h, w) -> (B, e, h, w)
+        self.encoder = Encoder(config, channels, image_size, out_channels=code_width)  # -> (B, e, h, w)
         self.codebook = nn.Embedding(codebook_size, code_width)  # (V, e)
         nn.init.uniform_(self.codebook.weight, -1.0 / codebook_size, 1.0 / codebook_size)  # taming's init
-        self.post_quant_conv = nn.Conv2d(code_width, config.latent_width, 1)  # (B, e, h, w) -> (B, W, h, w)
-        self.decoder = Decoder(config, channels, image_size)
+        self.decoder = Decoder(config, channels, image_size, in_channels=code_width)  # (B, e, h, w) -> images
         # Training forward passes since each entry was last chosen (training state; saved with the weights).
         self.register_buffer("steps_unused", torch.zeros(codebook_size, dtype=torch.int64))
 
@@ -141,7 +139,7 @@ class VQTokenizer(nn.Module):
     def init_kwargs(self) -> dict[str, object]:
         """The constructor arguments: `VQTokenizer(**model.init_kwargs)` rebuilds the architecture."""
         return dict(codebook_size=self.codebook_size, size=self.size, channels=self.channels,
-                    image_size=self.image_size, code_width=self.code_width, commitment=self.commitment,
+                    image_size=self.image_size, code_width=self.code_width, beta=self.beta,
                     restart_dead_codes=self.restart_dead_codes, restart_after_steps=self.restart_after_steps)
 
     @property
@@ -159,7 +157,7 @@ class VQTokenizer(nn.Module):
 
     def encode_latent(self, images: Tensor) -> Tensor:
         """Images (B, C, H, W) in [0, 1] -> continuous encoder outputs z (B, e, h, w), before the codebook."""
-        return self.quant_conv(self.encoder(images))
+        return self.encoder(images)
 
     def lookup(self, z: Tensor) -> Tensor:
         """z (B, e, h, w) -> ids (B, h, w) int64 of the nearest codebook entries."""
@@ -177,22 +175,22 @@ class VQTokenizer(nn.Module):
         return self.lookup(self.encode_latent(images))
 
     def decode(self, ids: Tensor) -> Tensor:
-        """Codebook ids (B, h, w) -> images (B, C, H, W) in [0, 1]."""
+        """Codebook ids (B, h, w) -> decoder output (B, C, H, W), unbounded."""
         return self.decode_latent(self.embed(ids))
 
     def decode_latent(self, z_q: Tensor) -> Tensor:
-        """Quantised latents (B, e, h, w) -> images (B, C, H, W) in [0, 1]."""
-        return torch.sigmoid(self.decoder(self.post_quant_conv(z_q)))
+        """Quantised latents (B, e, h, w) -> decoder output (B, C, H, W), unbounded."""
+        return self.decoder(z_q)
 
     def forward(self, images: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Images (B, C, H, W) -> dict(recon, z, ids, quant_loss, codebook_loss, commitment_loss).
 
-        recon (B, C, H, W) in [0, 1]; z (B, e, h, w) encoder outputs; ids (B, h, w). In training mode with
+        recon (B, C, H, W) unbounded; z (B, e, h, w) encoder outputs; ids (B, h, w). In training mode with
         `restart_dead_codes`, dead entries are re-initialised from this batch's z using `generator` (after the
         losses are formed: this step's gradients are unaffected, as a dead entry received none).
         """
         z = self.encode_latent(images)  # (B, e, h, w)
-        quantized = vector_quantize(z, self.codebook.weight, self.commitment)
+        quantized = vector_quantize(z, self.codebook.weight, self.beta)
         recon = self.decode_latent(quantized["z_q"])
         if self.training:
             self._track_usage(quantized["ids"], z, generator)
@@ -256,7 +254,7 @@ class VQTokenizer(nn.Module):
         return self.encode(images).flatten(1).unsqueeze(-1)  # (B, h*w, 1)
 
     def decode_ids(self, ids: Tensor, vocab: Vocabulary | None = None) -> Tensor:
-        """Ids (B, h*w, 1) -> images (B, C, H, W) in [0, 1]."""
+        """Ids (B, h*w, 1) -> images (B, C, H, W): the decoder's output clamped to [0, 1]."""
         self.check_vocab(vocab)
         h, w = self.grid
         if ids.ndim != 3 or ids.shape[1:] != (h * w, 1):
@@ -266,4 +264,4 @@ class VQTokenizer(nn.Module):
         if ids.numel() and not bool(((ids >= 0) & (ids < self.codebook_size)).all()):
             raise ValueError(f"ids must lie in [0, {self.codebook_size}), but got values in "
                              f"[{int(ids.min())}, {int(ids.max())}]")
-        return self.decode(ids.long().reshape(ids.shape[0], h, w))
+        return self.decode(ids.long().reshape(ids.shape[0], h, w)).clamp(0.0, 1.0)
