@@ -3,8 +3,20 @@
 Loss (ELM.md "Tokenizers"): L1 + perceptual_weight * LPIPS + adaptive_weight * hinge-GAN, plus the tokenizer's
 own terms: bit_usage_weight * bit-usage penalty for a BAE (forward returns "probs"), the codebook + commitment
 loss for a VQ (forward returns "quant_loss"). LPIPS and GAN are off by default (weights 0): the digits recipe is
-L1 + bit-usage. The GAN term starts at step `gan_start` (taming's disc_start); before it the discriminator
-neither trains nor contributes. See runners/tokenizers/losses.py for the formulas.
+L1 + bit-usage. See runners/tokenizers/losses.py for the formulas.
+
+The recipe otherwise is the authors' (Binary Latent Diffusion's train_ae_dist.py with the hparams ELM ships,
+bae/binaryae.py, hparams/defaults/binarygan_default.py, hparams/set_up_hparams.py):
+- autoencoder: Adam, betas (0.9, 0.999), no weight decay, constant lr (AdamW with weight decay 0 is Adam);
+- discriminator: Adam with the same lr and betas, PyTorch's default init (no taming init), hinge loss;
+- GAN: the autoencoder's term is on from step `gan_start` with the adaptive weight clamped to `gan_weight_max`
+  (1) times `gan_weight` (1); the discriminator trains from the step after (theirs: AE term from 0-based step
+  disc_start_step, discriminator at steps > disc_start_step);
+- LPIPS reads the [0, 1] images as they are (their LPIPS has no [-1, 1] map);
+- EMA of the autoencoder's weights: decay 0.995 every 10 steps (their ema_beta, steps_per_update_ema), with a
+  warm-up of ours (the decay is min(decay, (1 + t) / (10 + t)) at update t) that keeps short runs off their
+  random init; after 2,000 updates it no longer acts, so long runs end as theirs.
+Steps are counted from 1 here, from 0 in theirs: their step s is our step s + 1.
 
 Determinism: given the model's initial weights (the caller seeds the init), the run is a function of `seed`:
 a CPU torch.Generator drives the data order, a generator on the model's device drives the Bernoulli bits (BAE)
@@ -33,13 +45,15 @@ from torch.utils.data import Dataset, TensorDataset
 from runners.checkpoint import Checkpointer, rng_state, set_rng_state
 from runners.data import stack
 from runners.tokenizers.bae import bit_usage_penalty, bits_to_token_ids
-from runners.tokenizers.losses import (PatchDiscriminator, PerceptualLoss, adaptive_gan_weight, hinge_d_loss,
-                                       hinge_g_loss, patch_discriminator_layers)
+from runners.tokenizers.losses import (ADAPTIVE_WEIGHT_MAX, PatchDiscriminator, PerceptualLoss, adaptive_gan_weight,
+                                       hinge_d_loss, hinge_g_loss, patch_discriminator_layers)
 from runners.vocab import Vocabulary
 
-ADAMW_BETAS = (0.9, 0.99)
-ADAMW_WEIGHT_DECAY = 0.0  # an autoencoder with few hundred steps has nothing to gain from shrinking weights
-DISC_BETAS = (0.5, 0.9)  # taming's Adam betas for the discriminator
+ADAMW_BETAS = (0.9, 0.999)  # the authors' torch.optim.Adam defaults
+ADAMW_WEIGHT_DECAY = 0.0  # theirs: Adam without weight decay
+DISC_BETAS = (0.9, 0.999)  # theirs: the discriminator's Adam also keeps the defaults (taming: 0.5, 0.9)
+EMA_DECAY = 0.995  # their ema_beta
+EMA_EVERY = 10  # their steps_per_update_ema
 
 
 def tokenizer_loss(
@@ -52,13 +66,14 @@ def tokenizer_loss(
     discriminator: nn.Module | None = None,
     gan_weight: float = 0.0,
     last_layer_weight: Tensor | None = None,
+    gan_weight_max: float = ADAPTIVE_WEIGHT_MAX,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Total autoencoder loss and its (detached, scalar) terms for one batch; images (B, C, H, W), out = model(images).
 
     Terms: l1; bit_usage_penalty if out has "probs" (BAE); quant_loss (+ codebook_loss, commitment_loss) if out
     has "quant_loss" (VQ); perceptual if `perceptual` is given and perceptual_weight > 0; gan_g and gan_weight
     (the adaptive weight, already times gan_weight) if `discriminator` is given and gan_weight > 0, which needs
-    `last_layer_weight` (the decoder's last conv weight) for the adaptive weight.
+    `last_layer_weight` (the decoder's last conv weight) for the adaptive weight, clamped to gan_weight_max.
     """
     recon = out["recon"]
     l1 = F.l1_loss(recon, images)
@@ -82,7 +97,7 @@ def tokenizer_loss(
             raise ValueError("last_layer_weight must be the decoder's last conv weight when the GAN term is on, "
                              "but got None; pass model.last_layer.weight")
         gan_g = hinge_g_loss(discriminator(recon))
-        weight = adaptive_gan_weight(rec_loss, gan_g, last_layer_weight, gan_weight)
+        weight = adaptive_gan_weight(rec_loss, gan_g, last_layer_weight, gan_weight, gan_weight_max)
         loss = loss + weight * gan_g
         terms["gan_g"], terms["gan_weight"] = gan_g.detach(), weight.detach()
     terms["loss"] = loss.detach()
@@ -161,18 +176,20 @@ def train_tokenizer(
     batch_size: int,
     seed: int,
     bit_usage_weight: float = 0.01,
-    ema_decay: float = 0.999,
+    ema_decay: float = EMA_DECAY,
+    ema_every: int = EMA_EVERY,
     log_every: int = 10,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     perceptual_weight: float = 0.0,
     perceptual_weights: str | None = None,
     gan_weight: float = 0.0,
     gan_start: int = 0,
+    gan_weight_max: float = ADAPTIVE_WEIGHT_MAX,
     disc_width: int = 64,
     disc_layers: int | None = None,
     checkpointer: Checkpointer | None = None,
 ) -> nn.Module:
-    """Train `model` (in place) with AdamW on L1 (+ its own terms, + LPIPS, + GAN); return its EMA copy in eval mode.
+    """Train `model` (in place) with Adam on L1 (+ its own terms, + LPIPS, + GAN); return its EMA copy in eval mode.
 
     Args:
         model: a tokenizer whose forward(images, generator) returns dict(recon, ...): BAE "probs" (bit-usage
@@ -180,12 +197,14 @@ def train_tokenizer(
             `model.channels` and `model.image_size` for the discriminator.
         train: items (image (C, H, W) in [0, 1], label); a TensorDataset is indexed directly (fast path).
         steps: optimizer steps.
-        lr: AdamW learning rate (constant).
+        lr: learning rate of the autoencoder's and the discriminator's Adam (constant).
         batch_size: images per step (the last partial batch of each epoch is dropped).
         seed: seeds the data order, the Bernoulli draws / dead-code restarts and the discriminator init.
         bit_usage_weight: weight of `bit_usage_penalty` (0 turns it off).
-        ema_decay: EMA decay; warmed up as min(ema_decay, (1 + t) / (10 + t)) so that short runs are not
-            dominated by the random initial weights (0.999 ** 300 would still leave 74% of the init).
+        ema_decay: EMA decay per update (the authors' 0.995); warmed up as min(ema_decay, (1 + t) / (10 + t)) at
+            update t so that short runs are not dominated by the random initial weights.
+        ema_every: update the EMA after every this many steps (steps ema_every, 2 ema_every, ...; theirs 10)
+            and after the last step.
         log_every: call on_log every this many steps (and at the last step) with the terms averaged since the
             previous call.
         on_log: callback(step, averaged terms), step counted from 1. Terms: "loss", "l1", plus
@@ -195,8 +214,10 @@ def train_tokenizer(
         perceptual_weight: weight of the LPIPS term (0 = off).
         perceptual_weights: local LPIPS-VGG16 weights file (see losses.PerceptualLoss); needed when
             perceptual_weight > 0, never downloaded.
-        gan_weight: taming's disc_weight, multiplying the adaptive weight of the hinge-GAN term (0 = off).
-        gan_start: first step (counted from 1) at which the discriminator trains and the GAN term is on.
+        gan_weight: multiplies the adaptive weight of the hinge-GAN term (0 = off; the authors' 1).
+        gan_start: first step (counted from 1) at which the GAN term is on; the discriminator trains from the step
+            after (the authors' disc_start_step 30001, 0-based, is our gan_start 30002).
+        gan_weight_max: the adaptive weight's clamp (the authors' disc_weight_max 1; taming 1e4).
         disc_width: channels of the discriminator's first conv (taming: 64).
         disc_layers: stride-2 layers of the discriminator; None = as many as fit the image, at most 3 (taming).
         checkpointer: saves the run's whole state when due (runners/checkpoint.py); a run that finds a checkpoint
@@ -205,8 +226,11 @@ def train_tokenizer(
     if steps < 1 or batch_size < 1 or log_every < 1 or not lr > 0:
         raise ValueError(f"steps, batch_size, log_every and lr must be positive, but got steps={steps}, "
                          f"batch_size={batch_size}, log_every={log_every}, lr={lr}")
-    if not 0.0 <= ema_decay < 1.0:
-        raise ValueError(f"ema_decay must be in [0, 1), but got ema_decay={ema_decay}; try 0.999")
+    if not 0.0 <= ema_decay < 1.0 or ema_every < 1:
+        raise ValueError(f"ema_decay must be in [0, 1) and ema_every >= 1, but got ema_decay={ema_decay}, "
+                         f"ema_every={ema_every}; try 0.995 and 10 (the authors')")
+    if not gan_weight_max > 0:
+        raise ValueError(f"gan_weight_max must be > 0, but got gan_weight_max={gan_weight_max}; the authors use 1")
     if perceptual_weight < 0 or gan_weight < 0 or gan_start < 0:
         raise ValueError(f"perceptual_weight, gan_weight and gan_start must be >= 0, but got perceptual_weight="
                          f"{perceptual_weight}, gan_weight={gan_weight}, gan_start={gan_start}; use 0 to turn off")
@@ -216,7 +240,8 @@ def train_tokenizer(
     data_generator = torch.Generator().manual_seed(seed)
     bit_generator = torch.Generator(device=device).manual_seed(seed + 1)
 
-    perceptual = PerceptualLoss(perceptual_weights).to(device) if perceptual_weight > 0 else None
+    # The authors' LPIPS takes the [0, 1] images without LPIPS' [-1, 1] map (bae/lpips.py, bae/binaryae.py).
+    perceptual = PerceptualLoss(perceptual_weights, to_signed=False).to(device) if perceptual_weight > 0 else None
     discriminator: nn.Module | None = None
     disc_optimizer: torch.optim.Optimizer | None = None
     if gan_weight > 0:
@@ -264,12 +289,15 @@ def train_tokenizer(
             images, out, bit_usage_weight=bit_usage_weight, perceptual=perceptual,
             perceptual_weight=perceptual_weight, discriminator=discriminator if gan_on else None,
             gan_weight=gan_weight, last_layer_weight=model.last_layer.weight if gan_on else None,
+            gan_weight_max=gan_weight_max,
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        _ema_update(ema, model, min(ema_decay, (1.0 + step) / (10.0 + step)))
-        if gan_on:
+        if step % ema_every == 0 or step == steps:  # (the last step too: ours, so short runs end updated)
+            update = -(-step // ema_every)  # 1, 2, ...
+            _ema_update(ema, model, min(ema_decay, (1.0 + update) / (10.0 + update)))
+        if gan_on and step > gan_start:
             assert discriminator is not None and disc_optimizer is not None
             # Discriminator step on real images vs the (detached) reconstructions of this step, hinge loss.
             gan_d = hinge_d_loss(discriminator(images), discriminator(out["recon"].detach()))

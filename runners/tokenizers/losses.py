@@ -3,11 +3,13 @@
 ELM trains its tokenizers with L1 + LPIPS + an adaptively weighted hinge GAN (ELM.md "Tokenizers"). The GAN term
 of the autoencoder is -mean(D(recon)), scaled by
 
-    adaptive weight = ||d rec / d w|| / (||d gan / d w|| + 1e-4), clamped to [0, 1e4], detached, times disc_weight,
+    adaptive weight = ||d rec / d w|| / (||d gan / d w|| + 1e-4), clamped to [0, max_weight], detached, times
+                      disc_weight,
 
 with w the decoder's last conv weight and rec the reconstruction (+ perceptual) loss: the GAN gradient is
-rescaled to the size of the reconstruction gradient where both reach the image. It is off (0) before
-`gan_start` steps, as taming's `disc_start`.
+rescaled to the size of the reconstruction gradient where both reach the image. The authors' BAE recipe
+(bae/binaryae.py, utils/vqgan_utils.py) clamps at max_weight = 1 (their disc_weight_max) and multiplies by 1;
+taming's VQGAN clamps at 1e4 and multiplies by its disc_weight (0.5 or 0.8). It is off (0) before `gan_start`.
 
 LPIPS weights are never downloaded: `PerceptualLoss(path)` reads a local file (see `PerceptualLoss` for its
 format and how to make one offline from the official lpips package's weights).
@@ -15,6 +17,7 @@ format and how to make one offline from the official lpips package's weights).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -32,7 +35,7 @@ VGG_CONV_INDICES: tuple[int, ...] = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26,
 LPIPS_SHIFT: tuple[float, float, float] = (-0.030, -0.088, -0.188)
 LPIPS_SCALE: tuple[float, float, float] = (0.458, 0.448, 0.450)
 ADAPTIVE_WEIGHT_EPS = 1e-4
-ADAPTIVE_WEIGHT_MAX = 1e4
+ADAPTIVE_WEIGHT_MAX = 1.0  # the authors' disc_weight_max (hparams/defaults/binarygan_default.py); taming: 1e4
 
 
 def vgg16_features() -> nn.Sequential:
@@ -111,8 +114,9 @@ class PerceptualLoss(nn.Module):
     """LPIPS (Zhang et al. 2018, "vgg" v0.1): a frozen VGG16 and five learned 1x1 heads. (x, y) -> (B,) distances.
 
     d(x, y) = sum_l mean_{h,w} sum_c w_l,c (f_l(x) - f_l(y))_c^2, f_l = VGG16 relu{1_2,2_2,3_3,4_3,5_3} features
-    unit-normalised over channels; inputs in [0, 1] are mapped to [-1, 1], then LPIPS' shift/scale; grey images
-    are repeated to 3 channels. 0 for identical images.
+    unit-normalised over channels; inputs in [0, 1] are mapped to [-1, 1] (LPIPS' convention; `to_signed=False`
+    skips it, as the authors' BAE training does: their LPIPS gets the [0, 1] images as they are), then LPIPS'
+    shift/scale; grey images are repeated to 3 channels. 0 for identical images.
 
     Weights file (`path`): a `.safetensors` file, or a torch `.pt`/`.pth` state dict, holding exactly the keys of
     `perceptual_state_keys()`: "features.{i}.weight/bias" for the 13 convs of torchvision's `vgg16().features`
@@ -126,8 +130,9 @@ class PerceptualLoss(nn.Module):
     The module is frozen (no gradients to its weights) and always in eval mode; gradients flow to the inputs.
     """
 
-    def __init__(self, path: str | None):
+    def __init__(self, path: str | None, to_signed: bool = True):
         super().__init__()
+        self.to_signed = to_signed
         state = _load_state(path)
         expected = perceptual_state_keys()
         missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
@@ -157,7 +162,9 @@ class PerceptualLoss(nn.Module):
     def _features(self, images: Tensor) -> list[Tensor]:
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)  # grey -> RGB
-        h = ((2.0 * images - 1.0) - self.shift) / self.scale  # (B, 3, H, W)
+        if self.to_signed:
+            images = 2.0 * images - 1.0
+        h = (images - self.shift) / self.scale  # (B, 3, H, W)
         out, start = [], 0
         for end in VGG_SLICE_ENDS:
             h = self.features[start:end](h)
@@ -195,14 +202,19 @@ class PatchDiscriminator(nn.Module):
     """taming's NLayerDiscriminator (pix2pix PatchGAN): images (B, C, H, W) -> patch logits (B, 1, h', w').
 
     conv4 s2 -> LeakyReLU(0.2), then `layers - 1` x [conv4 s2, BatchNorm, LeakyReLU], one [conv4 s1, BatchNorm,
-    LeakyReLU], and a conv4 s1 to one logit per patch. Widths width * min(2^n, 8). Init as taming's weights_init:
-    conv weights N(0, 0.02), BatchNorm weights N(1, 0.02), biases 0, drawn from `generator` (global RNG if None).
+    LeakyReLU], and a conv4 s1 to one logit per patch. Widths width * min(2^n, 8). Weights drawn from `generator`
+    (global RNG if None), init "default": PyTorch's own layer init (conv weights and biases U(-1/sqrt(fan_in),
+    1/sqrt(fan_in)), BatchNorm 1 and 0), which the authors' BAE training keeps (their BinaryGAN applies no init
+    function); "taming": taming's weights_init, conv weights N(0, 0.02), BatchNorm weights N(1, 0.02), biases 0.
     """
 
-    def __init__(self, channels: int, *, width: int = 64, layers: int = 3, generator: torch.Generator | None = None):
+    def __init__(self, channels: int, *, width: int = 64, layers: int = 3, generator: torch.Generator | None = None,
+                 init: str = "default"):
         super().__init__()
         if width < 1 or layers < 1:
             raise ValueError(f"width and layers must be >= 1, but got width={width}, layers={layers}")
+        if init not in ("default", "taming"):
+            raise ValueError(f"init must be one of default, taming, but got init={init!r}")
         blocks: list[nn.Module] = [nn.Conv2d(channels, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
         multiplier = 1
         for n in range(1, layers + 1):
@@ -214,12 +226,21 @@ class PatchDiscriminator(nn.Module):
         self.net = nn.Sequential(*blocks)
         self.layers = layers
         for module in self.modules():
-            if isinstance(module, nn.Conv2d):
+            if isinstance(module, nn.Conv2d) and init == "default":
+                # nn.Conv2d.reset_parameters, with the generator: kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in))
+                bound = 1.0 / math.sqrt(module.weight[0].numel())
+                nn.init.uniform_(module.weight, -bound, bound, generator=generator)
+                if module.bias is not None:
+                    nn.init.uniform_(module.bias, -bound, bound, generator=generator)
+            elif isinstance(module, nn.Conv2d):
                 nn.init.normal_(module.weight, 0.0, 0.02, generator=generator)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.BatchNorm2d):
-                nn.init.normal_(module.weight, 1.0, 0.02, generator=generator)
+                if init == "taming":
+                    nn.init.normal_(module.weight, 1.0, 0.02, generator=generator)
+                else:
+                    nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
     @staticmethod
@@ -244,8 +265,9 @@ def hinge_g_loss(logits_fake: Tensor) -> Tensor:
     return -logits_fake.mean()
 
 
-def adaptive_gan_weight(rec_loss: Tensor, gan_loss: Tensor, last_layer_weight: Tensor, disc_weight: float) -> Tensor:
-    """||d rec_loss / d w|| / (||d gan_loss / d w|| + 1e-4), clamped to [0, 1e4], detached, times disc_weight.
+def adaptive_gan_weight(rec_loss: Tensor, gan_loss: Tensor, last_layer_weight: Tensor, disc_weight: float,
+                        max_weight: float = ADAPTIVE_WEIGHT_MAX) -> Tensor:
+    """||d rec_loss / d w|| / (||d gan_loss / d w|| + 1e-4), clamped to [0, max_weight], detached, times disc_weight.
 
     w = the decoder's last conv weight. Both losses must still have their graphs (they are retained for the
     backward pass that follows).
@@ -253,4 +275,4 @@ def adaptive_gan_weight(rec_loss: Tensor, gan_loss: Tensor, last_layer_weight: T
     rec_grad = torch.autograd.grad(rec_loss, last_layer_weight, retain_graph=True)[0]
     gan_grad = torch.autograd.grad(gan_loss, last_layer_weight, retain_graph=True)[0]
     weight = rec_grad.norm() / (gan_grad.norm() + ADAPTIVE_WEIGHT_EPS)
-    return weight.clamp(0.0, ADAPTIVE_WEIGHT_MAX).detach() * disc_weight
+    return weight.clamp(0.0, max_weight).detach() * disc_weight

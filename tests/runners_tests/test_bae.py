@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from runners.data import load_dataset, stack
 from runners.tokenizers import TOKENIZERS, TokenizerEntry, get_tokenizer
-from runners.tokenizers.backbone import AttentionBlock, count_parameters
+from runners.tokenizers.backbone import AttentionBlock, ResnetBlock, count_parameters
 from runners.tokenizers.bae import (BAE_SIZES, BinaryAutoencoder, bit_usage_penalty, bits_to_token_ids,
                                     quantize_bits, token_ids_to_bits)
 from runners.train_tokenizer import reconstruction_metrics, train_tokenizer
@@ -47,24 +47,46 @@ def test_shapes_at_each_size(size: str, channels: int, image_size: int, grid: in
     assert BinaryAutoencoder(**model.init_kwargs).init_kwargs == model.init_kwargs
 
 
-def test_imagenet_size_matches_the_paper_backbone() -> None:
+def test_imagenet_size_matches_the_authors_bae() -> None:
     # Built on the meta device: shapes only, no memory, no compute.
     with torch.device("meta"):
         model = BinaryAutoencoder(code_dim=24, size="imagenet", channels=3, image_size=256)
     assert model.grid == (16, 16)  # downsampling 16
-    assert model.encoder.conv_in.weight.shape == (128, 3, 3, 3)  # base channels 128
+    encoder, decoder = model.encoder.blocks, model.decoder.blocks
+    assert encoder[0].weight.shape == (128, 3, 3, 3)  # base channels 128
     assert model.to_logits.weight.shape == (24, 256, 1, 1)  # latent width 256 -> D logits
-    assert model.from_bits.weight.shape == (256, 24, 1, 1)  # learned linear map of the bits
-    assert model.encoder.conv_out.in_channels == 512  # 128 * multiplier 4 at the last level
-    # Attention at 16x16: 2 (encoder level) + 1 (encoder mid) + 1 (decoder mid) + 3 (decoder level).
-    assert sum(isinstance(m, AttentionBlock) for m in model.modules()) == 7
-    assert count_parameters(model.encoder) == 29_298_176 and count_parameters(model.decoder) == 42_449_795
-    assert count_parameters(model) == 71_760_539
+    # Bias-free bit embedding, one 256-d row per bit (the authors' einsum over an nn.Embedding table).
+    assert model.quantize.embed.weight.shape == (24, 256) and "quantize.embed.bias" not in model.state_dict()
+    # norm_first: the decoder starts with a GroupNorm of its 256-channel input, then its conv.
+    assert isinstance(decoder[0], nn.GroupNorm) and decoder[0].num_channels == 256 and decoder[0].num_groups == 32
+    assert isinstance(decoder[1], nn.Conv2d) and decoder[1].in_channels == 256
+    # No activation between the last GroupNorm and the last conv of either half.
+    assert isinstance(encoder[-2], nn.GroupNorm) and isinstance(encoder[-1], nn.Conv2d)
+    assert isinstance(decoder[-2], nn.GroupNorm) and isinstance(decoder[-1], nn.Conv2d)
+    assert encoder[-1].in_channels == 512 and decoder[-1].out_channels == 3
+    # 2 res blocks per level in both halves: 5 levels x 2 + 2 (middle) each.
+    assert sum(isinstance(m, ResnetBlock) for m in encoder) == sum(isinstance(m, ResnetBlock) for m in decoder) == 12
+    # Attention at 16x16: 2 (encoder level) + 1 (encoder middle) + 1 (decoder middle) + 2 (decoder level).
+    assert sum(isinstance(m, AttentionBlock) for m in model.modules()) == 6
+    # The authors' used parameters (their module holds 65,530,654: 2,496,899 more in tensors it never uses).
+    assert count_parameters(model.encoder) == 29_298_176 and count_parameters(model.decoder) == 33_723_267
+    assert count_parameters(model) == 63_033_755
+
+
+def test_state_dict_keys_are_the_authors() -> None:
+    model = _tiny()
+    keys = list(model.state_dict())
+    assert keys[:2] == ["encoder.blocks.0.weight", "encoder.blocks.0.bias"]
+    assert {"quantize.proj.0.weight", "quantize.proj.0.bias", "quantize.embed.weight"} <= set(keys)
+    assert "decoder.blocks.0.weight" in keys and "decoder.blocks.1.weight" in keys  # GroupNorm, then conv
+    assert "encoder.blocks.1.conv_out.weight" not in keys  # 8 -> 8 channels: no shortcut conv
+    assert "encoder.blocks.3.conv_out.weight" in keys  # 8 -> 16 channels
+    assert all(key.split(".")[0] in ("encoder", "quantize", "decoder") for key in keys)
 
 
 def test_registry_and_errors() -> None:
     entry = TOKENIZERS["bae"]
-    assert isinstance(entry, TokenizerEntry) and entry.code_version == "bae-1" and get_tokenizer("bae") is entry
+    assert isinstance(entry, TokenizerEntry) and entry.code_version == "bae-2" and get_tokenizer("bae") is entry
     assert isinstance(entry.build(code_dim=4, size="tiny", channels=1, image_size=16), BinaryAutoencoder)
     assert set(BAE_SIZES) == {"tiny", "small", "imagenet"}
     with pytest.raises(ValueError, match="size must be one of tiny, small, imagenet, but got size='huge'"):
@@ -130,22 +152,28 @@ def test_straight_through_gradient_reaches_the_encoder(mode: str) -> None:
     model.train()
     images = torch.rand(2, 1, 16, 16)
     probs = model.encode_probs(images)
-    recon = model.decode(model.quantize(probs, mode, torch.Generator().manual_seed(0)))  # type: ignore[arg-type]
+    recon = model.decode(model.binarize(probs, mode, torch.Generator().manual_seed(0)))  # type: ignore[arg-type]
     (recon - images).abs().mean().backward()
-    grad = model.encoder.conv_in.weight.grad
+    grad = model.encoder.blocks[0].weight.grad
     assert grad is not None and float(grad.abs().sum()) > 0.0
     assert float(model.to_logits.weight.grad.abs().sum()) > 0.0
 
 
-def test_decode_output_is_an_image_in_unit_range() -> None:
-    model = _tiny(code_dim=6)
+def test_decoder_output_is_unbounded_and_images_are_its_clamp() -> None:
+    # The authors' decoder ends in a conv (no sigmoid): a constant code decodes to values outside [0, 1] once the
+    # last conv's bias is pushed; images (decode_ids, what samplers and evaluations use) are the output clamped.
+    model = _tiny(code_dim=6).eval()
     with torch.no_grad():
-        for parameter in model.decoder.conv_out.parameters():
-            parameter.mul_(1000.0)  # push the pre-activations far outside [0, 1]
-        recon = model.decode((torch.rand(5, 6, 4, 4) < 0.5).float())
-    assert recon.shape == (5, 1, 16, 16)
-    assert float(recon.min()) >= 0.0 and float(recon.max()) <= 1.0
-    assert float(recon.min()) < 0.01 and float(recon.max()) > 0.99  # saturates, never overshoots
+        model.decoder.last_layer.bias.fill_(3.0)
+        ones = torch.ones(1, 6, 4, 4)
+        raw = model.decode(ones)
+        ids = bits_to_token_ids(ones, Vocabulary(code_dim=6, token_each=1))
+        images = model.decode_ids(ids)
+    assert float(raw.min()) > 1.0  # every pixel above 1: no squashing anywhere
+    assert torch.equal(images, raw.clamp(0, 1)) and float(images.min()) == 1.0
+    with torch.no_grad():
+        model.decoder.last_layer.bias.fill_(-3.0)
+        assert float(model.decode(ones).max()) < 0.0 and float(model.decode_ids(ids).max()) == 0.0
 
 
 def test_token_ids_literal_and_interface() -> None:
@@ -162,7 +190,7 @@ def test_token_ids_literal_and_interface() -> None:
     with torch.no_grad():
         ids = model.encode_ids(images, mode="threshold", vocab=vocab)
         assert torch.equal(ids, bits_to_token_ids(model.encode(images, "threshold"), vocab))
-        assert torch.equal(model.decode_ids(ids, vocab), model.decode(model.encode(images, "threshold")))
+        assert torch.equal(model.decode_ids(ids, vocab), model.decode(model.encode(images, "threshold")).clamp(0, 1))
         assert torch.equal(model.decode_ids(ids), model.decode_ids(ids, vocab))  # K read from the ids
         assert torch.equal(torch.sigmoid(model.encode_logits(images)), model.encode_probs(images))
     assert model.token_shape(vocab) == (2, 16) and model.latent_kind == "bits" and model.stochastic_encoding
@@ -195,14 +223,14 @@ class _KnownCodec(nn.Module):
         first = (images.mean(dim=(1, 2, 3)) > 0.25).float()  # bit 0 follows the image, bit 1 is stuck at 1
         return torch.stack([first, torch.ones_like(first)], dim=1).reshape(-1, 2, 1, 1)
 
-    def quantize(self, probs: torch.Tensor, mode: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    def binarize(self, probs: torch.Tensor, mode: str, generator: torch.Generator | None = None) -> torch.Tensor:
         return (probs > 0.5).float()
 
     def decode(self, bits: torch.Tensor) -> torch.Tensor:
         return self._images + 0.1
 
     def forward(self, images: torch.Tensor) -> None:  # pragma: no cover - metrics never call forward
-        raise AssertionError("reconstruction_metrics must use encode_probs / quantize / decode")
+        raise AssertionError("reconstruction_metrics must use encode_probs / binarize / decode")
 
 
 def test_reconstruction_metrics_literals() -> None:
@@ -222,6 +250,15 @@ def test_reconstruction_metrics_literals() -> None:
     with_vocab = reconstruction_metrics(codec, images, batch_size=8, vocab=Vocabulary(code_dim=2, token_each=1))
     assert with_vocab["token_usage"] == pytest.approx(0.5) and with_vocab["token_entropy_bits"] == pytest.approx(1.0)
     assert with_vocab["psnr_db"] == metrics["psnr_db"]
+
+
+def test_reconstruction_metrics_score_the_clamped_images() -> None:
+    codec = _KnownCodec()
+    images = torch.tensor([0.95, 0.95, 0.4, 0.4]).reshape(4, 1, 1, 1).expand(4, 1, 2, 2).contiguous()
+    codec._images = images  # decoder output 1.05, 1.05, 0.5, 0.5: the first two are clamped to 1.0
+    metrics = reconstruction_metrics(codec, images, batch_size=8)
+    assert metrics["l1"] == pytest.approx(0.075)  # (0.05 + 0.05 + 0.1 + 0.1) / 4, not 0.1
+    assert metrics["psnr_db"] == pytest.approx(22.0411998)  # MSE (2 * 0.0025 + 2 * 0.01) / 4 = 0.00625
 
 
 # ---------------------------------------------------------------------------------------------------------- training

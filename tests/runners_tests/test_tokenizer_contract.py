@@ -46,8 +46,7 @@ def test_builds_tiny_and_implements_the_interface(name: str) -> None:
     assert model.grid == (4, 4) and isinstance(model.last_layer, nn.Conv2d)
     assert TOKENIZERS[name].build(**model.init_kwargs).init_kwargs == model.init_kwargs
     out = model(torch.rand(2, CHANNELS, IMAGE_SIZE, IMAGE_SIZE), generator=torch.Generator().manual_seed(0))
-    assert out["recon"].shape == (2, CHANNELS, IMAGE_SIZE, IMAGE_SIZE)
-    assert float(out["recon"].min()) >= 0.0 and float(out["recon"].max()) <= 1.0
+    assert out["recon"].shape == (2, CHANNELS, IMAGE_SIZE, IMAGE_SIZE)  # unbounded: the losses read it as it is
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -69,7 +68,8 @@ def test_token_round_trip_shapes_and_ranges(name: str) -> None:
     assert int(ids.min()) >= 0 and int(ids.max()) < V
     assert decoded.shape == images.shape and float(decoded.min()) >= 0.0 and float(decoded.max()) <= 1.0
     with torch.no_grad():
-        assert torch.equal(decoded, model(images)["recon"])  # tokens carry exactly what the eval forward decodes
+        # tokens carry exactly what the eval forward decodes; images are its clamp to [0, 1]
+        assert torch.equal(decoded, model(images)["recon"].clamp(0, 1))
     assert random_images.shape == (5, CHANNELS, IMAGE_SIZE, IMAGE_SIZE)
     assert float(random_images.min()) >= 0.0 and float(random_images.max()) <= 1.0
     assert torch.equal(drawn[0], drawn[1])  # a seeded generator reproduces the draw

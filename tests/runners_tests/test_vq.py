@@ -34,7 +34,7 @@ def test_shapes_registry_and_init_kwargs() -> None:
     assert out["recon"].shape == (2, 1, 16, 16) and out["z"].shape == (2, 32, 4, 4)
     assert out["ids"].shape == (2, 4, 4) and out["ids"].dtype == torch.int64
     assert VQTokenizer(**model.init_kwargs).init_kwargs == model.init_kwargs
-    assert TOKENIZERS["vq"].code_version == "vq-1" and get_tokenizer("vq").build is VQTokenizer
+    assert TOKENIZERS["vq"].code_version == "vq-2" and get_tokenizer("vq").build is VQTokenizer
     assert set(VQ_SIZES) == {"tiny", "small", "imagenet"}
     # taming's codebook init: U(-1/V, 1/V).
     assert float(model.codebook.weight.detach().abs().max()) <= 1.0 / 16
@@ -42,6 +42,11 @@ def test_shapes_registry_and_init_kwargs() -> None:
         paper = VQTokenizer(codebook_size=1024, size="imagenet", channels=3, image_size=256)
     assert paper.grid == (16, 16) and paper.codebook.weight.shape == (1024, 256)  # taming f16: embed_dim 256
     assert count_parameters(paper.encoder) == 29_298_176  # the BAE's backbone
+    # As the authors' VQAutoEncoder: the encoder ends in the codebook's width, no 1x1 maps around the codebook,
+    # and the decoder starts with its conv (no GroupNorm first): 29,298,176 + 1024 * 256 + 33,722,755.
+    assert not hasattr(paper, "quant_conv") and not paper.decoder.norm_first
+    assert isinstance(paper.decoder.blocks[0], torch.nn.Conv2d) and paper.decoder.blocks[0].in_channels == 256
+    assert count_parameters(paper) == 63_283_075
 
 
 def test_constructor_errors_name_the_fix() -> None:
@@ -49,8 +54,8 @@ def test_constructor_errors_name_the_fix() -> None:
         _tiny(codebook_size=1)
     with pytest.raises(ValueError, match="size must be one of tiny, small, imagenet, but got size='xl'"):
         _tiny(size="xl")
-    with pytest.raises(ValueError, match="commitment must be >= 0"):
-        _tiny(commitment=-0.1)
+    with pytest.raises(ValueError, match="beta must be >= 0, but got beta=-0.1; the authors' VQGAN uses 0.25"):
+        _tiny(beta=-0.1)
     with pytest.raises(ValueError, match=r"code_width must be >= 1 or None.*try None \(the backbone's latent width"):
         _tiny(code_width=0)
     with pytest.raises(ValueError, match="restart_after_steps must be >= 1"):
@@ -80,10 +85,10 @@ def test_nearest_code_in_chunks_matches_brute_force(monkeypatch: pytest.MonkeyPa
 def test_vector_quantize_losses_and_straight_through_literal() -> None:
     z = torch.tensor([0.9, 0.1]).reshape(1, 2, 1, 1).requires_grad_(True)  # one position, e = 2
     codebook = torch.tensor([[0.0, 0.0], [1.0, 0.0]], requires_grad=True)
-    out = vector_quantize(z, codebook, commitment=0.25)
+    out = vector_quantize(z, codebook, beta=0.25)
     assert out["ids"].tolist() == [[[1]]]
     assert out["z_q"].detach().flatten().tolist() == [1.0, 0.0]  # forward value: the entry
-    # ((1 - 0.9)^2 + (0 - 0.1)^2) / 2 = 0.01 for both; quant = 0.01 + 0.25 * 0.01.
+    # ((1 - 0.9)^2 + (0 - 0.1)^2) / 2 = 0.01 for both; quant = commitment 0.01 + beta 0.25 * codebook 0.01.
     assert out["codebook_loss"].item() == pytest.approx(0.01)
     assert out["commitment_loss"].item() == pytest.approx(0.01)
     assert out["quant_loss"].item() == pytest.approx(0.0125)
@@ -92,10 +97,10 @@ def test_vector_quantize_losses_and_straight_through_literal() -> None:
     assert codebook.grad is None  # the reconstruction path does not move the entries
     z.grad = None
     out["quant_loss"].backward()
-    # d/dc of mean((c - sg z)^2) = (c - z) = [0.1, -0.1] for entry 1 only; d/dz of 0.25 mean((z - sg c)^2) =
-    # 0.25 (z - c) = [-0.025, 0.025].
-    assert codebook.grad.flatten().tolist() == pytest.approx([0.0, 0.0, 0.1, -0.1])
-    assert z.grad.flatten().tolist() == pytest.approx([-0.025, 0.025])
+    # The authors' (taming legacy) weighting: d/dc of 0.25 mean((c - sg z)^2) = 0.25 (c - z) = [0.025, -0.025]
+    # for entry 1 only; d/dz of mean((z - sg c)^2) = (z - c) = [-0.1, 0.1] (commitment weight 1).
+    assert codebook.grad.flatten().tolist() == pytest.approx([0.0, 0.0, 0.025, -0.025])
+    assert z.grad.flatten().tolist() == pytest.approx([-0.1, 0.1])
 
 
 def test_usage_tracking_and_dead_code_restarts_are_deterministic() -> None:
@@ -147,7 +152,7 @@ def test_token_interface_and_errors() -> None:
         decoded = model.decode_ids(ids)
     assert ids.shape == (3, 16, 1) and torch.equal(ids, same)  # nearest-neighbour lookup is deterministic
     assert torch.equal(ids[..., 0], model.encode(images).flatten(1))  # raster order
-    assert torch.equal(decoded, model.decode(ids[..., 0].reshape(3, 4, 4)))
+    assert torch.equal(decoded, model.decode(ids[..., 0].reshape(3, 4, 4)).clamp(0, 1))  # images: clamped
     assert vocabulary_for(model, 1) is None
     with pytest.raises(ValueError, match="token_each must be 1 for a codebook tokenizer"):
         vocabulary_for(model, 2)
