@@ -193,18 +193,21 @@ def tokenizer_from_released(state: dict[str, Tensor], kind: str,
 
 def _first_mismatches(found: dict[str, tuple[int, ...]], kind: str, sizes: dict[str, BackboneConfig], code: int,
                       channels: int, width: int, image_size: int | None) -> list[str]:
-    """One line per rung: the first key whose shape differs or that one side lacks."""
+    """One line per rung, at its closest image size: the first key whose shape differs or that one side lacks,
+    and how many keys differ."""
     lines = []
     for size, config in sizes.items():
-        side = image_size if image_size is not None else (_candidate_image_sizes(config) or [config.downsample])[0]
-        try:
-            model = _build(kind, size, code, channels, side, width)
-        except ValueError as error:
-            lines.append(f"{size}: {error}")
-            continue
-        expected = {**_expected_shapes(model), **_unused_shapes(model, config, channels)}
-        for key in sorted(set(expected) | set(found)):
-            if expected.get(key) != found.get(key):
-                lines.append(f"{size}: {key} expected {expected.get(key, 'absent')}, found {found.get(key, 'absent')}")
-                break
+        best: tuple[int, str] | None = None
+        for side in [image_size] if image_size is not None else _candidate_image_sizes(config):
+            try:
+                model = _build(kind, size, code, channels, side, width)
+            except ValueError:
+                continue
+            expected = {**_expected_shapes(model), **_unused_shapes(model, config, channels)}
+            wrong = [key for key in sorted(set(expected) | set(found)) if expected.get(key) != found.get(key)]
+            line = (f"{size} at image_size {side}: {wrong[0]} expected {expected.get(wrong[0], 'absent')}, found "
+                    f"{found.get(wrong[0], 'absent')} ({len(wrong)} keys differ)") if wrong else ""
+            if best is None or len(wrong) < best[0]:
+                best = (len(wrong), line)
+        lines.append(best[1] if best is not None else f"{size}: image_size {image_size} does not fit this rung")
     return lines

@@ -113,10 +113,14 @@ def test_adaptive_weight_literal() -> None:
     w = torch.tensor([1.0, 2.0], requires_grad=True)  # stands in for the decoder's last conv weight
     rec = 3.0 * w.sum()  # grad [3, 3], norm 4.2426407
     gan = w[0] * 1.0  # grad [1, 0], norm 1
-    weight = adaptive_gan_weight(rec, gan, w, disc_weight=0.5)
+    weight = adaptive_gan_weight(rec, gan, w, disc_weight=0.5, max_weight=1e4)  # taming's clamp
     assert float(weight) == pytest.approx(2.1211082, rel=1e-6)  # 0.5 * 4.2426407 / (1 + 1e-4)
     assert not weight.requires_grad
-    flat = adaptive_gan_weight(3.0 * w.sum(), 0.0 * w.sum(), w, disc_weight=1.0)
+    # The authors' default: clamp at 1 (disc_weight_max), then times the factor.
+    assert float(adaptive_gan_weight(rec, gan, w, disc_weight=1.0)) == 1.0  # 4.2422 clamped to 1
+    assert float(adaptive_gan_weight(rec, gan, w, disc_weight=0.5)) == 0.5
+    assert float(adaptive_gan_weight(0.1 * w.sum(), gan, w, disc_weight=1.0)) == pytest.approx(0.1414072, rel=1e-5)
+    flat = adaptive_gan_weight(3.0 * w.sum(), 0.0 * w.sum(), w, disc_weight=1.0, max_weight=1e4)
     assert float(flat) == 1e4  # 4.24 / 1e-4 = 42426 clamped to 1e4
     rec.backward()  # the graphs were retained for the real backward pass
     assert w.grad.tolist() == [3.0, 3.0]
@@ -126,13 +130,22 @@ def test_patch_discriminator_shapes_and_init() -> None:
     assert [patch_discriminator_layers(s) for s in (8, 16, 32, 256)] == [1, 2, 3, 3]
     with pytest.raises(ValueError, match="image_size must be >= 8"):
         patch_discriminator_layers(4)
-    def make(seed: int) -> PatchDiscriminator:
-        return PatchDiscriminator(1, width=8, layers=2, generator=torch.Generator().manual_seed(seed))
+    def make(seed: int, init: str = "default") -> PatchDiscriminator:
+        return PatchDiscriminator(1, width=8, layers=2, generator=torch.Generator().manual_seed(seed), init=init)
 
     a, b = make(0), make(0)
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
     assert a(torch.rand(3, 1, 16, 16)).shape == (3, 1, 2, 2)  # one logit per patch
-    assert float(a.net[0].bias.abs().sum()) == 0.0 and abs(float(a.net[0].weight.std()) - 0.02) < 0.01
+    # The authors' (PyTorch's default) init: U(+-1/sqrt(fan_in)), first conv fan_in 1 * 4 * 4 = 16 -> 0.25;
+    # BatchNorm weights 1.
+    first = a.net[0]
+    assert float(first.weight.abs().max()) <= 0.25 and float(first.weight.abs().max()) > 0.2
+    assert float(first.bias.abs().max()) <= 0.25 and float(first.bias.abs().sum()) > 0
+    assert float(a.net[3].weight.min()) == float(a.net[3].weight.max()) == 1.0
+    taming_init = make(0, init="taming")
+    assert float(taming_init.net[0].bias.abs().sum()) == 0.0 and abs(float(taming_init.net[0].weight.std()) - 0.02) < 0.01
+    with pytest.raises(ValueError, match="init must be one of default, taming"):
+        make(0, init="xavier")
     with torch.device("meta"):
         taming = PatchDiscriminator(3)  # taming's default: width 64, 3 layers, 256 px -> 30x30 patches
         assert taming(torch.empty(1, 3, 256, 256)).shape == (1, 1, 30, 30)
@@ -152,7 +165,7 @@ def _tiny() -> BinaryAutoencoder:
 
 def test_train_tokenizer_with_lpips_and_gan(weights_file: Path) -> None:
     data = load_dataset("digits", 16)
-    common = dict(steps=3, lr=3e-3, batch_size=8, seed=0, log_every=1)
+    common = dict(steps=4, lr=3e-3, batch_size=8, seed=0, log_every=1)
     extra = dict(perceptual_weight=1.0, perceptual_weights=str(weights_file), gan_weight=0.5, gan_start=3,
                  disc_width=8)
     runs = []
@@ -164,12 +177,52 @@ def test_train_tokenizer_with_lpips_and_gan(weights_file: Path) -> None:
     (ema, logs), (again, _) = runs
     assert all(torch.equal(p, q) for p, q in zip(ema.state_dict().values(), again.state_dict().values()))
     assert set(logs[0][1]) == {"loss", "l1", "bit_usage_penalty", "perceptual"}  # GAN off before gan_start
-    assert set(logs[2][1]) == {"loss", "l1", "bit_usage_penalty", "perceptual", "gan_g", "gan_weight", "gan_d"}
+    # As the authors': the autoencoder's GAN term from gan_start, the discriminator's training from the step after.
+    assert set(logs[2][1]) == {"loss", "l1", "bit_usage_penalty", "perceptual", "gan_g", "gan_weight"}
+    assert set(logs[3][1]) == {"loss", "l1", "bit_usage_penalty", "perceptual", "gan_g", "gan_weight", "gan_d"}
     assert all(math.isfinite(v) for _, terms in logs for v in terms.values())
-    assert logs[2][1]["gan_weight"] > 0
+    assert 0 < logs[2][1]["gan_weight"] <= 0.5  # adaptive weight clamped to 1, times gan_weight 0.5
 
     # Before gan_start the run is exactly the run without a GAN (the discriminator does not touch the autoencoder).
     with_gan = train_tokenizer(_tiny(), data.train, **{**common, "steps": 2},  # type: ignore[arg-type]
                                gan_weight=0.5, gan_start=3, disc_width=8)
     without = train_tokenizer(_tiny(), data.train, **{**common, "steps": 2})  # type: ignore[arg-type]
     assert all(torch.equal(p, q) for p, q in zip(with_gan.state_dict().values(), without.state_dict().values()))
+
+
+def test_authors_lpips_reads_unit_range_images(weights_file: Path) -> None:
+    # to_signed=False feeds the [0, 1] images to LPIPS' shift/scale as they are (the authors' BAE training):
+    # it equals the signed LPIPS of (x + 1) / 2, which that maps back to x.
+    theirs, signed = PerceptualLoss(str(weights_file), to_signed=False), PerceptualLoss(str(weights_file))
+    x, y = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    assert torch.allclose(theirs(x, y), signed((x + 1) / 2, (y + 1) / 2), rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(theirs(x, y), signed(x, y), rtol=1e-3)
+
+
+def test_train_tokenizer_uses_the_authors_lpips_and_ema(weights_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import runners.train_tokenizer as loop
+
+    made: list[PerceptualLoss] = []
+
+    class Recording(PerceptualLoss):
+        def __init__(self, path: str | None, to_signed: bool = True) -> None:
+            super().__init__(path, to_signed)
+            made.append(self)
+
+    monkeypatch.setattr(loop, "PerceptualLoss", Recording)
+    data = load_dataset("digits", 16)
+    common = dict(lr=3e-3, batch_size=8, seed=0)
+    train_tokenizer(_tiny(), data.train, steps=1, perceptual_weight=1.0, perceptual_weights=str(weights_file),
+                    **common)  # type: ignore[arg-type]
+    assert len(made) == 1 and made[0].to_signed is False
+    assert loop.EMA_DECAY == 0.995 and loop.EMA_EVERY == 10 and loop.ADAMW_BETAS == loop.DISC_BETAS == (0.9, 0.999)
+
+    # EMA every 10 steps and after the last: 3 steps -> one update (t = 1, decay min(0.995, 2 / 11)) after step 3.
+    init = _tiny()
+    trained = _tiny()
+    ema = train_tokenizer(trained, data.train, steps=3, **common)  # type: ignore[arg-type]
+    for name, value in ema.state_dict().items():
+        expected = init.state_dict()[name] * (2 / 11) + trained.state_dict()[name] * (9 / 11)
+        assert torch.allclose(value, expected, atol=1e-6), name
+    every_step = train_tokenizer(_tiny(), data.train, steps=3, ema_every=1, **common)  # type: ignore[arg-type]
+    assert any(not torch.equal(a, b) for a, b in zip(ema.state_dict().values(), every_step.state_dict().values()))
