@@ -127,8 +127,8 @@ def _code_of(kind: str, renamed: dict[str, Tensor]) -> tuple[int, int]:
     return int(tensor.shape[0]), int(tensor.shape[1])
 
 
-def tokenizer_from_released(state: dict[str, Tensor], kind: str,
-                            image_size: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def tokenizer_from_released(state: dict[str, Tensor], kind: str, *, image_size: int | None = None,
+                            bernoulli: bool = True) -> tuple[nn.Module, dict[str, Any]]:
     """An authors' checkpoint (a state dict with `ae.` keys) -> (our tokenizer with its weights, artifact config).
 
     Args:
@@ -136,6 +136,8 @@ def tokenizer_from_released(state: dict[str, Tensor], kind: str,
         kind: "bae" (the released BAEs) or "vq" (the layout of the authors' VQAutoEncoder).
         image_size: the image side; None = read from where attention sits (256 for every released BAE). Needed
             only for a rung whose attention falls on no level at that size (the tiny rung always).
+        bernoulli: BAE only: the `bernoulli` setting recorded for it (False for the authors' bae_16_deter, trained
+            with thresholded bits; the weights cannot tell). It acts only if the model trains further.
 
     Returns:
         (model in eval mode on the CPU, loaded strictly; {"tokenizer": kind, "kwargs": the constructor arguments}),
@@ -182,7 +184,8 @@ def tokenizer_from_released(state: dict[str, Tensor], kind: str,
                          f"image size where attention falls on no level (e.g. {side}), so the shapes do not tell "
                          f"the size; pass image_size=<the side the tokenizer was trained at>")
     kwargs: dict[str, Any] = {"size": size, "channels": channels, "image_size": side}
-    kwargs.update({"code_dim": code} if kind == "bae" else {"codebook_size": code, "code_width": width})
+    kwargs.update({"code_dim": code, "bernoulli": bernoulli} if kind == "bae" else
+                  {"codebook_size": code, "code_width": width})
     model = (BinaryAutoencoder if kind == "bae" else VQTokenizer)(**kwargs)
     weights = {key: value.float() for key, value in renamed.items() if key in model.state_dict()}
     if kind == "vq":

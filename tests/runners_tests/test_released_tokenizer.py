@@ -88,6 +88,7 @@ def test_the_released_layout_is_the_imagenet_rung() -> None:
     model, config = tokenizer_from_released(state, "bae")
     assert config["kwargs"] == {"code_dim": 20, "size": "imagenet", "channels": 3, "image_size": 256,
                                 "bernoulli": True}
+    assert tokenizer_from_released(state, "bae", bernoulli=False)[1]["kwargs"]["bernoulli"] is False  # bae_16_deter
     theirs = sum(v.numel() for k, v in state.items() if k.startswith("ae."))
     assert theirs == 65_528_602  # their module at D = 20 (65,530,654 at D = 24); 2,496,899 of it never used
     assert count_parameters(model) == 63_031_703 == theirs - 2_496_899
