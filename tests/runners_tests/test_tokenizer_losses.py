@@ -130,8 +130,8 @@ def test_patch_discriminator_shapes_and_init() -> None:
     assert [patch_discriminator_layers(s) for s in (8, 16, 32, 256)] == [1, 2, 3, 3]
     with pytest.raises(ValueError, match="image_size must be >= 8"):
         patch_discriminator_layers(4)
-    def make(seed: int, init: str = "default") -> PatchDiscriminator:
-        return PatchDiscriminator(1, width=8, layers=2, generator=torch.Generator().manual_seed(seed), init=init)
+    def make(seed: int, **init: str) -> PatchDiscriminator:
+        return PatchDiscriminator(1, width=8, layers=2, generator=torch.Generator().manual_seed(seed), **init)
 
     a, b = make(0), make(0)
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
