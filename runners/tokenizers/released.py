@@ -141,7 +141,7 @@ def tokenizer_from_released(state: dict[str, Tensor], kind: str, *, image_size: 
 
     Returns:
         (model in eval mode on the CPU, loaded strictly; {"tokenizer": kind, "kwargs": the constructor arguments}),
-        the config.json of a tokenizer artifact (runners.stages.save_model / load_tokenizer).
+        the config.json of a tokenizer artifact (runners.artifacts.save_model / load_tokenizer).
 
     Raises:
         ValueError naming what was expected, what was found and the fix: not a state dict, no `ae.` keys, no

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
-from runners.tokenizers import TOKENIZERS
+from runners.artifacts import load_tokenizer, save_model
 from runners.tokenizers.backbone import count_parameters
 from runners.tokenizers.released import tokenizer_from_released
 
@@ -71,18 +70,15 @@ def test_an_authors_checkpoint_gives_their_encodings_and_decodings() -> None:
 
 
 def test_the_artifact_config_rebuilds_the_same_model(tmp_path: Path) -> None:
-    # What `sweep import` writes: our weights as safetensors and the config, as the tokenizer stage saves them.
+    # What `sweep import` writes: our weights and the config, saved and loaded as a tokenizer stage's artifact.
     model, config = tokenizer_from_released(layout.authors_bae_state(**SMALL, seed=3), "bae")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "model.safetensors"))
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    saved = json.loads((tmp_path / "config.json").read_text())
-    rebuilt = TOKENIZERS[saved["tokenizer"]].build(**saved["kwargs"])
-    # the authors' bae_16_deter trained on thresholded bits: a setting the caller records, the weights cannot tell
-    assert tokenizer_from_released(layout.authors_bae_state(**SMALL), "bae", bernoulli=False)[0].bernoulli is False
-    rebuilt.load_state_dict(load_file(str(tmp_path / "model.safetensors")))
-    rebuilt.eval()
+    save_model(model, tmp_path, config)
+    assert json.loads((tmp_path / "config.json").read_text()) == config
+    rebuilt = load_tokenizer(tmp_path, torch.device("cpu"))
     with torch.no_grad():
         assert torch.equal(rebuilt.decode(rebuilt.encode(_images())), model.decode(model.encode(_images())))
+    # the authors' bae_16_deter trained on thresholded bits: a setting the caller records, the weights cannot tell
+    assert tokenizer_from_released(layout.authors_bae_state(**SMALL), "bae", bernoulli=False)[0].bernoulli is False
 
 
 def test_the_released_layout_is_the_imagenet_rung() -> None:
