@@ -216,7 +216,9 @@ class BinaryAutoencoder(nn.Module):
         return bits_to_token_ids(bits, vocab)
 
     def decode_ids(self, ids: Tensor, vocab: Vocabulary | None = None) -> Tensor:
-        """Sub-token ids (B, h*w, K) -> images (B, C, H, W) clamped to [0, 1]; vocab None = Vocabulary(D, K=ids.shape[-1])."""
+        """Sub-token ids (B, h*w, K) -> images (B, C, H, W), the decoder's output clamped to [0, 1].
+
+        vocab None = Vocabulary(D, K=ids.shape[-1])."""
         if vocab is None:
             vocab = Vocabulary(code_dim=self.code_dim, token_each=int(ids.shape[-1]))
         vocab = self.check_vocab(vocab)

@@ -43,10 +43,15 @@ def strip_authors_prefix(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
     ValueError if `state` is not a dict of tensors or holds no `ae.` key.
     """
-    if not isinstance(state, dict) or not all(isinstance(value, Tensor) for value in state.values()):
+    if not isinstance(state, dict):
         raise ValueError(f"a released tokenizer checkpoint must be a state dict (names -> tensors), but got a "
                          f"{type(state).__name__}; load the authors' binaryae_ema.th with torch.load(path, "
                          f"map_location='cpu', weights_only=True)")
+    odd = [f"{key!r} ({type(value).__name__})" for key, value in state.items() if not isinstance(value, Tensor)]
+    if odd:
+        raise ValueError(f"a released tokenizer checkpoint must be a state dict (names -> tensors), but it holds "
+                         f"{', '.join(odd[:3])}; pass the authors' binaryae_ema.th itself (a plain state dict), not "
+                         f"a training checkpoint that wraps one")
     autoencoder = {key[len(AUTHORS_PREFIX):]: value for key, value in state.items() if key.startswith(AUTHORS_PREFIX)}
     if not autoencoder:
         sample = ", ".join(sorted(state)[:4]) or "no keys at all"
@@ -120,10 +125,10 @@ def _code_of(kind: str, renamed: dict[str, Tensor]) -> tuple[int, int]:
     expected_ndim = 4 if kind == "bae" else 2
     if tensor is None or tensor.ndim != expected_ndim:
         found = "absent" if tensor is None else f"of shape {tuple(tensor.shape)}"
-        raise ValueError(f"a released {kind} checkpoint must hold {their_key} "
-                         f"({'(D, latent width, 1, 1)' if kind == 'bae' else '(codebook size, code width)'}), but it "
-                         f"is {found}; pass a checkpoint of the authors' {'BinaryAutoEncoder' if kind == 'bae' else 'VQAutoEncoder'}"
-                         f"{' or use kind vq' if kind == 'bae' else ' or use kind bae'}")
+        shape, module, other = (("(D, latent width, 1, 1)", "BinaryAutoEncoder", "vq") if kind == "bae" else
+                                ("(codebook size, code width)", "VQAutoEncoder", "bae"))
+        raise ValueError(f"a released {kind} checkpoint must hold {their_key} {shape}, but it is {found}; pass a "
+                         f"checkpoint of the authors' {module} or use kind {other}")
     return int(tensor.shape[0]), int(tensor.shape[1])
 
 

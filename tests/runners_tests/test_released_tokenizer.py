@@ -113,6 +113,8 @@ def test_their_vq_layout_loads_too() -> None:
 def test_refuses_what_is_not_an_authors_checkpoint() -> None:
     with pytest.raises(ValueError, match="must be a state dict .* but got a list"):
         tokenizer_from_released([torch.zeros(1)], "bae")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"names -> tensors\), but it holds 'model' \(dict\).*not a training"):
+        tokenizer_from_released({"model": {"ae.x": torch.zeros(1)}}, "bae")  # type: ignore[dict-item]
     with pytest.raises(ValueError, match=r"keys starting 'ae\.'.*but this one has blocks\.0\.weight.*binaryae_ema"):
         tokenizer_from_released({"blocks.0.weight": torch.zeros(2), "tok_embeddings.weight": torch.zeros(2)}, "bae")
     with pytest.raises(ValueError, match="kind must be one of bae, vq, but got kind='ar'"):
@@ -126,12 +128,12 @@ def test_refuses_what_is_not_an_authors_checkpoint() -> None:
 
 def test_refuses_shapes_that_fit_no_rung() -> None:
     three_blocks = layout.authors_bae_state(**{**SMALL, "res_blocks": 3})  # not a rung of the ladder
-    with pytest.raises(ValueError, match=r"must fit a rung of the tokenizer ladder .* but none fits \(.*small at image_size 16: "
-                                         r"decoder\.blocks\.10\.conv1\.bias expected \(64,\), found absent"):
+    with pytest.raises(ValueError, match=r"must fit a rung of the tokenizer ladder .* but none fits \(.*small at "
+                                         r"image_size 16: decoder\.blocks\.10\.conv1\.bias expected \(64,\), found absent"):
         tokenizer_from_released(three_blocks, "bae")
     without_norm_first = layout.authors_bae_state(**SMALL, norm_first=False)  # every ELM script sets norm_first
-    with pytest.raises(ValueError, match=r"none fits .*small at image_size 16: decoder\.blocks\.0\.weight expected \(64,\), found "
-                                         r"\(64, 64, 3, 3\)"):
+    with pytest.raises(ValueError, match=r"none fits .*small at image_size 16: decoder\.blocks\.0\.weight expected "
+                                         r"\(64,\), found \(64, 64, 3, 3\)"):
         tokenizer_from_released(without_norm_first, "bae")
     state = layout.authors_bae_state(**SMALL)
     state["ae.encoder.blocks.1.conv_out.weight"] = torch.zeros(32, 32, 3, 3)  # an unused tensor of a wrong shape

@@ -143,7 +143,8 @@ def test_patch_discriminator_shapes_and_init() -> None:
     assert float(first.bias.abs().max()) <= 0.25 and float(first.bias.abs().sum()) > 0
     assert float(a.net[3].weight.min()) == float(a.net[3].weight.max()) == 1.0
     taming_init = make(0, init="taming")
-    assert float(taming_init.net[0].bias.abs().sum()) == 0.0 and abs(float(taming_init.net[0].weight.std()) - 0.02) < 0.01
+    first = taming_init.net[0]
+    assert float(first.bias.abs().sum()) == 0.0 and abs(float(first.weight.std()) - 0.02) < 0.01
     with pytest.raises(ValueError, match="init must be one of default, taming"):
         make(0, init="xavier")
     with torch.device("meta"):
