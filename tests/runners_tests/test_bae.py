@@ -159,6 +159,18 @@ def test_straight_through_gradient_reaches_the_encoder(mode: str) -> None:
     assert float(model.to_logits.weight.grad.abs().sum()) > 0.0
 
 
+def test_bit_embedding_is_a_bias_free_sum_of_rows() -> None:
+    model = _tiny(code_dim=3)
+    with torch.no_grad():
+        model.quantize.embed.weight.copy_(torch.arange(3 * 32, dtype=torch.float32).reshape(3, 32))
+        bits = torch.zeros(2, 3, 4, 4)
+        bits[0, 0, 1, 2] = bits[0, 2, 1, 2] = 1.0  # bits 0 and 2 set at one position of image 0
+        latent = model.quantize.embed_bits(bits)  # (2, 32, 4, 4)
+    assert latent.shape == (2, 32, 4, 4)
+    assert latent[0, :, 1, 2].tolist() == [float(64 + 2 * c) for c in range(32)]  # row 0 (c) + row 2 (64 + c)
+    assert float(latent.abs().sum() - latent[0, :, 1, 2].abs().sum()) == 0.0  # no bits set: exactly 0, no bias
+
+
 def test_decoder_output_is_unbounded_and_images_are_its_clamp() -> None:
     # The authors' decoder ends in a conv (no sigmoid): a constant code decodes to values outside [0, 1] once the
     # last conv's bias is pushed; images (decode_ids, what samplers and evaluations use) are the output clamped.
