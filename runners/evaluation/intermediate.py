@@ -111,7 +111,7 @@ class IntermediateEvaluator:
             real_statistics=self.reference.statistics, extractor=self.extractor,
         )
         self.log.append({
-            "step": int(completed), "fid": metrics["fid"], "kid": metrics["kid_mean"], "kid_std": metrics["kid_std"],
+            "step": int(completed), "fid": metrics["fid"], "kid": metrics["kid"], "kid_std": metrics["kid_std"],
             "precision": metrics["precision"], "recall": metrics["recall"],
             "class_accuracy": metrics["class_accuracy"], "num_samples": int(len(self.labels)),
             **self.record, "intermediate": True,

@@ -37,8 +37,13 @@ from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, k
 from runners.evaluation.classifier import CLASSIFIER_CODE_VERSION, DatasetClassifier, accuracy
 from runners.evaluation.precision_recall import DEFAULT_K, precision_recall
 
-METRIC_KEYS: tuple[str, ...] = ("fid", "kid_mean", "kid_std", "precision", "recall", "class_accuracy")
-"""Keys of the dict `image_metrics` returns (flat floats, ready for a result row)."""
+METRIC_KEYS: tuple[str, ...] = ("fid", "kid", "kid_std", "precision", "recall", "class_accuracy")
+"""Keys of the dict `image_metrics` returns (flat floats, ready for a result row). One spelling everywhere:
+rows, intermediate rows, searches (`space.schema.SEARCH_METRICS`), results.parquet, CSV and figures.
+`kid` is the mean over KID subsets, `kid_std` their standard deviation."""
+INCEPTION_SCORE_KEYS: tuple[str, ...] = ("inception_score", "inception_score_std")
+"""Added by `image_metrics` when the extractor has a classifier head (`has_logits`, e.g. torch-fidelity's
+full Inception weights file)."""
 
 
 class FeatureExtractor(Protocol):
@@ -242,9 +247,11 @@ def image_metrics(
             reference stage's stats.npz); computed from `real_features` when None.
 
     Returns:
-        {"fid", "kid_mean", "kid_std", "precision", "recall", "class_accuracy"} (METRIC_KEYS) as floats;
+        {"fid", "kid", "kid_std", "precision", "recall", "class_accuracy"} (METRIC_KEYS) as floats;
         `class_accuracy` is the share of fake images the classifier labels as their `fake_labels`. The
-        feature space's name is `feature_extractor_name(extractor or classifier)`.
+        feature space's name is `feature_extractor_name(extractor or classifier)`. With an extractor that
+        has logits (`has_logits`: Inception with its classifier head) also INCEPTION_SCORE_KEYS, the
+        Inception Score of the fake images (10 consecutive splits).
     """
     if fake_labels.shape != (len(fake_images),):
         raise ValueError(
@@ -263,16 +270,22 @@ def image_metrics(
     precision, recall = precision_recall(real_features, fake_features, k)
     if real_statistics is None:
         real_statistics = feature_statistics(real_features)
-    return {
+    metrics = {
         "fid": fid_from_statistics(real_statistics, feature_statistics(fake_features)),
-        "kid_mean": kid_mean,
+        "kid": kid_mean,
         "kid_std": kid_std,
         "precision": precision,
         "recall": recall,
         "class_accuracy": accuracy(classifier, fake_images, fake_labels),
     }
+    if getattr(extractor, "has_logits", False):
+        logits = extract_logits(extractor, fake_images, batch_size)  # (M, 1008) for Inception
+        score, score_std = inception_score(logits, splits=min(10, len(logits)))
+        metrics.update(inception_score=score, inception_score_std=score_std)
+    return metrics
 
 
 # Bumped when a change alters the numbers computed from the same images; part of evaluation keys.
 # metrics-2: image_metrics gained precision / recall (k = 3).
-METRICS_CODE_VERSION = "metrics-2"
+# metrics-3: KID is `kid` (was `kid_mean`); the Inception Score when the extractor has logits.
+METRICS_CODE_VERSION = "metrics-3"

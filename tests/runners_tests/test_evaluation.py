@@ -246,8 +246,8 @@ def test_image_metrics_real_vs_noise(classifier: DatasetClassifier, digits) -> N
     print(f"\nimage_metrics x2: {time.perf_counter() - start:.1f} s; held-out: {real_vs_real}; noise: {real_vs_noise}")
 
     assert tuple(real_vs_real) == METRIC_KEYS
-    assert METRIC_KEYS == ("fid", "kid_mean", "kid_std", "precision", "recall", "class_accuracy")
-    assert METRICS_CODE_VERSION == "metrics-2"
+    assert METRIC_KEYS == ("fid", "kid", "kid_std", "precision", "recall", "class_accuracy")
+    assert METRICS_CODE_VERSION == "metrics-3"
     assert all(isinstance(value, float) for value in real_vs_real.values())
     # Held-out digits lie on the training digits' manifold and cover it; noise does neither.
     assert real_vs_real["precision"] > 0.7 and real_vs_real["recall"] > 0.7
@@ -255,7 +255,7 @@ def test_image_metrics_real_vs_noise(classifier: DatasetClassifier, digits) -> N
     assert real_vs_real["class_accuracy"] >= 0.9
     assert real_vs_noise["class_accuracy"] < 0.2  # chance is 0.1
     assert real_vs_real["fid"] < 0.05 * real_vs_noise["fid"]
-    assert real_vs_noise["kid_mean"] > 20 * abs(real_vs_real["kid_mean"])
+    assert real_vs_noise["kid"] > 20 * abs(real_vs_real["kid"])
     assert real_vs_noise["kid_std"] > 0.0
 
     # Cached reference statistics give the same FID as features.

@@ -55,7 +55,7 @@ def test_serial_run_writes_one_row_per_evaluation_with_every_axis(serial_run):
     assert len(table) == 2 and set(table["status"]) == {"finished"}
     assert set(AXES) <= set(table.columns)
     assert sorted(table["token_each"]) == [1, 2]
-    for column in ("fid", "kid_mean", "class_accuracy", "seed", "sampling_seed", "generator_key", "wall_s",
+    for column in ("fid", "kid", "class_accuracy", "seed", "sampling_seed", "generator_key", "wall_s",
                    "worker_pid", "git_commit", "versions", "spec_hash", "device", "command"):
         assert column in table.columns, column
     assert (table["fid"] > 0).all() and table["class_accuracy"].between(0, 1).all()
