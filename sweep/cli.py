@@ -14,6 +14,7 @@ from space.schema import STAGE_KINDS, Spec, SpecError, load_spec
 from sweep.lock import LockedError
 
 EXIT_BAD_INPUT = 2
+SPEC_HELP = "spec YAML file, or the name of a packaged spec (tiny, full)"
 
 
 def _load(path: str) -> Spec:
@@ -100,13 +101,14 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
 
     from reports.build import FORMATS, write_report
     from reports.protocols import Refusal
-    from sweep.results import load_results
+    from sweep.results import load_results, write_results
 
     run_dir = Path(args.run_dir)
     try:
         results = load_results(run_dir)
     except FileNotFoundError as error:
         raise SpecError(str(error)) from None
+    write_results(run_dir)
     out = Path(args.out) if args.out else run_dir
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     unknown = sorted(set(formats) - set(FORMATS))
@@ -144,6 +146,36 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_results(args: argparse.Namespace, console: Console) -> int:
+    from sweep.verbs import results_command
+
+    return results_command(Path(args.run_dir), args.format, args.study, args.out, console)
+
+
+def cmd_ls(args: argparse.Namespace, console: Console) -> int:
+    from sweep.verbs import ls_command
+
+    return ls_command(Path(args.dir), console)
+
+
+def cmd_show(args: argparse.Namespace, console: Console) -> int:
+    from sweep.verbs import show_command
+
+    return show_command(Path(args.run_dir), args.key, console)
+
+
+def cmd_gc(args: argparse.Namespace, console: Console) -> int:
+    from sweep.verbs import gc_command
+
+    return gc_command(Path(args.run_dir), args.yes, console)
+
+
+def cmd_export(args: argparse.Namespace, console: Console) -> int:
+    from sweep.verbs import export_command
+
+    return export_command(Path(args.run_dir), args.key, Path(args.to), console)
+
+
 def _duration(seconds: float) -> str:
     if seconds != seconds:  # NaN: nothing to estimate from
         return "?"
@@ -162,17 +194,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("validate", help="check a spec; exit 2 with the reason if it cannot run")
-    p.add_argument("spec")
+    p.add_argument("spec", help=SPEC_HELP)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("plan", help="expand a spec into stages without running anything")
-    p.add_argument("spec")
+    p.add_argument("spec", help=SPEC_HELP)
     p.add_argument("--json", action="store_true", help="print every stage as JSON")
     p.add_argument("--tflops", type=float, default=400.0, help="sustained TFLOP/s per GPU for the GPU-hours estimate")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("run", help="run every unfinished stage of a spec (resumes where it stopped)")
-    p.add_argument("spec")
+    p.add_argument("spec", help=SPEC_HELP)
     p.add_argument("--out", help="run folder (default runs/<spec name>)")
     p.add_argument("--executor", choices=("ray", "serial"), default="ray", help="ray (default) or serial, in-process for debugging")
     p.add_argument("--address", help="join an existing Ray cluster (e.g. auto or ray://host:10001) instead of starting a local one")
@@ -184,17 +216,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("status", help="per stage kind: done, running, failed, pending, time spent and left")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", metavar="RUN", help="run folder made by `sweep run` (e.g. runs/tiny)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("report", help="tables (Markdown) from a run folder's Parquet rows")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", metavar="RUN", help="run folder made by `sweep run` (e.g. runs/tiny)")
     p.add_argument("--out", help="where report files go (default: the run folder)")
     p.add_argument("--format", default="md,html,latex,csv", help="comma-separated: md, html, latex, csv")
     p.add_argument("--interval", choices=("std", "t95"), default="std", help="± sample std, or a Student-t 95%% interval")
     p.add_argument("--mix-protocols", action="store_true",
                    help="compare rows measured under different evaluation protocols (marked) instead of refusing")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("results", help="the run's results table, one row per trial (docs/results.md)")
+    p.add_argument("run_dir", metavar="RUN", help="run folder made by `sweep run` (e.g. runs/tiny)")
+    p.add_argument("--format", choices=("parquet", "csv", "json", "md"),
+                   help="md (default when printing: the varied axes, status and metrics), csv, json, or parquet (needs --out)")
+    p.add_argument("--study", help="only the trials of this study")
+    p.add_argument("--out", help="write to this file instead of printing (format from its suffix unless --format)")
+    p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser("ls", help="runs in a folder: their spec, trials by status, last activity")
+    p.add_argument("dir", nargs="?", default="runs", metavar="DIR", help="a folder of run folders, or one run folder (default runs)")
+    p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("show", help="one stage of a run: settings, row, files and sizes, failure reason, log tail")
+    p.add_argument("run_dir", metavar="RUN", help="run folder made by `sweep run` (e.g. runs/tiny)")
+    p.add_argument("key", metavar="KEY", help="stage key, or a prefix of one that is unique in the run")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("gc", help="list (or with --yes delete) store files no current spec of the run or of a run sharing its store needs")
+    p.add_argument("run_dir", metavar="RUN", help="run folder made by `sweep run` (e.g. runs/tiny)")
+    p.add_argument("--yes", action="store_true", help="delete what is listed (without it: a dry run)")
+    p.set_defaults(func=cmd_gc)
+
+    p = sub.add_parser("export", help="copy a trained model (weights + config) or an evaluation's samples.npz out of the store")
+    p.add_argument("run_dir", metavar="RUN", help="run folder made by `sweep run` (e.g. runs/tiny)")
+    p.add_argument("key", metavar="KEY", help="key (or unique prefix) of a tokenizer, generator, classifier or evaluation stage")
+    p.add_argument("--to", required=True, help="folder to copy the files into (made if missing; existing files are not overwritten)")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

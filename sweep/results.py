@@ -1,14 +1,24 @@
-"""Reading a run folder back as flat tables (pandas); no torch, no ray."""
+"""Reading a run folder back as flat tables (pandas); no torch, no ray.
+
+`results.parquet` (RESULTS_FILE) is the one table a researcher reads: one row per trial of the current
+spec, columns RESULT_COLUMNS (documented one by one in docs/results.md), written by `write_results` at
+the end of every `sweep run` and by `sweep report`.
+"""
 
 from __future__ import annotations
 
+import os
+import secrets
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 
-from space.schema import STAGE_KINDS, Spec, parse_spec
+from space.schema import AXES, STAGE_KINDS, Settings, Spec, parse_spec
 from sweep.run import SPEC_COPY, TRIALS_FILE, run_store
 from sweep.store import Store
 
@@ -108,6 +118,143 @@ class Results:
         from sweep.search import read_journal
 
         return read_journal(self.store_root, search_id) if self.store_root else ({}, None)
+
+
+RESULTS_FILE = "results.parquet"
+
+# The columns of results.parquet, in order; docs/results.md describes each, tests/sweep_tests/test_results.py
+# freezes them. Every axis of space.schema.Settings sits between the trial's identity and its seeds.
+IDENTITY_COLUMNS: tuple[str, ...] = ("study", "trial_id", "varied", "searched")
+SEED_COLUMNS: tuple[str, ...] = ("seed", "sampling_seed")
+STATUS_COLUMNS: tuple[str, ...] = ("status", "failure_kind", "error")
+METRIC_COLUMNS: tuple[str, ...] = (
+    "fid", "kid", "kid_std", "precision", "recall", "class_accuracy", "inception_score", "inception_score_std",
+    "num_samples",
+)
+# Numbers of the trial's upstream stages: column -> the stage kind whose row holds it.
+UPSTREAM_COLUMNS: dict[str, str] = {
+    "rfid": "reconstruction", "psnr_db": "tokenizer", "bit_usage": "tokenizer",
+    "parameter_count": "generator", "final_loss": "generator", "heldout_loss": "generator",
+}
+KEY_COLUMNS: tuple[str, ...] = (
+    "classifier_key", "reference_key", "tokenizer_key", "reconstruction_key", "generator_key", "evaluation_key",
+    "search_id",
+)
+PROVENANCE_COLUMNS: tuple[str, ...] = (
+    "protocol_id", "feature_extractor_name", "started_at", "ended_at", "wall_s", "device", "node", "executor",
+    "git_commit", "git_dirty", "versions", "python", "command", "spec_hash",
+)
+RESULT_COLUMNS: tuple[str, ...] = (
+    *IDENTITY_COLUMNS, *AXES, *SEED_COLUMNS, *STATUS_COLUMNS, *METRIC_COLUMNS, *UPSTREAM_COLUMNS, *KEY_COLUMNS,
+    *PROVENANCE_COLUMNS,
+)
+TRIAL_STATUSES: tuple[str, ...] = ("finished", "failed", "skipped", "pruned", "running", "pending")
+"""Values of `status`: the trial's evaluation stage finished, failed, was skipped (an input did not finish),
+its generator was pruned by early stopping, it is running now, or it has not run (yet)."""
+
+_TIMESTAMP = pa.timestamp("ns", tz="UTC")
+_INTEGERS = {"seed", "sampling_seed", "num_samples", "parameter_count"}
+_BOOLEANS = {"searched", "git_dirty"}
+_TIMESTAMPS = {"started_at", "ended_at"}
+
+
+def _axis_type(name: str) -> pa.DataType:
+    annotation = Settings.model_fields[name].annotation
+    if annotation is bool:
+        return pa.bool_()
+    if annotation is int:
+        return pa.int64()
+    if annotation is float:
+        return pa.float64()
+    assert annotation is str or typing.get_origin(annotation) is typing.Literal, (name, annotation)
+    return pa.string()
+
+
+def results_schema() -> pa.Schema:
+    """The Arrow schema of results.parquet: typed columns (timestamps in UTC), the same whatever the run holds."""
+    fields = []
+    for name in RESULT_COLUMNS:
+        if name in AXES:
+            kind = _axis_type(name)
+        elif name in _INTEGERS:
+            kind = pa.int64()
+        elif name in _BOOLEANS:
+            kind = pa.bool_()
+        elif name in _TIMESTAMPS:
+            kind = _TIMESTAMP
+        elif name in METRIC_COLUMNS or name in UPSTREAM_COLUMNS or name == "wall_s":
+            kind = pa.float64()
+        else:
+            kind = pa.string()
+        fields.append(pa.field(name, kind))
+    return pa.schema(fields)
+
+
+def results_table(results: Results) -> pd.DataFrame:
+    """One row per trial of the current spec, columns RESULT_COLUMNS, typed as `results_schema()`.
+
+    Failed, skipped, pruned, running and pending trials are rows too, with their status and the reason in
+    `error`; trials of cells removed from the spec are not (they are not in the run's trials.parquet).
+    """
+    table = results.evaluations()
+    if "search_key" in table.columns:
+        table["search_id"] = table["search_key"].where(table["search_key"].astype(bool), None)
+    store = Store(results.store_root) if results.store_root is not None else None
+    for column, kind in UPSTREAM_COLUMNS.items():  # numbers of the trial's tokenizer, reconstruction, generator
+        rows = results.rows.get(kind, pd.DataFrame())
+        key = f"{kind}_key"
+        if rows.empty or column not in rows.columns or key not in table.columns:
+            continue
+        finished = rows[rows["status"] == "finished"].drop_duplicates("key").set_index("key")[column]
+        table[column] = table[key].map(finished)
+    if store is not None:
+        table = _explain_unfinished(table, store)
+    for column in RESULT_COLUMNS:
+        if column not in table.columns:
+            table[column] = None
+    table = table[list(RESULT_COLUMNS)].copy()
+    for column in _TIMESTAMPS:
+        table[column] = pd.to_datetime(table[column], utc=True, format="ISO8601").astype("datetime64[ns, UTC]")
+    return pa.Table.from_pandas(table, schema=results_schema(), preserve_index=False).to_pandas(
+        types_mapper={pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}.get  # nullable: pending trials
+    )
+
+
+def _explain_unfinished(table: pd.DataFrame, store: Store) -> pd.DataFrame:
+    """A trial without an evaluation row: running, or pending, or blocked by an input that did not finish."""
+    table = table.copy()
+    for column in ("failure_kind", "error"):
+        if column not in table.columns:
+            table[column] = None
+    for index in table.index[table["status"] == "pending"]:
+        key = table.at[index, "evaluation_key"]
+        if isinstance(key, str) and key and store.running("evaluation", key):
+            table.at[index, "status"] = "running"
+            continue
+        for kind in ("generator", "tokenizer", "reference", "classifier"):  # nearest input first
+            upstream = table.at[index, f"{kind}_key"] if f"{kind}_key" in table.columns else None
+            if not isinstance(upstream, str) or not upstream or store.is_finished(kind, upstream):
+                continue
+            failure = store.failure(kind, upstream)
+            if failure is None:
+                continue
+            pruned = failure.get("status") == "pruned"
+            table.at[index, "status"] = "pruned" if pruned else "skipped"
+            table.at[index, "failure_kind"] = "pruned" if pruned else "upstream"
+            table.at[index, "error"] = f"input {kind} {upstream} did not finish: {failure.get('error', '')}"
+            break
+    return table
+
+
+def write_results(run_dir: str | Path) -> Path:
+    """(Re)write `<run>/results.parquet` from the run's trials and the store; atomic (temporary file, rename)."""
+    run_dir = Path(run_dir)
+    table = results_table(load_results(run_dir))
+    path = run_dir / RESULTS_FILE
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(3)}.tmp")
+    pq.write_table(pa.Table.from_pandas(table, schema=results_schema(), preserve_index=False), tmp)
+    os.replace(tmp, path)
+    return path
 
 
 def load_results(run_dir: str | Path) -> Results:

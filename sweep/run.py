@@ -3,6 +3,7 @@
     runs/<spec name>/
       spec.yaml          the validated spec (what the report reads)
       trials.parquet     one row per trial: study, axes, seed, the keys of its four stages
+      results.parquet    one row per trial with its status, metrics, keys and provenance (docs/results.md)
       stages/            the store: one folder per finished stage (see sweep.store)
       ray/               Ray Tune's own logs (TensorBoard, per-trial output); not the ledger
 """
@@ -84,6 +85,22 @@ def write_run_folder(spec: Spec, plan: Plan, out: Path, store_root: Path | None 
                  "mode": search.config.mode, "depends_on": list(search.depends_on)} for search in plan.searches.values()]
     store = str(Path(store_root).resolve()) if store_root else ""  # '' = <run>/stages
     write_json(out / PLAN_FILE, {"stages": stages, "searches": searches, "store": store})
+    register_run(Path(store_root) if store_root else out / STORE_DIR, out)
+
+
+RUN_FOLDERS_DIR = "run-folders"  # in a store: one small file per run folder that uses it (read by `sweep gc`)
+
+
+def register_run(store_root: Path, run_dir: Path) -> None:
+    """Record in the store that `run_dir` uses it, so `sweep gc` of any run keeps what this run's spec needs."""
+    import hashlib
+
+    run_dir = Path(run_dir).resolve()
+    folder = Path(store_root) / RUN_FOLDERS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    name = hashlib.sha256(str(run_dir).encode()).hexdigest()[:16]
+    if not (folder / f"{name}.json").is_file():
+        write_json(folder / f"{name}.json", {"run": str(run_dir)})
 
 
 def run_sweep(
@@ -166,6 +183,18 @@ def run_sweep(
         for search in searches:
             if search.abandoned:
                 reporter.note(f"search {search.plan.id} ended without a chosen evaluation: {search.abandoned}")
+        write_results_of(out, reporter)
         summary.wall_s = time.perf_counter() - started
         reporter.end(summary)
         return summary
+
+
+def write_results_of(out: Path, reporter: Any) -> None:
+    """Rewrite `<run>/results.parquet` (sweep.results); a problem is reported, never raised: the stages are done."""
+    from sweep.results import write_results
+
+    try:
+        write_results(out)
+    except Exception as error:  # noqa: BLE001 - the run's work is in the store; `sweep report` writes it again
+        reporter.note(f"could not write {out}/results.parquet ({type(error).__name__}: {error}); `sweep report {out}` "
+                      "writes it again")
