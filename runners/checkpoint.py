@@ -15,6 +15,7 @@ and renamed, and are removed once the stage's artifact is published.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import time
@@ -24,6 +25,7 @@ from typing import Any, Callable
 import torch
 
 CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_STEP_FILE = "checkpoint.json"  # {"step": N} of checkpoint.pt, readable without torch (live lines, `sweep show`)
 
 
 class Checkpointer:
@@ -73,6 +75,9 @@ class Checkpointer:
         tmp = self.folder / f".{CHECKPOINT_FILE}.{secrets.token_hex(3)}.tmp"
         torch.save({**state, "step": step}, tmp)
         os.replace(tmp, self.folder / CHECKPOINT_FILE)
+        step_tmp = self.folder / f".{CHECKPOINT_STEP_FILE}.{secrets.token_hex(3)}.tmp"
+        step_tmp.write_text(json.dumps({"step": int(step)}) + "\n")
+        os.replace(step_tmp, self.folder / CHECKPOINT_STEP_FILE)
         self.last_save = time.monotonic()
         self.saved += 1
         if self.on_save is not None:

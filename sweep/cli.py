@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from space.schema import STAGE_KINDS, Spec, SpecError, load_spec
@@ -67,7 +68,8 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
         needs = f"{stage.resources.cpus:g} CPU" + (f", {stage.resources.gpus:g} GPU" if stage.resources.gpus else "")
         if stage.resources.num_workers > 1:
             needs += f", {stage.resources.num_workers} DDP workers"
-        table.add_row(stage.kind, stage.key, needs, " ".join(stage.inputs.values()), _short(shown))
+        table.add_row(stage.kind, stage.key, needs, " ".join(stage.inputs.values()),
+                      _short(shown) if console.is_terminal else _short(shown, width=None))
     console.print(table)
     for search in plan.searches.values():
         console.print(
@@ -97,8 +99,6 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
-    from rich.markup import escape
-
     from reports.build import FORMATS, write_report
     from reports.protocols import Refusal
     from sweep.results import load_results, write_results
@@ -119,7 +119,8 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
         results, out, formats=formats, interval=args.interval, run_dir=run_dir, mix_protocols=args.mix_protocols, refusals=refusals
     )
     print(markdown)
-    console.print(f"wrote {', '.join(str(out / n) for n in ('report.md', 'report.html') if (out / n).exists())}")
+    written = [run_dir / "results.parquet", *(out / n for n in ("report.md", "report.html") if (out / n).exists())]
+    console.print(f"wrote {', '.join(str(path) for path in written)}", highlight=False)
     for refusal in refusals:  # the rest of the report is written: exit 0, but say what was left out
         console.print(f"[yellow]not compared:[/] {escape(refusal.message)}", highlight=False)
     return 0
@@ -184,9 +185,10 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def _short(settings: dict, width: int = 90) -> str:
+def _short(settings: dict, width: int | None = 90) -> str:
+    """`k=v ...`, cut to `width` characters on a terminal (None: whole, for files and pipes)."""
     text = " ".join(f"{k}={v}" for k, v in settings.items())
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return text if width is None or len(text) <= width else text[: width - 1] + "…"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -259,15 +261,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sweep.progress import terminal_console
+
     args = build_parser().parse_args(argv)
-    console = Console()
+    console = terminal_console()  # full lines when stdout is a file or a pipe
     try:
         return args.func(args, console)
     except (SpecError, LockedError) as error:
-        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {error}", highlight=False)
+        terminal_console(stderr=True).print(f"[red]error:[/] {escape(str(error))}", highlight=False)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted; run the same command again to resume (finished stages are kept)")
+        terminal_console(stderr=True).print("interrupted; run the same command again to resume (finished stages are kept)")
         return 130
 
 

@@ -2,28 +2,90 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Sequence, TextIO
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from space.schema import STAGE_KINDS
 from sweep.plan import Plan, Stage
 
 
-class Reporter:
-    """Prints what a run does: cache hits, stages as they start and end, failures with reasons."""
+NOT_A_TERMINAL_WIDTH = 100_000  # lines are never wrapped when the output is a file or a pipe
 
-    def __init__(self, console: Console | None = None) -> None:
-        self.console = console or Console(stderr=False)
+
+def terminal_console(stderr: bool = False, file: TextIO | None = None) -> Console:
+    """A rich Console that wraps and styles on a terminal, and writes full lines (full paths, whole table cells)
+    everywhere else: logs, pipes, CI."""
+    stream = file or (sys.stderr if stderr else sys.stdout)
+    if hasattr(stream, "isatty") and stream.isatty():
+        return Console(file=file, stderr=stderr)
+    return Console(file=file, stderr=stderr, soft_wrap=True, width=NOT_A_TERMINAL_WIDTH)
+
+
+def varied_columns(stages: Sequence[Stage]) -> list[str]:
+    """The columns (axis values, seeds) whose values differ among `stages`: what tells them apart in a line.
+
+    `vocab` restates token_each and code_dim: when it varies it stands for both."""
+    names = list(dict.fromkeys(name for stage in stages for name in stage.columns))
+    varied = [name for name in names if len({repr(stage.columns.get(name)) for stage in stages}) > 1]
+    if "vocab" in varied:
+        varied = [name for name in varied if name not in ("token_each", "code_dim")]
+    return varied
+
+
+def checkpoint_step(store_root: str | Path | None, stage: Stage) -> int | None:
+    """The step of the checkpoint a stage will resume from (None if it starts afresh)."""
+    if store_root is None:
+        return None
+    from runners.checkpoint import CHECKPOINT_STEP_FILE
+
+    path = Path(store_root) / stage.kind / f".ckpt-{stage.key}" / CHECKPOINT_STEP_FILE
+    try:
+        return int(json.loads(path.read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+class Reporter:
+    """Prints what a run does: cache hits, stages as they start and end, failures with reasons.
+
+    A stage is named by its kind and the settings that tell it apart from the other stages of its kind in the
+    plan (`evaluation vocab=2-4 seed=1`), then its key's first 8 characters (for `sweep show RUN KEY`). The time
+    in a `done` line is the row's `wall_s`, the number `sweep status` adds up.
+    """
+
+    def __init__(self, console: Console | None = None, store_root: str | Path | None = None) -> None:
+        self.console = console or terminal_console()
         self.live = self.console.is_terminal and sys.stdout.isatty()
         self.progress: Progress | None = None
         self.tasks: dict[str, Any] = {}
         self.started: dict[str, float] = {}
+        self.varied: dict[str, list[str]] = {}
+        self.store_root = store_root  # where checkpoints of resumed stages are (set by run_sweep through begin)
 
-    def begin(self, plan: Plan, todo: list[Stage], searches: Sequence[Any] = ()) -> None:
+    def name(self, stage: Stage) -> str:
+        """`kind axis=value ... (key prefix)`: the settings of this stage that vary among its kind's stages."""
+        columns = stage.columns
+        names = list(self.varied.get(stage.kind, []))
+        if columns.get("search_point"):  # a point of an Optuna search: its searched values and index
+            names = [*names, "search_index"]
+        shown = [f"{name}={columns[name]}" for name in dict.fromkeys(names) if name in columns]
+        if columns.get("searched"):
+            shown.append("(searched best)")
+        return escape(" ".join([stage.kind, *shown, f"[{stage.key[:8]}]"]))  # rich would read [..] as markup
+
+    def begin(self, plan: Plan, todo: list[Stage], searches: Sequence[Any] = (), store_root: str | Path | None = None) -> None:
+        if store_root is not None:
+            self.store_root = store_root
+        self.varied = {kind: varied_columns(plan.of_kind(kind)) for kind in STAGE_KINDS}
+        for search in searches:  # the axes a search varies are not varied among the planned stages
+            self.varied["evaluation"] = list(dict.fromkeys([*self.varied["evaluation"], *search.plan.config.axes]))
         counts = plan.counts()
         todo_counts = {kind: sum(1 for s in todo if s.kind == kind) for kind in STAGE_KINDS}
         cached = {kind: counts[kind] - todo_counts[kind] for kind in STAGE_KINDS}
@@ -46,13 +108,17 @@ class Reporter:
             self.progress.start()
 
     def event(self, event: str, stage: Stage, row: dict[str, Any]) -> None:
-        label = f"{stage.kind} {stage.key}"
+        label = self.name(stage)
         if event == "started":
             self.started[stage.key] = time.perf_counter()
-            if self.progress is None:
-                self.console.print(f"start   {label}", highlight=False)
+            step = checkpoint_step(self.store_root, stage)
+            resuming = f" (resuming from the checkpoint of step {step})" if step is not None else ""
+            if self.progress is None or resuming:
+                self.console.print(f"start   {label}{resuming}", highlight=False)
             return
         wall = time.perf_counter() - self.started.pop(stage.key, time.perf_counter())
+        if isinstance(row.get("wall_s"), (int, float)):
+            wall = float(row["wall_s"])  # the stage's own time, as `sweep status` adds it up
         if self.progress is not None and stage.kind in self.tasks:
             self.progress.update(self.tasks[stage.kind], advance=1)
         if event == "cached":
@@ -60,14 +126,16 @@ class Reporter:
                 self.console.print(f"cached  {label} (a search point seen before){_headline(row)}", highlight=False)
             return
         if event == "finished":
-            self.console.print(f"done    {label} in {wall:.1f}s{_headline(row)}", highlight=False)
+            resumed = row.get("resumed_from_step", -1)
+            resumed = f" (resumed from step {int(resumed)})" if isinstance(resumed, (int, float)) and resumed >= 0 else ""
+            self.console.print(f"done    {label} in {wall:.1f}s{resumed}{_headline(row)}", highlight=False)
         else:
-            self.console.print(f"[red]{event:<7}[/] {label}: {row.get('error', '')}", highlight=False)
+            self.console.print(f"[red]{event:<7}[/] {label}: {escape(str(row.get('error', '')))}", highlight=False)
 
     def running(self, stage: Stage, values: dict[str, Any]) -> None:
         """A running stage's latest training loss, on its kind's bar."""
         if self.progress is not None and "loss" in values and stage.kind in self.tasks:
-            self.progress.update(self.tasks[stage.kind], note=f"{stage.key[:8]} step {values.get('step')} loss {values['loss']:.4g}")
+            self.progress.update(self.tasks[stage.kind], note=f"{self.name(stage)} step {values.get('step')} loss {values['loss']:.4g}")
 
     def note(self, text: str) -> None:
         self.console.print(text, highlight=False)
@@ -86,4 +154,4 @@ def _headline(row: dict[str, Any]) -> str:
     """The one or two numbers worth seeing as a stage ends."""
     shown = [name for name in ("heldout_accuracy", "reference_images", "psnr_db", "bit_usage", "rfid", "final_loss", "fid",
                                "class_accuracy") if name in row]
-    return "".join(f"  {name}={row[name]:.4g}" for name in shown if isinstance(row[name], (int, float)))
+    return "".join(f" {name}={row[name]:.4g}" for name in shown if isinstance(row[name], (int, float)))

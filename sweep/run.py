@@ -156,7 +156,7 @@ def run_sweep(
                 searches.append(search)
         summary = RunSummary(planned=len(plan.stages), cached=len(plan.stages) - len(todo) - len(blocked))
         summary.kept_failed = len(blocked)
-        reporter.begin(plan, todo, searches)
+        reporter.begin(plan, todo, searches, store_root=store.root)
         if blocked:
             reporter.note(f"{len(blocked)} stages failed in an earlier run (or depend on one) and are kept as failed; "
                           "`sweep run --retry-failed` runs them again")
