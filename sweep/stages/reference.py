@@ -22,7 +22,7 @@ def reference_stage(
     device = pick_device(stage.resources.gpus)
     data = dataset_of(s)
     classifier = load_classifier(inputs["classifier"]).to(device) if "classifier" in inputs else None
-    extractor = feature_extractor_for(s["feature_extractor"], classifier, device)
+    extractor = feature_extractor_for(s["feature_extractor"], classifier, device, stage.runtime.get("inception_weights"))
     images, _ = stack(data.heldout)
     return save_reference_features(out, extractor, images.to(device), name=f"{s['dataset']['name']}/heldout",
                                    extractor_kind=s["feature_extractor"])

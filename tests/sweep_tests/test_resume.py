@@ -23,7 +23,7 @@ from sweep.run import run_sweep
 from sweep.worker import RUN_METADATA_COLUMNS
 
 SPEC = Path(__file__).parent.parent / "fixtures" / "resume.yaml"
-PROVENANCE = ("git_commit", "git_dirty", "versions", "python", "command", "spec_hash", "device", "traceback")
+PROVENANCE = ("code", "git_commit", "git_dirty", "versions", "python", "command", "spec_hash", "device", "traceback")
 KINDS = ("classifier", "reference", "tokenizer", "reconstruction", "generator", "evaluation")
 
 

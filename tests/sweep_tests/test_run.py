@@ -20,7 +20,7 @@ from sweep.run import run_sweep
 from sweep.worker import RUN_METADATA_COLUMNS
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
-PROVENANCE = ("git_commit", "git_dirty", "versions", "python", "command", "spec_hash", "device", "traceback")
+PROVENANCE = ("code", "git_commit", "git_dirty", "versions", "python", "command", "spec_hash", "device", "traceback")
 
 
 def quiet() -> Reporter:
