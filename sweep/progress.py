@@ -75,7 +75,7 @@ class Reporter:
         names = list(self.varied.get(stage.kind, []))
         if columns.get("search_point"):  # a point of an Optuna search: its searched values and index
             names = [*names, "search_index"]
-        shown = [f"{name}={columns[name]}" for name in dict.fromkeys(names) if name in columns]
+        shown = [f"{name}={_value(columns[name])}" for name in dict.fromkeys(names) if name in columns]
         if columns.get("searched"):
             shown.append("(searched best)")
         return escape(" ".join([stage.kind, *shown, f"[{stage.key[:8]}]"]))  # rich would read [..] as markup
@@ -155,3 +155,8 @@ def _headline(row: dict[str, Any]) -> str:
     shown = [name for name in ("heldout_accuracy", "reference_images", "psnr_db", "bit_usage", "rfid", "final_loss", "fid",
                                "class_accuracy") if name in row]
     return "".join(f" {name}={row[name]:.4g}" for name in shown if isinstance(row[name], (int, float)))
+
+
+def _value(value: Any) -> str:
+    """A setting as a line shows it: floats to 4 significant digits (a searched 2.6464405117819743 reads 2.646)."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -221,14 +221,15 @@ def results_table(results: Results) -> pd.DataFrame:
 
 
 def _explain_unfinished(table: pd.DataFrame, store: Store) -> pd.DataFrame:
-    """A trial without an evaluation row: running, or pending, or blocked by an input that did not finish."""
+    """A trial without a finished evaluation: running, pending, blocked by an input that did not finish, or
+    pruned (its generator was stopped early: its evaluation's row says `skipped`, the trial is `pruned`)."""
     table = table.copy()
     for column in ("failure_kind", "error"):
         if column not in table.columns:
             table[column] = None
-    for index in table.index[table["status"] == "pending"]:
+    for index in table.index[table["status"].isin(["pending", "skipped"])]:
         key = table.at[index, "evaluation_key"]
-        if isinstance(key, str) and key and store.running("evaluation", key):
+        if table.at[index, "status"] == "pending" and isinstance(key, str) and key and store.running("evaluation", key):
             table.at[index, "status"] = "running"
             continue
         for kind in ("generator", "tokenizer", "reference", "classifier"):  # nearest input first
@@ -239,6 +240,8 @@ def _explain_unfinished(table: pd.DataFrame, store: Store) -> pd.DataFrame:
             if failure is None:
                 continue
             pruned = failure.get("status") == "pruned"
+            if not pruned and table.at[index, "status"] == "skipped":
+                break  # the evaluation's own skipped row already names the input and its reason
             table.at[index, "status"] = "pruned" if pruned else "skipped"
             table.at[index, "failure_kind"] = "pruned" if pruned else "upstream"
             table.at[index, "error"] = f"input {kind} {upstream} did not finish: {failure.get('error', '')}"

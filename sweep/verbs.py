@@ -90,10 +90,12 @@ def results_command(run_dir: Path, fmt: str | None, study: str | None, out: str 
 
 
 def compact(table: pd.DataFrame, spec: Any) -> pd.DataFrame:
-    """The Markdown view: study, the axes some study varies, seed, status, the metrics any trial has, the reason."""
+    """The Markdown view: study, the axes some study varies or searches, seed, status, the metrics any trial has,
+    the reason."""
     from sweep.results import METRIC_COLUMNS, UPSTREAM_COLUMNS
 
-    varied = list(dict.fromkeys(axis for study in spec.studies for axis in study.vary))
+    varied = list(dict.fromkeys(axis for study in spec.studies
+                                for axis in (*study.vary, *(study.search.axes if study.search else ()))))
     metrics = [c for c in (*METRIC_COLUMNS, *UPSTREAM_COLUMNS) if c in table.columns and table[c].notna().any()
                and c != "num_samples"]
     columns = ["study", *varied, "seed", "status", *metrics]

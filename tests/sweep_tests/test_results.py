@@ -99,6 +99,16 @@ def test_failed_skipped_and_pending_trials_are_rows_with_their_reason(e2e_run, t
     assert table.loc[2, "error"] == f"input generator {failed_gen} did not finish: ValueError: loss is NaN"
     store.failure_file("generator", failed_gen).unlink()
     assert results_table(load_results(out)).set_index("token_each").loc[2, "status"] == "pending"
+    # early stopping pruned the generator; the run recorded its evaluation as skipped: the trial is pruned
+    reason = "pruned by early stopping at step 10"
+    store.record_failure("generator", failed_gen, {"key": failed_gen, "kind": "generator", "status": "pruned",
+                                                   "failure_kind": "pruned", "error": reason})
+    skipped = trials.loc[2, "evaluation_key"]
+    store.record_failure("evaluation", skipped, {"key": skipped, "kind": "evaluation", "status": "skipped",
+                                                 "failure_kind": "upstream", "error": f"input generator did not finish: {reason}"})
+    pruned = results_table(load_results(out)).set_index("token_each").loc[2]
+    assert (pruned["status"], pruned["failure_kind"]) == ("pruned", "pruned")
+    assert pruned["error"] == f"input generator {failed_gen} did not finish: {reason}"
 
 
 def test_trials_of_cells_removed_from_the_spec_are_not_rows(e2e_run, tmp_path):
