@@ -66,6 +66,10 @@ class RunLock:
             return
         raise LockedError(f"could not take {self.path}; another run took it at the same moment")
 
+    def held_by_another(self) -> bool:
+        """Whether a live `sweep run` (not this object) holds the folder now; read only, takes nothing."""
+        return not self.held and self.path.is_file() and not self._is_stale(self._holder())
+
     def release(self) -> None:
         if self.held:
             self.path.unlink(missing_ok=True)

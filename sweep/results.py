@@ -252,8 +252,12 @@ def _explain_unfinished(table: pd.DataFrame, store: Store) -> pd.DataFrame:
 def write_results(run_dir: str | Path) -> Path:
     """(Re)write `<run>/results.parquet` from the run's trials and the store; atomic (temporary file, rename)."""
     run_dir = Path(run_dir)
-    table = results_table(load_results(run_dir))
-    path = run_dir / RESULTS_FILE
+    return write_results_file(results_table(load_results(run_dir)), run_dir / RESULTS_FILE)
+
+
+def write_results_file(table: pd.DataFrame, path: str | Path) -> Path:
+    """`table` (rows of `results_table`) as Parquet with `results_schema()`, under a temporary name, then renamed."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(3)}.tmp")
     pq.write_table(pa.Table.from_pandas(table, schema=results_schema(), preserve_index=False), tmp)
     os.replace(tmp, path)

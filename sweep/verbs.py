@@ -55,7 +55,7 @@ def check_run_folder(run_dir: Path) -> Path:
 
 def results_command(run_dir: Path, fmt: str | None, study: str | None, out: str | None, console: Console) -> int:
     """Print or write the run's results table (`sweep.results.results_table`), freshly read from the store."""
-    from sweep.results import results_schema, results_table, load_results
+    from sweep.results import load_results, results_table, write_results_file
 
     run_dir = check_run_folder(run_dir)
     fmt = fmt or (Path(out).suffix.lstrip(".") if out and Path(out).suffix.lstrip(".") in RESULT_FORMATS else None)
@@ -73,15 +73,14 @@ def results_command(run_dir: Path, fmt: str | None, study: str | None, out: str 
             raise SpecError(f"--study must name a study of the run ({', '.join(studies)}), but got {study!r}")
         table = table[table["study"] == study].reset_index(drop=True)
     if fmt == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        pq.write_table(pa.Table.from_pandas(table, schema=results_schema(), preserve_index=False), out)
+        write_results_file(table, out)
     else:
         text = {"csv": lambda: table.to_csv(index=False), "md": lambda: markdown(compact(table, results.spec)),
                 "json": lambda: table.to_json(orient="records", date_format="iso", indent=1) + "\n"}[fmt]()
         if out:
-            Path(out).write_text(text)
+            tmp = Path(out).with_name(f".{Path(out).name}.tmp")
+            tmp.write_text(text)
+            tmp.replace(out)  # never a half-written file
         else:
             sys.stdout.write(text)
             return 0
@@ -170,10 +169,7 @@ def ls_command(folder: Path, console: Console) -> int:
 
 def _locked(run_dir: Path) -> bool:
     """Whether a live `sweep run` holds the folder."""
-    lock = RunLock(run_dir)
-    if not lock.path.is_file():
-        return False
-    return not lock._is_stale(lock._holder())
+    return RunLock(run_dir).held_by_another()
 
 
 # ---------------------------------------------------------------------------------------------------------------

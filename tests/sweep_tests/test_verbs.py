@@ -15,6 +15,7 @@ from rich.console import Console
 from space.schema import load_spec, parse_spec
 from sweep.cli import build_parser, main
 from sweep.executors import SerialExecutor
+from sweep.lock import RunLock
 from sweep.progress import Reporter
 from sweep.run import run_sweep
 from sweep.store import Store
@@ -53,6 +54,10 @@ def test_ls_lists_runs_with_their_spec_and_trial_counts(e2e_run, capsys):
     cells = [cell.strip() for cell in line.strip("│┃ ").split("│")]
     # run, spec, trials, finished, failed, skipped, pruned, running, pending, last activity, store
     assert cells[1:9] == ["e2e", "2", "2", "0", "0", "0", "0", "0"] and cells[-1] == "own"
+    assert "(running now)" not in line
+    with RunLock(e2e_run.out):  # as a live `sweep run` holds it
+        assert main(["ls", str(e2e_run.out)]) == 0
+    assert "UTC (running now)" in capsys.readouterr().out
     assert main(["ls", str(e2e_run.out.parent / "nope")]) == 2
 
 
