@@ -189,8 +189,11 @@ def _provenance(data: ReportData) -> list[str]:
     if "status" in rows:
         counts = rows.drop_duplicates("evaluation_key")["status"].value_counts() if "evaluation_key" in rows else rows["status"].value_counts()
         lines.append("Evaluations: " + ", ".join(f"{int(n)} {status}" for status, n in counts.items()) + ".")
-    if "git_commit" in rows:
-        commits = rows.dropna(subset=["git_commit"])
+    if "code" in rows:  # `git <commit>` in a checkout, else the installed `elm-sweep==<version>` (sweep.worker.provenance)
+        for code in rows["code"].dropna().unique():
+            lines.append(f"Code: {code}.")
+    elif "git_commit" in rows:  # rows written before the `code` column
+        commits = rows[rows["git_commit"].fillna("").astype(str) != ""]
         for commit, group in commits.groupby("git_commit"):
             dirty = " (uncommitted changes)" if "git_dirty" in group and group["git_dirty"].fillna(False).astype(bool).any() else ""
             lines.append(f"Code: git {str(commit)[:12]}{dirty}.")

@@ -148,8 +148,14 @@ def test_sweep_results_writes_parquet_and_refuses_bad_input(e2e_run, tmp_path, c
     assert "RUN must be a run folder made by `sweep run`" in capsys.readouterr().err
 
 
-def test_report_rewrites_results(e2e_run, tmp_path):
+def test_report_rewrites_results_and_names_the_code(e2e_run, tmp_path, capsys):
     out = e2e_run.copy(tmp_path / "run")
+    (out / RESULTS_FILE).unlink()
+    assert main(["report", str(out), "--format", "md"]) == 0
+    assert len(pd.read_parquet(out / RESULTS_FILE)) == 2
+    code = pd.read_parquet(out / RESULTS_FILE)["code"].iloc[0]
+    assert code.startswith("git ") and f"- Code: {code}." in (out / "report.md").read_text()
+    assert f"wrote {out / RESULTS_FILE}, {out / 'report.md'}" in capsys.readouterr().out
     (out / RESULTS_FILE).unlink()
     write_results(out)
     assert (out / RESULTS_FILE).is_file()
