@@ -64,7 +64,7 @@ def results_command(run_dir: Path, fmt: str | None, study: str | None, out: str 
         raise SpecError(f"--format takes {', '.join(RESULT_FORMATS)}, but got {fmt!r}; e.g. --format csv")
     if fmt == "parquet" and not out:
         raise SpecError("--format parquet writes a binary file, so it needs --out FILE, but got no --out; e.g. "
-                        f"--out results.parquet, or --format csv to print")
+                        "--out results.parquet, or --format csv to print")
     results = load_results(run_dir)
     table = results_table(results)
     if study is not None:

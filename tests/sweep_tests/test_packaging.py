@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 from unittest import mock
