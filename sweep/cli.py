@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from space.schema import STAGE_KINDS, Spec, SpecError, load_spec, spec_path
+from sweep.executors import ClusterError
 from sweep.lock import LockedError
 
 EXIT_BAD_INPUT = 2
@@ -81,10 +82,14 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from sweep.executors import RayExecutor, SerialExecutor
+    """Exit 0 when every stage of the plan is finished, 1 when any failed, 130 when interrupted."""
+    import signal
+
+    from sweep.executors import RayExecutor, SerialExecutor, interrupt
     from sweep.progress import Reporter
     from sweep.run import run_sweep
 
+    signal.signal(signal.SIGTERM, interrupt)  # SIGTERM stops the run as Ctrl-C does: exit 130, resumable
     spec = _load(args.spec)
     out = Path(args.out or Path("runs") / spec.name)
     executor = (
@@ -95,7 +100,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     store = Path(args.store) if args.store else None
     summary = run_sweep(spec, out, executor, Reporter(console), store_root=store, retry_failed=args.retry_failed)
     console.print(f"results in {out}; tables: `sweep report {out}`")
-    return 1 if summary.failures and args.strict else 0
+    return 0 if summary.complete else 1
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
@@ -209,12 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help=SPEC_HELP)
     p.add_argument("--out", help="run folder (default runs/<spec name>)")
     p.add_argument("--executor", choices=("ray", "serial"), default="ray", help="ray (default) or serial, in-process for debugging")
-    p.add_argument("--address", help="join an existing Ray cluster (e.g. auto or ray://host:10001) instead of starting a local one")
+    p.add_argument("--address", help="join an existing Ray cluster (host:6379, auto, or ray://host:10001) instead of "
+                   "starting a private local one; refused (exit 2) within 30 s if none answers")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     p.add_argument("--num-gpus", type=int, help="GPUs of the local Ray (default: all)")
     p.add_argument("--store", help="artifact store shared by several sweeps (default <out>/stages)")
     p.add_argument("--retry-failed", action="store_true", help="run again the stages that failed in earlier runs")
-    p.add_argument("--strict", action="store_true", help="exit 1 if any stage failed")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("status", help="per stage kind: done, running, failed, pending, time spent and left")
@@ -267,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     console = terminal_console()  # full lines when stdout is a file or a pipe
     try:
         return args.func(args, console)
-    except (SpecError, LockedError) as error:
+    except (SpecError, LockedError, ClusterError) as error:
         terminal_console(stderr=True).print(f"[red]error:[/] {escape(str(error))}", highlight=False)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -13,20 +13,33 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import signal
+import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from sweep.plan import Stage
 from sweep.worker import base_row, execute, now_iso
 
-# on_event(event, stage, row): event is "started", "finished", "failed" or "skipped".
+# on_event(event, stage, row): event is "started", "finished", "failed", "skipped", "pruned", "cached" or
+# "retried" (its worker was lost and it runs again in this run).
 EventHandler = Callable[[str, Stage, dict[str, Any]], None]
+
+
+class ClusterError(RuntimeError):
+    """The Ray cluster cannot be reached or cannot run this sweep (bad --address, a store the workers
+    cannot see); `sweep run` exits 2 with the message."""
 
 
 class Executor(Protocol):
     name: str
+
+    def connect(self) -> None:
+        """Reach the compute before anything is written (raises ClusterError)."""
 
     def run(self, stages: list[Stage], store_root: str, context: dict[str, Any], on_event: EventHandler,
             searches: Sequence[Any] = ()) -> None:
@@ -56,6 +69,7 @@ class Ledger:
         self.pending = [stage.key for stage in self.stages]
 
     can_start: Callable[[Stage, list[Stage]], bool] | None = None  # (stage, running stages): room for it now?
+    attempts: dict[str, int] = field(default_factory=dict)  # key -> attempts whose worker was lost in this run
 
     def ready(self) -> Stage | None:
         """The next pending stage whose inputs (among the stages to run) are all finished and that
@@ -95,8 +109,24 @@ class Ledger:
         return None
 
     def remaining(self) -> int:
-        """At most how many more stages this ledger hands out."""
-        return len(self.pending) + len(self.running) + sum(search.remaining() for search in self.searches)
+        """At most how many more stages this ledger hands out, retries of lost workers included."""
+        stages = len(self.pending) + len(self.running) + sum(search.remaining() for search in self.searches)
+        most_retries = max((int(s.runtime.get("retries", 0)) for s in self.stages), default=0)
+        return stages * (1 + most_retries)
+
+    def retry_lost(self, key: str) -> bool:
+        """Put a stage whose worker was lost back in line if `runtime.retries` allows another attempt.
+
+        Each lost worker uses one attempt of the stage's 1 + retries in this run, as a raised error does
+        (`execute` goes on counting from `attempts_before`)."""
+        stage = self.by_key[key]
+        used = self.attempts.get(key, 0) + 1
+        if used > int(stage.runtime.get("retries", 0)):
+            return False
+        self.attempts[key] = used
+        self.running.discard(key)
+        self.pending.insert(0, key)
+        return True
 
     def complete(self, key: str, row: dict[str, Any]) -> list[tuple[Stage, str]]:
         """Record a stage's row; returns the dependants skipped because it failed, with the reason."""
@@ -142,6 +172,9 @@ class SerialExecutor:
 
     name = "serial"
 
+    def connect(self) -> None:
+        pass  # runs in this process: nothing to reach
+
     def run(self, stages: list[Stage], store_root: str, context: dict[str, Any], on_event: EventHandler,
             searches: Sequence[Any] = ()) -> None:
         from sweep.store import Store
@@ -170,46 +203,129 @@ def _stage_trainable(config: dict[str, Any]) -> None:
     def report(values: dict[str, Any]) -> None:
         tune.report({name: value for name, value in values.items() if isinstance(value, (int, float))})
 
-    row = execute(stage, config["store"], config["context"], meta, report=report)
+    row = execute(stage, config["store"], config["context"], meta, report=report,
+                  attempts_before=int(config.get("attempts_before", 0)))
     summary = {name: value for name, value in row.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
     tune.report({**summary, "status": row["status"], "error": row.get("error", ""), "stage_key": stage.key})
 
 
 class RayExecutor:
-    """Every stage is a Ray Tune trial; a stage starts once its inputs exist."""
+    """Every stage is a Ray Tune trial; a stage starts once its inputs exist.
+
+    Without `address` it starts a private Ray for this command (see the module docstring) and ends it
+    when the command ends; with `address` it joins that cluster, refusing within 30 s if none answers.
+    """
 
     name = "ray"
+    CONNECT_TIMEOUT_S = 25.0  # an --address that does not answer is refused within this
 
     def __init__(self, run_dir: Path, address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
         self.run_dir = Path(run_dir).resolve()
         self.address = address
         self.num_cpus = num_cpus
         self.num_gpus = num_gpus
+        self.started_here = False  # this executor started (or joined) Ray and shuts it down after the run
+        self._restore: Callable[[], None] = lambda: None
+
+    def _runtime_env(self) -> dict[str, Any]:
+        project_root = str(Path(__file__).resolve().parent.parent)
+        return {"env_vars": {"PYTHONPATH": project_root, "RAY_USAGE_STATS_ENABLED": "0"}}
+
+    def connect(self) -> None:
+        """Join the --address cluster now, before the run folder is written; raises ClusterError if it cannot.
+
+        The local private Ray is started later, in `run`, once the run folder's lock is held."""
+        if self.address is None:
+            return
+        _quiet_ray_environment()
+        import ray
+
+        if ray.is_initialized():
+            return
+        host, port = _cluster_host_port(self.address)
+        try:
+            socket.create_connection((host, port), timeout=5.0).close()
+        except OSError as error:
+            raise ClusterError(
+                f"--address {self.address}: no Ray cluster answers at {host}:{port} ({error.strerror or error}); "
+                f"start one with `ray start --head` there, or fix the address"
+            ) from None
+        with _deadline(self.CONNECT_TIMEOUT_S, f"--address {self.address}: {host}:{port} accepts connections but no Ray "
+                       f"cluster answered within {self.CONNECT_TIMEOUT_S:.0f}s; is it a Ray head node's GCS port (6379 by default)?"):
+            try:
+                ray.init(address=self.address, log_to_driver=False, logging_level="WARNING", runtime_env=self._runtime_env())
+            except Exception as error:  # noqa: BLE001 - Ray raises several kinds; each means "cannot join"
+                raise ClusterError(
+                    f"--address {self.address}: could not join the Ray cluster: {type(error).__name__}: {error}. "
+                    f"If it uses token authentication, export RAY_AUTH_MODE=token and its token "
+                    f"(RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token from `ray get-auth-token`)"
+                ) from None
+        self.started_here = True
+
+    def _start_private_ray(self) -> None:
+        """A new Ray for this command only: on 127.0.0.1, token authentication on, never an existing cluster."""
+        saved = {name: os.environ.get(name) for name in _PRIVATE_RAY_ENV}
+        os.environ.update({
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": secrets.token_urlsafe(32),  # lives in this process's environment and its children's only
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # Ray's switch for a loopback-only node address (read at import)
+        })
+        import ray
+        from ray._private import ray_constants
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        single_machine = ray_constants.ENABLE_RAY_CLUSTER
+        ray_constants.ENABLE_RAY_CLUSTER = False  # Ray imported before this point read the switch already
+        Config.initialize("")  # Ray reads RAY_AUTH_MODE into its config; the same refresh ray.init does for its own default
+        AuthenticationTokenLoader.instance().reset_cache()
+
+        def restore() -> None:
+            ray_constants.ENABLE_RAY_CLUSTER = single_machine
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+        self._restore = restore
+        # address="local": a new cluster even when RAY_ADDRESS or the record of the latest `ray start` names one.
+        ray.init(
+            address="local", _node_ip_address="127.0.0.1", num_cpus=self.num_cpus, num_gpus=self.num_gpus,
+            include_dashboard=False, log_to_driver=False, logging_level="WARNING", runtime_env=self._runtime_env(),
+        )
+        self.started_here = True
+        record_ray_processes(self.run_dir)
 
     def run(self, stages: list[Stage], store_root: str, context: dict[str, Any], on_event: EventHandler,
             searches: Sequence[Any] = ()) -> None:
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy reporter honours verbose=0; ours prints progress
-        if self.address is None:
-            # The embedded Ray listens on this machine only and lives as long as this command; a
-            # shared cluster (--address) keeps whatever authentication its operator configured.
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        _quiet_ray_environment()
+        import ray
+
+        previous_sigterm = signal.getsignal(signal.SIGTERM)
+        try:
+            if not ray.is_initialized():
+                if self.address is None:
+                    self._start_private_ray()
+                else:
+                    self.connect()
+            signal.signal(signal.SIGTERM, interrupt)  # ray.init makes SIGTERM exit at once; ours is Ctrl-C's path
+            if self.address is not None:
+                check_store_visible(Path(store_root), _write_on_every_node)
+            self._run(stages, store_root, context, on_event, searches)
+        finally:
+            if self.started_here:
+                ray.shutdown()
+                self.started_here = False
+                (self.run_dir / "ray_processes.json").unlink(missing_ok=True)
+            self._restore()
+            self._restore = lambda: None
+            signal.signal(signal.SIGTERM, previous_sigterm)
+
+    def _run(self, stages: list[Stage], store_root: str, context: dict[str, Any], on_event: EventHandler,
+             searches: Sequence[Any]) -> None:
         import ray
         from ray import tune
         from sweep.store import Store
-
-        project_root = str(Path(__file__).resolve().parent.parent)
-        runtime_env = {"env_vars": {"PYTHONPATH": project_root, "RAY_USAGE_STATS_ENABLED": "0"}}
-        started_here = not ray.is_initialized()
-        if started_here:
-            if self.address is None:
-                ray.init(
-                    num_cpus=self.num_cpus, num_gpus=self.num_gpus, include_dashboard=False,
-                    log_to_driver=False, logging_level="WARNING", runtime_env=runtime_env,
-                )
-                record_ray_processes(self.run_dir)
-            else:
-                ray.init(address=self.address, log_to_driver=False, logging_level="WARNING", runtime_env=runtime_env)
 
         store = Store(store_root)
         ledger = Ledger(stages, searches, store, lambda stage, row: on_event("cached", stage, row))
@@ -265,13 +381,110 @@ class RayExecutor:
                 verbose=0,
             ),
         )
+        if not ledger.done:
+            tuner.fit()
+
+
+# What the private Ray changes in this process's environment (restored when the run ends).
+_PRIVATE_RAY_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+
+
+def _quiet_ray_environment() -> None:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy reporter honours verbose=0; ours prints progress
+    # Ctrl-C reaches us as KeyboardInterrupt (exit 130, "run the same command again") instead of Tune ending its
+    # loop quietly and advising Tuner.restore: the store, not Tune's experiment state, is what a rerun resumes from.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+
+
+def interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM handler: stop the run the way Ctrl-C does."""
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+@contextmanager
+def _deadline(seconds: float, message: str) -> Iterator[None]:
+    """Raise ClusterError if the block has not returned after `seconds` (main thread only: SIGALRM)."""
+
+    def expired(signum: int, frame: Any) -> None:
+        raise ClusterError(message)
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _cluster_host_port(address: str) -> tuple[str, int]:
+    """The host and port `--address` points at ("auto" is the cluster Ray itself would find)."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    target = address.split("://", 1)[1] if "://" in address else address
+    try:
+        resolved = canonicalize_bootstrap_address(target) if target == "auto" else target
+    except ConnectionError as error:
+        raise ClusterError(f"--address auto: {error}") from None
+    host, _, port = (resolved or "").rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterError(f"--address must be host:port, ray://host:port or auto, but got {address!r}; "
+                           f"e.g. --address 10.0.0.1:6379")
+    return host.strip("[]"), int(port)
+
+
+PROBE_PREFIX = ".visible-"
+
+
+def check_store_visible(store_root: Path, write_on_every_node: Callable[[Path, str], dict[str, str]]) -> None:
+    """Refuse (ClusterError) unless every node of the cluster sees the store this driver writes to.
+
+    `write_on_every_node(folder, name)` has a worker on each node write `folder/name` holding that node's
+    id and returns {node id: where it wrote or why it could not}; the driver then reads every file back.
+    A node whose file this driver cannot read writes elsewhere (a local disk, another mount): its stages'
+    artifacts would be invisible to the driver and to the other nodes.
+    """
+    store_root = Path(store_root)
+    store_root.mkdir(parents=True, exist_ok=True)
+    name = f"{PROBE_PREFIX}{secrets.token_hex(6)}"
+    try:
+        outcomes = write_on_every_node(store_root, name)
+        unseen = []
+        for node, outcome in sorted(outcomes.items()):
+            path = store_root / f"{name}-{node}"
+            if not (path.is_file() and path.read_text() == node):
+                unseen.append(f"node {node[:12]} ({outcome})")
+    finally:
+        for path in store_root.glob(f"{name}-*"):
+            path.unlink(missing_ok=True)
+    if unseen:
+        raise ClusterError(
+            f"the store {store_root} is not shared with every Ray node: this driver cannot read what a worker "
+            f"wrote there on {'; '.join(unseen)}. Put the store on a filesystem mounted at the same path on every "
+            f"node (--store /shared/path) and run the driver where it is mounted"
+        )
+
+
+def _write_on_every_node(folder: Path, name: str) -> dict[str, str]:
+    """One zero-CPU task pinned to each alive node writes `folder/<name>-<node id>`; returns what each reported."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0)
+    def write(path: str, node: str) -> str:
+        import socket as host
+
         try:
-            if not ledger.done:
-                tuner.fit()
-        finally:
-            if started_here:
-                ray.shutdown()
-                (self.run_dir / "ray_processes.json").unlink(missing_ok=True)
+            Path(path).write_text(node)
+        except OSError as error:
+            return f"on {host.gethostname()} it could not write {path}: {error}"
+        return f"on {host.gethostname()} it wrote {path}"
+
+    nodes = [node["NodeID"] for node in ray.nodes() if node.get("Alive")]
+    tasks = {node: write.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+             .remote(str(folder / f"{name}-{node}"), node) for node in nodes}
+    return dict(zip(tasks, ray.get(list(tasks.values()), timeout=120)))
 
 
 def _stage_searcher_class() -> type:
@@ -302,7 +515,8 @@ def _stage_searcher_class() -> type:
                 return Searcher.FINISHED if self.ledger.done else None
             self.trial_keys[trial_id] = stage.key
             self.on_event("started", stage, {})
-            return {"stage": stage.to_json(), "store": str(self.store.root), "context": self.context}
+            return {"stage": stage.to_json(), "store": str(self.store.root), "context": self.context,
+                    "attempts_before": self.ledger.attempts.get(stage.key, 0)}
 
         def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
             if trial_id in self.trial_keys and "step" in result:
@@ -312,6 +526,9 @@ def _stage_searcher_class() -> type:
             key = self.trial_keys[trial_id]
             stage = self.ledger.by_key[key]
             row = _row_of(self.store, stage, self.context, result, error)
+            if error and row.get("failure_kind") == "lost" and self.ledger.retry_lost(key):
+                self.on_event("retried", stage, row)  # a new worker runs it again in this run
+                return
             self.on_event(row["status"], stage, row)
             for skipped, reason in self.ledger.complete(key, row):
                 skip = skipped_row(skipped, self.context, reason)

@@ -148,6 +148,13 @@ class Reporter:
             f"{summary.cached} of {summary.planned} stages were already finished; this run: "
             f"{', '.join(parts) or 'nothing to do'} ({summary.wall_s:.1f}s)"
         )
+        unfinished = [*summary.failures, *summary.kept]
+        if unfinished:
+            self.console.print(f"[red]{len(unfinished)} stages did not finish:[/]", highlight=False)
+            for kind, key, error in unfinished:
+                self.console.print(f"  {kind} {key}: {error}", highlight=False)
+            self.console.print("run the same command again to rerun lost work; add --retry-failed to run failed "
+                               "stages again (and the stages behind them)", highlight=False)
 
 
 def _headline(row: dict[str, Any]) -> str:

@@ -41,8 +41,14 @@ class RunSummary:
     cached: int
     counts: dict[str, int] = field(default_factory=dict)  # status -> stages this run
     wall_s: float = 0.0
-    failures: list[tuple[str, str, str]] = field(default_factory=list)  # kind, key, error
-    kept_failed: int = 0  # failed in an earlier run and not retried
+    failures: list[tuple[str, str, str]] = field(default_factory=list)  # kind, key, error: failed or skipped this run
+    kept: list[tuple[str, str, str]] = field(default_factory=list)  # failed in an earlier run (or behind one), not retried
+    kept_failed: int = 0  # stages kept as they ended in an earlier run (failed, pruned, or behind one), not retried
+
+    @property
+    def complete(self) -> bool:
+        """Every stage of the plan ended finished (or stopped early by pruning, or behind a pruned one)."""
+        return not self.failures and not self.kept
 
 
 def trials_frame(plan: Plan) -> pd.DataFrame:
@@ -119,6 +125,7 @@ def run_sweep(
     started = time.perf_counter()
     plan = make_plan(spec)
     out = out.resolve()
+    executor.connect()  # an --address that does not answer is refused before anything is written
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
         write_run_folder(spec, plan, out, store_root)
@@ -132,6 +139,8 @@ def run_sweep(
                 store.quarantine(stage.kind, stage.key)
         todo: list[Stage] = []
         blocked: dict[str, str] = {}  # key -> reason it cannot run this time
+        pruned: set[str] = set()  # stopped early (not failures), and the stages behind them
+        kept: list[tuple[str, str, str]] = []
         for stage in plan.stages.values():
             if store.is_finished(stage.kind, stage.key):
                 continue
@@ -144,6 +153,11 @@ def run_sweep(
                 blocked[stage.key] = str(failure.get("error", ""))
             else:
                 todo.append(stage)
+                continue
+            if failure and failure.get("failure_kind") == "pruned" or upstream in pruned:
+                pruned.add(stage.key)
+            else:
+                kept.append((stage.kind, stage.key, blocked[stage.key]))
         searches = []
         for search_plan in plan.searches.values():
             upstream = next((d for d in search_plan.depends_on if d in blocked), None)
@@ -154,7 +168,7 @@ def run_sweep(
             search = SearchRun(search_plan, store)
             if not search.done:
                 searches.append(search)
-        summary = RunSummary(planned=len(plan.stages), cached=len(plan.stages) - len(todo) - len(blocked))
+        summary = RunSummary(planned=len(plan.stages), cached=len(plan.stages) - len(todo) - len(blocked), kept=kept)
         summary.kept_failed = len(blocked)
         reporter.begin(plan, todo, searches, store_root=store.root)
         if blocked:
@@ -169,7 +183,9 @@ def run_sweep(
                 fault_point("stage_started")
             else:
                 summary.counts[event] = summary.counts.get(event, 0) + 1
-                if event in ("failed", "skipped"):
+                if event == "pruned" or event == "skipped" and pruned & set(stage.depends_on):
+                    pruned.add(stage.key)  # early stopping, not a failure
+                elif event in ("failed", "skipped"):
                     summary.failures.append((stage.kind, stage.key, str(row.get("error", ""))))
             reporter.event(event, stage, row)
 

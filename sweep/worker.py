@@ -59,13 +59,15 @@ def execute(
     context: dict[str, Any],
     meta: dict[str, Any] | None = None,
     report: Callable[[dict[str, Any]], None] | None = None,
+    attempts_before: int = 0,
 ) -> dict[str, Any]:
     """Run `stage` unless it is finished; write its artifact and row atomically; return the row.
 
     An exception, a NaN loss or an out-of-memory error is caught and recorded as a failed row
     (`failure_kind` "error", tried `runtime.retries` more times first); a damaged input is moved aside
     and the stage recorded as failed with `failure_kind` "lost", so the next run recomputes both.
-    Failed work never takes the sweep down.
+    Failed work never takes the sweep down. `attempts_before`: attempts of this stage already spent in
+    this run by workers that were lost; they count against `runtime.retries`.
     """
     from sweep.stages import STAGE_FUNCTIONS, StagePruned, device_name  # torch is imported here, in the worker
 
@@ -112,7 +114,7 @@ def execute(
             report({"step": step, **values})
 
     attempts = 1 + int(stage.runtime.get("retries", 0))
-    for attempt in range(1, attempts + 1):
+    for attempt in range(min(attempts_before, attempts - 1) + 1, attempts + 1):
         tmp = store.begin(stage.kind, stage.key)
         try:
             metrics = STAGE_FUNCTIONS[stage.kind](stage, inputs, tmp, log, checkpoints=checkpoints)
