@@ -116,6 +116,10 @@ class Reporter:
             if self.progress is None or resuming:
                 self.console.print(f"start   {label}{resuming}", highlight=False)
             return
+        if event == "retried":  # its worker was lost; it starts again (not a step of the bar)
+            self.console.print(f"[yellow]retry[/]   {label}: {row.get('error', '')}; it runs again (runtime.retries)",
+                               highlight=False)
+            return
         wall = time.perf_counter() - self.started.pop(stage.key, time.perf_counter())
         if isinstance(row.get("wall_s"), (int, float)):
             wall = float(row["wall_s"])  # the stage's own time, as `sweep status` adds it up

@@ -1,0 +1,108 @@
+"""`sweep run` exits 0 when every stage of the plan is finished, 1 when any failed (listing them and how to
+retry), 130 on Ctrl-C or SIGTERM (saying that the same command resumes, never Tune's restore advice); a stage
+whose worker process is killed runs again in the same run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+import yaml
+
+from sweep_tests.ray_cluster import FIXTURES, REPO, base_env, private_tmpdir, sweep
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_run_whose_every_stage_failed_exits_1_and_says_how_to_retry(tmp_path):
+    spec = yaml.safe_load((FIXTURES / "ops.yaml").read_text())
+    spec["resources"] = {"classifier": {"cpus": 99}, "tokenizer": {"cpus": 99}}  # no node fits: both fail
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    args = [str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "run"), "--num-cpus", "1"]
+    with private_tmpdir() as tmpdir:
+        first = sweep(args, tmpdir, timeout=180)
+        again = sweep(args, tmpdir, timeout=180)  # kept failed: still not a finished plan
+    assert first.returncode == 1, first.stdout + first.stderr[-3000:]
+    assert "6 stages did not finish" in first.stdout and "--retry-failed" in first.stdout
+    assert "classifier" in first.stdout and "needs 99 CPUs" in first.stdout
+    assert again.returncode == 1 and "6 stages did not finish" in again.stdout
+
+
+class Driver:
+    """A `sweep run` subprocess whose output is read as it comes."""
+
+    def __init__(self, args: list[str], tmpdir: Path) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", "sweep.cli", "run", *args], env=base_env(tmpdir),
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+        self.lines: list[str] = []
+        threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True).start()
+
+    def wait_for(self, condition, timeout: float = 300.0) -> None:
+        deadline = time.time() + timeout
+        while not condition():
+            assert self.process.poll() is None and time.time() < deadline, "".join(self.lines)[-3000:]
+            time.sleep(0.05)
+
+    def finish(self, timeout: float = 600.0) -> int:
+        returncode = self.process.wait(timeout=timeout)
+        time.sleep(0.2)  # the reader thread drains the last lines
+        return returncode
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_run_exits_130_and_says_the_same_command_resumes(signum, tmp_path):
+    with private_tmpdir() as tmpdir:
+        driver = Driver([str(FIXTURES / "ops.yaml"), "--out", str(tmp_path / "run"), "--num-cpus", "2"], tmpdir)
+        try:
+            driver.wait_for(lambda: "start   " in driver.output)  # stages handed to Ray workers
+            ray_processes = psutil.Process(driver.process.pid).children(recursive=True)
+            driver.process.send_signal(signum)
+            returncode = driver.finish(timeout=120)
+        finally:
+            if driver.process.poll() is None:
+                driver.process.kill()
+    assert returncode == 130, driver.output[-3000:]
+    assert "run the same command again to resume" in driver.output
+    assert "Tuner.restore" not in driver.output and "Resume experiment" not in driver.output
+    _, alive = psutil.wait_procs(ray_processes, timeout=30)  # the private Ray ended with its driver
+    assert not alive, [p.pid for p in alive]
+
+
+def test_a_killed_worker_is_retried_in_the_same_run_within_runtime_retries(tmp_path):
+    out = tmp_path / "run"  # ops.yaml: runtime.retries 1
+    killed = []
+
+    def kill_the_generator_worker() -> bool:
+        for tmp in out.glob("stages/generator/.tmp-*"):
+            pid = int(tmp.name.split("-")[2])  # .tmp-<key>-<worker pid>-<random>
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            return True
+        return False
+
+    with private_tmpdir() as tmpdir:
+        driver = Driver([str(FIXTURES / "ops.yaml"), "--out", str(out), "--num-cpus", "2"], tmpdir)
+        try:
+            driver.wait_for(kill_the_generator_worker)
+            returncode = driver.finish()
+        finally:
+            if driver.process.poll() is None:
+                driver.process.kill()
+    assert returncode == 0, driver.output[-3000:]
+    assert "retry   generator" in driver.output
+    (generator,) = [pd.read_parquet(p) for p in out.glob("stages/generator/*/row.parquet")]
+    assert generator["attempts"].iloc[0] == 2 and generator["worker_pid"].iloc[0] != killed[0]
+    assert not list(out.glob("stages/failed/*/*.parquet"))  # nothing left failed
+    assert "6 finished" in driver.output and "1 retried" in driver.output
