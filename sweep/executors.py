@@ -254,6 +254,8 @@ class RayExecutor:
                        f"cluster answered within {self.CONNECT_TIMEOUT_S:.0f}s; is it a Ray head node's GCS port (6379 by default)?"):
             try:
                 ray.init(address=self.address, log_to_driver=False, logging_level="WARNING", runtime_env=self._runtime_env())
+            except ClusterError:
+                raise
             except Exception as error:  # noqa: BLE001 - Ray raises several kinds; each means "cannot join"
                 raise ClusterError(
                     f"--address {self.address}: could not join the Ray cluster: {type(error).__name__}: {error}. "
