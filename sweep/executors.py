@@ -17,10 +17,9 @@ import secrets
 import signal
 import socket
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from sweep.plan import Stage
 from sweep.worker import base_row, execute, now_iso
@@ -217,7 +216,6 @@ class RayExecutor:
     """
 
     name = "ray"
-    CONNECT_TIMEOUT_S = 25.0  # an --address that does not answer is refused within this
 
     def __init__(self, run_dir: Path, address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
         self.run_dir = Path(run_dir).resolve()
@@ -234,6 +232,8 @@ class RayExecutor:
     def connect(self) -> None:
         """Join the --address cluster now, before the run folder is written; raises ClusterError if it cannot.
 
+        `ray.init` alone retries an address where no Ray answers for minutes, so the address is first asked
+        whether it speaks gRPC at all (a Ray GCS does), within 5 s each for connecting and answering.
         The local private Ray is started later, in `run`, once the run folder's lock is held."""
         if self.address is None:
             return
@@ -243,25 +243,19 @@ class RayExecutor:
         if ray.is_initialized():
             return
         host, port = _cluster_host_port(self.address)
+        if "://" not in self.address:  # Ray Client (ray://) is checked by ray.init itself
+            if problem := _grpc_problem(host, port, timeout_s=5.0):
+                raise ClusterError(f"--address {self.address}: no Ray cluster answers at {host}:{port} ({problem}); "
+                                   f"start one with `ray start --head` there, or give a head node's GCS address "
+                                   f"(port 6379 unless `ray start --port` said otherwise)")
         try:
-            socket.create_connection((host, port), timeout=5.0).close()
-        except OSError as error:
+            ray.init(address=self.address, log_to_driver=False, logging_level="WARNING", runtime_env=self._runtime_env())
+        except Exception as error:  # noqa: BLE001 - Ray raises several kinds; each means "cannot join"
             raise ClusterError(
-                f"--address {self.address}: no Ray cluster answers at {host}:{port} ({error.strerror or error}); "
-                f"start one with `ray start --head` there, or fix the address"
+                f"--address {self.address}: could not join the Ray cluster ({type(error).__name__}: {error}); if it "
+                f"uses token authentication, export RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN, "
+                f"RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token; `ray get-auth-token` on the head prints it)"
             ) from None
-        with _deadline(self.CONNECT_TIMEOUT_S, f"--address {self.address}: {host}:{port} accepts connections but no Ray "
-                       f"cluster answered within {self.CONNECT_TIMEOUT_S:.0f}s; is it a Ray head node's GCS port (6379 by default)?"):
-            try:
-                ray.init(address=self.address, log_to_driver=False, logging_level="WARNING", runtime_env=self._runtime_env())
-            except ClusterError:
-                raise
-            except Exception as error:  # noqa: BLE001 - Ray raises several kinds; each means "cannot join"
-                raise ClusterError(
-                    f"--address {self.address}: could not join the Ray cluster: {type(error).__name__}: {error}. "
-                    f"If it uses token authentication, export RAY_AUTH_MODE=token and its token "
-                    f"(RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token from `ray get-auth-token`)"
-                ) from None
         self.started_here = True
 
     def _start_private_ray(self) -> None:
@@ -404,36 +398,35 @@ def interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
-@contextmanager
-def _deadline(seconds: float, message: str) -> Iterator[None]:
-    """Raise ClusterError if the block has not returned after `seconds` (main thread only: SIGALRM)."""
-
-    def expired(signum: int, frame: Any) -> None:
-        raise ClusterError(message)
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def _cluster_host_port(address: str) -> tuple[str, int]:
-    """The host and port `--address` points at ("auto" is the cluster Ray itself would find)."""
+    """The host and port `--address` points at, as `ray.init` resolves them ("auto": the cluster Ray would
+    find; localhost: this node's address unless Ray is kept to loopback)."""
     from ray._private.services import canonicalize_bootstrap_address
 
-    target = address.split("://", 1)[1] if "://" in address else address
     try:
-        resolved = canonicalize_bootstrap_address(target) if target == "auto" else target
-    except ConnectionError as error:
-        raise ClusterError(f"--address auto: {error}") from None
+        resolved = address.split("://", 1)[1] if "://" in address else canonicalize_bootstrap_address(address)
+    except (ConnectionError, ValueError) as error:
+        raise ClusterError(f"--address {address}: {error}") from None
     host, _, port = (resolved or "").rpartition(":")
     if not host or not port.isdigit():
         raise ClusterError(f"--address must be host:port, ray://host:port or auto, but got {address!r}; "
                            f"e.g. --address 10.0.0.1:6379")
     return host.strip("[]"), int(port)
+
+
+def _grpc_problem(host: str, port: int, timeout_s: float) -> str:
+    """Why nothing gRPC answers at host:port ('' if something does): a gRPC server (a Ray GCS among them)
+    answers the HTTP/2 connection preface with a SETTINGS frame at once."""
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + an empty SETTINGS frame
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as connection:
+            connection.sendall(preface)
+            header = connection.recv(9)  # length (3), type (1), flags (1), stream (4)
+    except socket.timeout:
+        return f"no answer within {timeout_s:.0f}s"
+    except OSError as error:
+        return error.strerror or str(error)
+    return "" if len(header) >= 4 and header[3] == 4 else "it does not speak gRPC"
 
 
 PROBE_PREFIX = ".visible-"

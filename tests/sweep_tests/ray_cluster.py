@@ -48,7 +48,10 @@ def private_tmpdir() -> Iterator[Path]:
 
 def base_env(tmpdir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS", "SWEEP_FAULT"))}
-    env.update(TMPDIR=str(tmpdir), RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=str(REPO), COLUMNS="400", **extra)
+    # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: Ray keeps 127.0.0.1 as it is (else it swaps in this host's address),
+    # so the test clusters listen on loopback only and `--address 127.0.0.1:<port>` reaches them.
+    env.update(TMPDIR=str(tmpdir), RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=str(REPO), COLUMNS="400",
+               RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", **extra)
     return env
 
 
@@ -80,7 +83,7 @@ def ray_head(tmpdir: Path, **env: str) -> Iterator[tuple[str, list[int]]]:
     command = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--port", str(port), "--num-cpus", "1",
                "--include-dashboard=false", "--disable-usage-stats", "--block"]
     log = open(tmpdir / "ray-start.log", "w")
-    head = subprocess.Popen(command, env=base_env(tmpdir, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", **env),
+    head = subprocess.Popen(command, env=base_env(tmpdir, **env),
                             stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 120
