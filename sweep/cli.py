@@ -90,13 +90,16 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from sweep.run import run_sweep
 
     signal.signal(signal.SIGTERM, interrupt)  # SIGTERM stops the run as Ctrl-C does: exit 130, resumable
-    spec = _load(args.spec)
-    out = Path(args.out or Path("runs") / spec.name)
     executor = (
         SerialExecutor()
         if args.executor == "serial"
-        else RayExecutor(out, address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+        else RayExecutor(Path(args.out or "."), address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
     )
+    executor.connect()  # a dead --address is refused first: before the spec's checks (they import torch), before any write
+    spec = _load(args.spec)
+    out = Path(args.out or Path("runs") / spec.name)
+    if isinstance(executor, RayExecutor):
+        executor.run_dir = out.resolve()
     store = Path(args.store) if args.store else None
     summary = run_sweep(spec, out, executor, Reporter(console), store_root=store, retry_failed=args.retry_failed)
     console.print(f"results in {out}; tables: `sweep report {out}`")

@@ -243,19 +243,26 @@ class RayExecutor:
         if ray.is_initialized():
             return
         host, port = _cluster_host_port(self.address)
+        token_hint = ("if it uses token authentication, export RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN, "
+                      "RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token; `ray get-auth-token` on the head prints it)")
         if "://" not in self.address:  # Ray Client (ray://) is checked by ray.init itself
             if problem := _grpc_problem(host, port, timeout_s=5.0):
                 raise ClusterError(f"--address {self.address}: no Ray cluster answers at {host}:{port} ({problem}); "
                                    f"start one with `ray start --head` there, or give a head node's GCS address "
                                    f"(port 6379 unless `ray start --port` said otherwise)")
+            from ray._raylet import GcsClient
+            from ray.exceptions import AuthenticationError
+
+            try:  # a refused token fails here at once; ray.init would retry it for a while
+                GcsClient(address=f"{host}:{port}").internal_kv_get(b"elm-sweep", None, timeout=10)
+            except AuthenticationError as error:
+                raise ClusterError(f"--address {self.address}: the Ray cluster refused this driver ({error}); "
+                                   f"{token_hint}") from None
         try:
             ray.init(address=self.address, log_to_driver=False, logging_level="WARNING", runtime_env=self._runtime_env())
         except Exception as error:  # noqa: BLE001 - Ray raises several kinds; each means "cannot join"
-            raise ClusterError(
-                f"--address {self.address}: could not join the Ray cluster ({type(error).__name__}: {error}); if it "
-                f"uses token authentication, export RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN, "
-                f"RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token; `ray get-auth-token` on the head prints it)"
-            ) from None
+            raise ClusterError(f"--address {self.address}: could not join the Ray cluster ({type(error).__name__}: "
+                               f"{error}); {token_hint}") from None
         self.started_here = True
 
     def _start_private_ray(self) -> None:
