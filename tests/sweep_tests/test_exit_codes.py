@@ -61,7 +61,7 @@ class Driver:
         return "".join(self.lines)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupted_run_exits_130_and_says_the_same_command_resumes(signum, tmp_path):
     with private_tmpdir() as tmpdir:
         driver = Driver([str(FIXTURES / "ops.yaml"), "--out", str(tmp_path / "run"), "--num-cpus", "2"], tmpdir)
