@@ -14,7 +14,7 @@ import yaml
 
 from sweep.executors import RayExecutor
 from sweep_tests.ray_cluster import (
-    FIXTURES, MACHINE_RECORD, base_env, free_port, job_count, private_tmpdir, ray_head, record_state, sweep,
+    FIXTURES, MACHINE_RECORD, free_port, job_count, private_tmpdir, ray_head, record_state, sweep,
 )
 
 pytestmark = pytest.mark.slow
