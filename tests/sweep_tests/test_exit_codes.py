@@ -17,11 +17,23 @@ import psutil
 import pytest
 import yaml
 
+from space.schema import load_spec
+from sweep.executors import Ledger
+from sweep.plan import make_plan
 from sweep_tests.ray_cluster import FIXTURES, REPO, base_env, private_tmpdir, sweep
 
-pytestmark = pytest.mark.slow
+
+def test_a_lost_worker_uses_one_of_runtime_retries():
+    stages = list(make_plan(load_spec(FIXTURES / "ops.yaml")).stages.values())  # runtime.retries: 1
+    ledger = Ledger(stages)
+    stage = ledger.ready()
+    assert ledger.retry_lost(stage.key) and ledger.pending[0] == stage.key and stage.key not in ledger.running
+    assert ledger.attempts == {stage.key: 1}  # the next trial's execute starts counting at attempt 2
+    assert ledger.ready() is stage and not ledger.retry_lost(stage.key)  # its one retry is spent
+    assert ledger.attempts == {stage.key: 1}
 
 
+@pytest.mark.slow
 def test_a_run_whose_every_stage_failed_exits_1_and_says_how_to_retry(tmp_path):
     spec = yaml.safe_load((FIXTURES / "ops.yaml").read_text())
     spec["resources"] = {"classifier": {"cpus": 99}, "tokenizer": {"cpus": 99}}  # no node fits: both fail
@@ -61,6 +73,7 @@ class Driver:
         return "".join(self.lines)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupted_run_exits_130_and_says_the_same_command_resumes(signum, tmp_path):
     with private_tmpdir() as tmpdir:
@@ -80,6 +93,7 @@ def test_an_interrupted_run_exits_130_and_says_the_same_command_resumes(signum, 
     assert not alive, [p.pid for p in alive]
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_retried_in_the_same_run_within_runtime_retries(tmp_path):
     out = tmp_path / "run"  # ops.yaml: runtime.retries 1
     killed = []
