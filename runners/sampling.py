@@ -23,7 +23,9 @@ if TYPE_CHECKING:  # runtime import would be circular (runners.generators regist
 # Bumped when a change alters which tokens a given (model, knobs, seed) produce; part of evaluation keys.
 # sampling-2: sample_ar decodes with a KV cache by default (same tokens up to float rounding of the
 # logits, but not bit-identical arithmetic), adds CFG schedules, top-p, and the MLM sampler.
-SAMPLING_CODE_VERSION = "sampling-2"
+# sampling-3: MLM decoding as the authors': confidence = mean over the K sub-tokens of (log p + its own
+# Gumbel draw), at least one position left masked until the last step; the `powercos` CFG schedule.
+SAMPLING_CODE_VERSION = "sampling-3"
 
 
 class ARDecoder(Protocol):
@@ -76,28 +78,36 @@ def cfg_logits(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
     return uncond + scale * (cond - uncond)
 
 
-# schedule -> (s, t, N) -> s_t, with r = (t + 1) / N (ELM.md "Sampling"). t counts AR positions or MLM steps.
-CFG_SCHEDULES: dict[str, Callable[[float, int, int], float]] = {
-    "constant": lambda s, t, N: s,
-    "linear": lambda s, t, N: 1 + (s - 1) * ((t + 1) / N),
-    "cosine": lambda s, t, N: 1 + (s - 1) * math.sin(math.pi / 2 * ((t + 1) / N)),
-    "log": lambda s, t, N: 1 + (s - 1) * math.log(1 + ((t + 1) / N) * (math.e - 1)),
-    "square": lambda s, t, N: 1 + (s - 1) * ((t + 1) / N) ** 2,
+# schedule -> (s, t, N, p) -> s_t, with r = (t + 1) / N (ELM.md "Sampling"). t counts AR positions or MLM
+# steps; p (the `cfg_power` knob) is read by powercos only.
+CFG_SCHEDULES: dict[str, Callable[[float, int, int, float], float]] = {
+    "constant": lambda s, t, N, p: s,
+    "linear": lambda s, t, N, p: 1 + (s - 1) * ((t + 1) / N),
+    "cosine": lambda s, t, N, p: 1 + (s - 1) * math.sin(math.pi / 2 * ((t + 1) / N)),
+    "log": lambda s, t, N, p: 1 + (s - 1) * math.log(1 + ((t + 1) / N) * (math.e - 1)),
+    "square": lambda s, t, N, p: 1 + (s - 1) * ((t + 1) / N) ** 2,
     # as the authors wrote it: t / N, not r, so it starts at exactly 1 and never reaches s
-    "square_root": lambda s, t, N: 1 + (s - 1) * math.sqrt(t / N),
+    "square_root": lambda s, t, N, p: 1 + (s - 1) * math.sqrt(t / N),
+    # the authors' MLM schedule: 1 + (s - 1) (1 - cos(pi r^p)) / 2, an S-curve from ~1 to s (p = 1: half a cosine)
+    "powercos": lambda s, t, N, p: 1 + (s - 1) * (1 - math.cos(math.pi * ((t + 1) / N) ** p)) / 2,
 }
+DEFAULT_CFG_POWER = 1.0
+"""p of powercos when the knobs do not say (the authors' default `scale_pow`)"""
 
 
-def cfg_scale_at(schedule: str, scale: float, t: int, N: int) -> float:
+def cfg_scale_at(schedule: str, scale: float, t: int, N: int, power: float = DEFAULT_CFG_POWER) -> float:
     """Guidance scale at step t of N (t = 0..N-1) under `schedule`, peaking at `scale`.
 
     All but square_root reach `scale` at the last step (r = 1); square_root uses t/N instead of r.
+    `power` is p of powercos (> 0); the other schedules ignore it.
     """
     if schedule not in CFG_SCHEDULES:
         raise ValueError(f"cfg_schedule must be one of {sorted(CFG_SCHEDULES)}, but got {schedule!r}")
     if not 0 <= t < N:
         raise ValueError(f"step t must lie in [0, N={N}), but got t={t}")
-    return float(CFG_SCHEDULES[schedule](scale, t, N))
+    if not power > 0:
+        raise ValueError(f"cfg_power must be > 0 (the p of powercos; 1 = half a cosine), but got cfg_power={power}")
+    return float(CFG_SCHEDULES[schedule](scale, t, N, power))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -167,6 +177,7 @@ def sample_ar(
     *,
     cfg_scale: float = 1.0,
     cfg_schedule: str = "constant",
+    cfg_power: float = DEFAULT_CFG_POWER,
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
@@ -180,14 +191,14 @@ def sample_ar(
     is prefilled once and each step feeds only the token just sampled; without it the whole prefix
     is recomputed every step (the authors' sampler). Both give the same logits up to float rounding.
     With cfg_scale != 1 the batch is doubled with the null class and l = l_u + s_n (l_c - l_u),
-    s_n = cfg_scale_at(cfg_schedule, cfg_scale, n, N). Then temperature, top-k, top-p, and each of
+    s_n = cfg_scale_at(cfg_schedule, cfg_scale, n, N, cfg_power). Then temperature, top-k, top-p, and each of
     the K sub-tokens is drawn independently from its own head. positions (N, 2): the scan order's
     (row, col) of each sequence index, as in the model (default raster); the ids come back in that
     scan order. The model runs in eval mode (its mode is restored afterwards).
     """
     cfg = model.config
     _check_labels_and_generator(labels, cfg.num_classes, generator)
-    cfg_scale_at(cfg_schedule, cfg_scale, 0, 1)  # validate the schedule name before any compute
+    cfg_scale_at(cfg_schedule, cfg_scale, 0, 1, cfg_power)  # validate the schedule before any compute
     filter_logits(torch.zeros(1), temperature=temperature, top_k=top_k, top_p=top_p)  # validate knobs
     if kv_cache and not callable(getattr(model, "init_cache", None)):
         raise TypeError(f"kv_cache=True needs model.init_cache/prefill/decode_step, which "
@@ -217,7 +228,8 @@ def sample_ar(
                 logits = model.next_logits(prefix, model_labels, positions=positions)
             logits = logits.float()  # (B or 2B, K, V)
             if guided:
-                logits = cfg_logits(logits[:B], logits[B:], cfg_scale_at(cfg_schedule, cfg_scale, n, N))  # (B, K, V)
+                scale = cfg_scale_at(cfg_schedule, cfg_scale, n, N, cfg_power)
+                logits = cfg_logits(logits[:B], logits[B:], scale)  # (B, K, V)
             logits = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
             ids[:, n] = _sample_categorical(logits, generator)  # (B, K): each head drawn independently
     finally:
@@ -230,14 +242,16 @@ def sample_ar(
 
 
 def mlm_masked_after(step: int, steps: int, seq_len: int, masked_before: int) -> int:
-    """Positions left masked after MLM decoding step t (0-based) of `steps`.
+    """Positions left masked after MLM decoding step t (0-based) of `steps`, the authors' rule.
 
-    floor(N cos(pi/2 r)), r = (t+1)/steps, clamped to keep progress: at most masked_before - 1
-    (at least one position newly fixed per step), at least 0; it is 0 at the last step.
+    Before the last step: floor(N cos(pi/2 r)), r = (t+1)/steps, clamped to [1, masked_before - 1]:
+    at least one position newly fixed while that leaves one masked, and at least one kept masked (so a
+    step may fix nothing once one position is left). At the last step: 0, everything is fixed.
     """
-    r = (step + 1) / steps
-    target = 0 if step == steps - 1 else math.floor(seq_len * math.cos(math.pi / 2 * r))
-    return max(0, min(target, masked_before - 1))
+    if step == steps - 1:
+        return 0
+    target = math.floor(seq_len * math.cos(math.pi / 2 * (step + 1) / steps))
+    return max(1, min(target, masked_before - 1))
 
 
 @torch.no_grad()
@@ -249,20 +263,22 @@ def sample_mlm(
     tau: float = 4.5,
     cfg_scale: float = 1.0,
     cfg_schedule: str = "constant",
+    cfg_power: float = DEFAULT_CFG_POWER,
     generator: torch.Generator,
     positions: Tensor | None = None,
 ) -> Tensor:
-    """MaskGIT decoding of token ids (B, N, K) for class labels (B,) in `steps` steps.
+    """MaskGIT decoding of token ids (B, N, K) for class labels (B,) in `steps` steps, as the authors decode.
 
     Start all-masked. At step t (r = (t+1)/steps): run the model on the current ids (batch doubled
-    with the null class when cfg_scale != 1; s_t = cfg_scale_at(cfg_schedule, cfg_scale, t, steps)),
-    sample every masked position's K sub-tokens from softmax(logits) (no temperature, no top-k),
-    score each masked position by confidence = sum over its K sub-tokens of log p(sampled) +
-    tau * (1 - r) * Gumbel noise, and re-mask the `mlm_masked_after(t, ...)` least confident
-    ones (ties: lower index first); the rest are fixed for good. Positions are masked and fixed
-    with all K sub-tokens together, as in training. tau (Gumbel temperature; MaskGIT uses 4.5) is
-    annealed to 0 at the last step. All draws (tokens, Gumbel noise) come from `generator`.
-    positions (N, 2) as in the model (default raster); ids come back in that scan order.
+    with the null class when cfg_scale != 1; s_t = cfg_scale_at(cfg_schedule, cfg_scale, t, steps,
+    cfg_power)), sample every masked position's K sub-tokens from softmax(logits) (no temperature, no
+    top-k), score each masked position by confidence = mean over its K sub-tokens of
+    (log p(sampled) + tau * (1 - r) * g), one Gumbel draw g per sub-token, and re-mask the
+    `mlm_masked_after(t, ...)` least confident ones (ties: lower index first); the rest are fixed for
+    good. Positions are masked and fixed with all K sub-tokens together, as in training. tau (the
+    authors' sampling `temperature`) is annealed to 0 at the last step. All draws (tokens, Gumbel
+    noise) come from `generator`. positions (N, 2) as in the model (default raster); ids come back in
+    that scan order.
     """
     cfg = model.config
     _check_labels_and_generator(labels, cfg.num_classes, generator)
@@ -270,7 +286,7 @@ def sample_mlm(
         raise ValueError(f"steps must be an int >= 1, but got steps={steps!r}")
     if not tau >= 0:
         raise ValueError(f"tau must be >= 0 (0 = no Gumbel noise), but got tau={tau}")
-    cfg_scale_at(cfg_schedule, cfg_scale, 0, 1)  # validate the schedule name before any compute
+    cfg_scale_at(cfg_schedule, cfg_scale, 0, 1, cfg_power)  # validate the schedule before any compute
     device = labels.device
     B, N, K = labels.shape[0], cfg.seq_len, cfg.token_each
     guided = cfg_scale != 1.0
@@ -283,18 +299,19 @@ def sample_mlm(
         masked = torch.ones(B, N, dtype=torch.bool, device=device)
         n_masked = N
         for t in range(steps):
-            if n_masked == 0:  # more steps than positions: everything is fixed already
+            if n_masked == 0:  # nothing left to decode
                 break
             r = (t + 1) / steps
             inputs = torch.cat([ids, ids]) if guided else ids
             logits = model(inputs, model_labels, positions=positions).float()  # (B or 2B, N, K, V)
             if guided:
-                logits = cfg_logits(logits[:B], logits[B:], cfg_scale_at(cfg_schedule, cfg_scale, t, steps))
+                scale = cfg_scale_at(cfg_schedule, cfg_scale, t, steps, cfg_power)
+                logits = cfg_logits(logits[:B], logits[B:], scale)
             sampled = _sample_categorical(logits, generator)  # (B, N, K)
-            log_p = torch.log_softmax(logits, dim=-1).gather(-1, sampled[..., None])[..., 0].sum(-1)  # (B, N)
-            uniform = torch.rand(B, N, generator=generator, device=generator.device).to(device)
-            gumbel = -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))  # (B, N)
-            confidence = log_p + tau * (1.0 - r) * gumbel
+            log_p = torch.log_softmax(logits, dim=-1).gather(-1, sampled[..., None])[..., 0]  # (B, N, K)
+            uniform = torch.rand(B, N, K, generator=generator, device=generator.device).to(device)
+            gumbel = -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))  # (B, N, K)
+            confidence = (log_p + tau * (1.0 - r) * gumbel).mean(-1)  # (B, N)
             confidence = confidence.masked_fill(~masked, float("inf"))  # fixed positions are never re-masked
             ids = torch.where(masked[..., None], sampled, ids)
             n_masked = mlm_masked_after(t, steps, N, n_masked)

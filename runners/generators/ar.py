@@ -8,18 +8,22 @@ Sequence layout (teacher forcing), T = N slots:
 
     slot      0            1             2            ...  N-1
     holds     class token  token 0       token 1      ...  token N-2
-    rotary    none (0)     pos(token 0)  pos(token 1) ...  pos(token N-2)
+    rotary    zero row     pos(token 0)  pos(token 1) ...  pos(token N-2)
     predicts  token 0      token 1       token 2      ...  token N-1
 
-Rotary choice (LlamaGen's): the slot holding token n-1 rotates with the grid coordinates of
-token n-1 itself, i.e. where the token it *holds* lives, not where the token it predicts goes.
-The class-token slot has no grid position and gets angle 0 (the identity rotation; LlamaGen
-instead zeroes q/k there, we keep the class token's q/k intact). With a fixed scan order the
+Rotary choice (LlamaGen's and the authors'): the slot holding token n-1 rotates with the grid
+coordinates of token n-1 itself, i.e. where the token it *holds* lives, not where the token it
+predicts goes. The class-token slot has no grid position; its rotation row is all zeros (cos 0,
+sin 0), which zeroes that slot's query and key, as in the authors' code. `class_rotary="identity"`
+keeps them intact instead (the project's own variant, off by default). With a fixed scan order the
 position of token n follows from that of token n-1, so nothing is lost. The sampler
 (runners/sampling.py) builds its prefixes the same way through `next_logits`.
 
+The released ELM checkpoints load into this module through runners/generators/released.py (one
+documented key rename per tensor, identical shapes) and give the authors' logits.
+
 KV-cached decoding (what `sample_ar(..., kv_cache=True)` uses): `init_cache` allocates per-layer
-keys/values for the N slots and binds the scan order's rotary angles; `prefill` runs the class
+keys/values for the N slots and binds the scan order's rotations; `prefill` runs the class
 token (and optionally a prefix of tokens) once, then each `decode_step` feeds the one token just
 sampled and returns the logits of the next position. Slot for slot it computes the same numbers
 as `next_logits` (up to float rounding), in O(N) instead of O(N^2) token passes per image.
@@ -35,12 +39,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from runners.generators.layers import (
+    CLASS_ROTARY,
     Block,
     RMSNorm,
     block_parameter_count,
+    class_rotation,
     drop_labels,
     init_weights,
     rotary_angles_2d,
+    rotation_table,
 )
 
 
@@ -59,7 +66,7 @@ GENERATOR_SIZES: dict[str, GeneratorSize] = {
     # for the same vocabulary.
     "tiny": GeneratorSize(layers=2, width=64, heads=4),
     "small": GeneratorSize(layers=4, width=256, heads=4),
-    # paper sizes, head dim 64, 1000 classes, 16x16 grid:
+    # paper sizes, head dim 64, 1000 classes, 16x16 grid (equal to the authors' modules' counts):
     # L 2-10 315.6M, XL 2-10 741.3M, XXL 2-12 1.39B, 2B 2-12 1.91B.
     "L": GeneratorSize(layers=24, width=1024, heads=16),
     "XL": GeneratorSize(layers=36, width=1280, heads=20),
@@ -92,6 +99,12 @@ class GeneratorConfig:
     """MLM only (AR ignores it): T of the training mask schedule; a step s is drawn uniformly from
     {0..T-1} and floor(N cos(pi/2 s/T)) positions are masked. With T = the decoder's step count the
     training mask counts are exactly those the MaskGIT decoder feeds the model (ELM: ~10 steps)"""
+    class_rotary: str = "zero"
+    """rotary row of the class-token slot(s): "zero" zeroes their query and key (the authors' code,
+    LlamaGen); "identity" leaves them unrotated (the project's own variant)"""
+    mask_per_sample: bool = False
+    """MLM only: draw the mask-schedule step per sample (True, the project's variant) instead of once
+    per batch (False, the authors' default)"""
 
     def __post_init__(self) -> None:
         if self.size not in GENERATOR_SIZES:
@@ -106,6 +119,12 @@ class GeneratorConfig:
             raise ValueError(f"dropout must lie in [0, 1), but got dropout={self.dropout!r}")
         if not 0.0 <= self.class_dropout <= 1.0:
             raise ValueError(f"class_dropout must lie in [0, 1], but got class_dropout={self.class_dropout!r}")
+        if self.class_rotary not in CLASS_ROTARY:
+            raise ValueError(
+                f"class_rotary must be one of {list(CLASS_ROTARY)}, but got class_rotary={self.class_rotary!r}"
+            )
+        if not isinstance(self.mask_per_sample, bool):
+            raise ValueError(f"mask_per_sample must be a bool, but got mask_per_sample={self.mask_per_sample!r}")
         if self.head_dim % 4 != 0:
             raise ValueError(
                 f"2D rotary needs head dim (width/heads) divisible by 4, but size {self.size!r} "
@@ -150,13 +169,15 @@ def raster_positions(grid_height: int, grid_width: int, device: torch.device | s
     return torch.stack([rows, cols], dim=-1)
 
 
-def slot_angles(positions: Tensor, head_dim: int) -> Tensor:
-    """Rotary angles of the AR slots: slot 0 (class token) 0, slot t >= 1 the cell of token t-1.
+def slot_rotation(positions: Tensor, config: GeneratorConfig, class_slots: int = 1, repeat: int = 1) -> Tensor:
+    """Rotation table of a sequence: `class_slots` class rows (config.class_rotary), then each position's
+    rotation `repeat` times (MLM: its K sub-token slots share it).
 
-    positions (n, 2) (row, col) of tokens 0..n-1 -> (1 + n, D/2) float32.
+    positions (n, 2) (row, col) -> (class_slots + n * repeat, D/2, 2) float32.
     """
-    angles = rotary_angles_2d(positions, head_dim)  # (n, D/2)
-    return torch.cat([angles.new_zeros(1, angles.shape[-1]), angles], dim=0)
+    table = rotation_table(rotary_angles_2d(positions, config.head_dim)).repeat_interleave(repeat, dim=0)
+    head = class_rotation(class_slots, config.head_dim, config.class_rotary, device=positions.device)
+    return torch.cat([head, table], dim=0)
 
 
 @dataclass
@@ -171,8 +192,8 @@ class KVCache:
     """per layer (B, H, N, D)"""
     values: list[Tensor]
     """per layer (B, H, N, D)"""
-    angles: Tensor
-    """(N, D/2) rotary angles of every slot, from the positions given to init_cache"""
+    rotation: Tensor
+    """(N, D/2, 2) rotation table of every slot, from the positions given to init_cache"""
     length: int = 0
     """slots filled so far (class token + tokens fed); the logits last returned predict position length - 1"""
 
@@ -182,7 +203,7 @@ class KVCache:
 
     @property
     def capacity(self) -> int:
-        return self.angles.shape[0]
+        return self.rotation.shape[0]
 
 
 def check_positions(config: GeneratorConfig, positions: Tensor | None, device: torch.device) -> Tensor:
@@ -241,10 +262,10 @@ class ARGenerator(nn.Module):
         if T > 0:
             x = torch.cat([x, self._embed_tokens(prefix)], dim=1)  # (B, 1 + T, C)
         x = self.token_dropout(x)
-        # slot 0 (class token): angle 0; slot t >= 1 holds token t-1 and rotates with its coordinates
-        angles = slot_angles(positions[:T], self.config.head_dim)  # (1 + T, D/2)
+        # slot 0 (class token): class_rotary row; slot t >= 1 holds token t-1 and rotates with its coordinates
+        rotation = slot_rotation(positions[:T], self.config)  # (1 + T, D/2, 2)
         for block in self.blocks:
-            x = block(x, angles, is_causal=True)
+            x = block(x, rotation, is_causal=True)
         return self.norm(x)
 
     def _logits(self, hidden: Tensor) -> Tensor:  # (B, T, C) -> (B, T, K, V)
@@ -306,7 +327,7 @@ class ARGenerator(nn.Module):
         """Empty KV cache for `batch_size` rows decoding in the scan order given by positions (N, 2).
 
         device / dtype default to the model's parameters'. The positions are bound to the cache:
-        every slot's rotary angles are computed once here.
+        every slot's rotation is computed once here.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, but got batch_size={batch_size}")
@@ -315,11 +336,11 @@ class ARGenerator(nn.Module):
         device = torch.device(device) if device is not None else reference.device
         dtype = dtype or reference.dtype
         positions = self._check_positions(positions, device)
-        angles = slot_angles(positions[: cfg.seq_len - 1], cfg.head_dim)  # (N, D/2): class + tokens 0..N-2
+        rotation = slot_rotation(positions[: cfg.seq_len - 1], cfg)  # (N, D/2, 2): class + tokens 0..N-2
         shape = (batch_size, cfg.heads, cfg.seq_len, cfg.head_dim)
         keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.blocks]
         values = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.blocks]
-        return KVCache(keys=keys, values=values, angles=angles)
+        return KVCache(keys=keys, values=values, rotation=rotation)
 
     def _extend(self, x: Tensor, cache: KVCache) -> Tensor:
         """Run t new slots x (B, t, C) through the trunk against the cache; logits of the last (B, K, V)."""
@@ -333,9 +354,9 @@ class ARGenerator(nn.Module):
                 f"{start} are filled and {t} more were fed; position N-1 is the last one to predict"
             )
         x = self.token_dropout(x)
-        angles = cache.angles[start : start + t]  # (t, D/2)
+        rotation = cache.rotation[start : start + t]  # (t, D/2, 2)
         for block, keys, values in zip(self.blocks, cache.keys, cache.values):
-            x = block.forward_cached(x, angles, keys, values, start)
+            x = block.forward_cached(x, rotation, keys, values, start)
         cache.length = start + t
         return self._logits(self.norm(x[:, -1:]))[:, 0]  # (B, K, V)
 
@@ -389,6 +410,12 @@ def parameter_count(config: GeneratorConfig) -> int:
     trunk = config.layers * block_parameter_count(C) + C  # blocks + final norm
     heads = K * C * V
     return embeddings + trunk + heads
+
+
+def sequence_slots(config: GeneratorConfig) -> int:
+    """Transformer slots one training sample runs through: N (class token + tokens 0..N-2). The K
+    sub-tokens of a position share one slot, so the cost of a sample does not grow with K."""
+    return config.seq_len
 
 
 def initial_loss(config: GeneratorConfig) -> float:

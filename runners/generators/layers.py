@@ -5,6 +5,13 @@ hidden = 8/3 * width rounded up to a multiple of 256, no biases anywhere, 2D rot
 (half of each head dim rotates with the row index, half with the column index, base 10000),
 dropout on the residual branches, init N(0, 0.02).
 
+Rotary positions travel as a rotation table (T, D/2, 2) holding (cos, sin) of each slot's angle per
+channel pair, not as angles, so that a slot can also get the all-zero row (cos 0, sin 0). That row
+zeroes the slot's query and key: it is what the authors' code (and LlamaGen) gives the class-token
+slot(s), so such a slot is never attended to by its query-key score (its value still enters with
+score 0) and attends uniformly itself. `class_rotation` builds those rows; "identity" (cos 1, sin 0,
+the slot unrotated) is the project's own variant, off by default (GeneratorConfig.class_rotary).
+
 Shapes: B batch, T sequence slots, C width, H heads, D head dim.
 """
 
@@ -16,6 +23,9 @@ from torch import Tensor, nn
 
 ROTARY_BASE = 10000.0
 INIT_STD = 0.02
+CLASS_ROTARY = ("zero", "identity")
+"""rotary rows of class-token slots: "zero" (cos 0, sin 0: q and k of the slot become 0; the authors')
+or "identity" (cos 1, sin 0: the slot unrotated; the project's earlier variant)"""
 
 
 def swiglu_hidden(width: int, multiple_of: int = 256) -> int:
@@ -82,16 +92,31 @@ def rotary_angles_2d(positions: Tensor, head_dim: int, base: float = ROTARY_BASE
     return torch.cat([row, col], dim=-1)  # (T, D/2)
 
 
-def apply_rotary(x: Tensor, angles: Tensor) -> Tensor:
-    """Rotate each adjacent channel pair (2i, 2i+1) of x by angles[..., i].
+def rotation_table(angles: Tensor) -> Tensor:
+    """(T, D/2) angles -> (T, D/2, 2) rotation table of (cos, sin), float32."""
+    return torch.stack([angles.cos(), angles.sin()], dim=-1)
 
-    x: (B, H, T, D); angles: (T, D/2) float32. Computed in float32, returned in x's dtype.
-    An angle of 0 is the identity (used for slots without a grid position, e.g. the class token).
+
+def class_rotation(slots: int, head_dim: int, mode: str, device: torch.device | str | None = None) -> Tensor:
+    """Rotation rows (slots, D/2, 2) of class-token slots: all zeros ("zero") or cos 1, sin 0 ("identity")."""
+    if mode not in CLASS_ROTARY:
+        raise ValueError(f"class_rotary must be one of {list(CLASS_ROTARY)}, but got {mode!r}")
+    rows = torch.zeros(slots, head_dim // 2, 2, device=device)
+    if mode == "identity":
+        rows[..., 0] = 1.0
+    return rows
+
+
+def apply_rotary(x: Tensor, rotation: Tensor) -> Tensor:
+    """Rotate each adjacent channel pair (2i, 2i+1) of x by the (cos, sin) in rotation[..., i, :].
+
+    x: (B, H, T, D); rotation: (T, D/2, 2) float32 (`rotation_table`, `class_rotation`). Computed in
+    float32, returned in x's dtype. A (1, 0) row is the identity; a (0, 0) row zeroes the slot.
     """
     x_pairs = x.float().reshape(*x.shape[:-1], -1, 2)  # (B, H, T, D/2, 2)
-    cos, sin = angles.cos(), angles.sin()  # (T, D/2)
+    cos, sin = rotation[..., 0], rotation[..., 1]  # (T, D/2)
     x0, x1 = x_pairs[..., 0], x_pairs[..., 1]
-    out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
+    out = torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1)
     return out.flatten(-2).type_as(x)
 
 
@@ -112,22 +137,22 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(dropout)
 
     def forward(
-        self, x: Tensor, angles: Tensor, *, is_causal: bool, attn_mask: Tensor | None = None
+        self, x: Tensor, rotation: Tensor, *, is_causal: bool, attn_mask: Tensor | None = None
     ) -> Tensor:
-        """x (B, T, C), angles (T, D/2); attn_mask (T, T) bool (True = may attend) or None."""
+        """x (B, T, C), rotation (T, D/2, 2); attn_mask (T, T) bool (True = may attend) or None."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=-1)  # 3 x (B, T, C)
         q, k, v = (t.view(B, T, self.heads, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
-        q, k = apply_rotary(q, angles), apply_rotary(k, angles)
+        q, k = apply_rotary(q, rotation), apply_rotary(k, rotation)
         # attention-probability dropout is 0 (LlamaGen default); dropout sits on the residual branch
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal and attn_mask is None)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.proj(y))
 
-    def forward_cached(self, x: Tensor, angles: Tensor, keys: Tensor, values: Tensor, start: int) -> Tensor:
+    def forward_cached(self, x: Tensor, rotation: Tensor, keys: Tensor, values: Tensor, start: int) -> Tensor:
         """Causal attention of t new slots against a key/value cache (AR decoding).
 
-        x (B, t, C) holds slots start..start+t-1, angles (t, D/2) their rotations. keys / values
+        x (B, t, C) holds slots start..start+t-1, rotation (t, D/2, 2) their rotations. keys / values
         (B, H, S, D) hold slots 0..start-1 already; the new slots' k / v are written in place at
         start..start+t-1, then each new slot attends to every slot up to and including itself.
         """
@@ -137,7 +162,7 @@ class Attention(nn.Module):
             raise ValueError(f"the KV cache holds {keys.shape[2]} slots, but slots up to {end} were requested")
         q, k, v = self.qkv(x).split(C, dim=-1)  # 3 x (B, t, C)
         q, k, v = (u.view(B, t, self.heads, self.head_dim).transpose(1, 2) for u in (q, k, v))  # (B, H, t, D)
-        q, k = apply_rotary(q, angles), apply_rotary(k, angles)
+        q, k = apply_rotary(q, rotation), apply_rotary(k, rotation)
         keys[:, :, start:end] = k
         values[:, :, start:end] = v
         k_all, v_all = keys[:, :, :end].to(q.dtype), values[:, :, :end].to(q.dtype)  # (B, H, end, D)
@@ -160,14 +185,14 @@ class Block(nn.Module):
         self.mlp = SwiGLU(width, dropout)
 
     def forward(
-        self, x: Tensor, angles: Tensor, *, is_causal: bool, attn_mask: Tensor | None = None
+        self, x: Tensor, rotation: Tensor, *, is_causal: bool, attn_mask: Tensor | None = None
     ) -> Tensor:  # (B, T, C) -> (B, T, C)
-        x = x + self.attention(self.attention_norm(x), angles, is_causal=is_causal, attn_mask=attn_mask)
+        x = x + self.attention(self.attention_norm(x), rotation, is_causal=is_causal, attn_mask=attn_mask)
         return x + self.mlp(self.mlp_norm(x))
 
-    def forward_cached(self, x: Tensor, angles: Tensor, keys: Tensor, values: Tensor, start: int) -> Tensor:
+    def forward_cached(self, x: Tensor, rotation: Tensor, keys: Tensor, values: Tensor, start: int) -> Tensor:
         """The same block on t new slots with a KV cache (see Attention.forward_cached)."""
-        x = x + self.attention.forward_cached(self.attention_norm(x), angles, keys, values, start)
+        x = x + self.attention.forward_cached(self.attention_norm(x), rotation, keys, values, start)
         return x + self.mlp(self.mlp_norm(x))
 
 

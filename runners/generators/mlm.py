@@ -2,30 +2,31 @@
 
 Same Llama backbone as the AR generator (layers.Block, RMSNorm, SwiGLU, 2D rotary), but
 bidirectional attention and a [MASK] id. ids (B, N, K) in [0, 2**c); the id V = 2**c is [MASK].
+It computes what the authors' MLM module computes (released checkpoints load through
+runners/generators/released.py):
 
-Sequence layout, T = 1 + N*K slots (the K sub-tokens are flattened into the sequence, as the
-authors do for K > 1):
+Sequence layout, T = K + N*K slots (the K sub-tokens are flattened into the sequence):
 
-    slot      0            1 + n*K + k
-    holds     class token  sub-token k of position n (or [MASK])
-    rotary    none (0)     (row, col) of position n: all K sub-tokens of a position share its cell
+    slot      0 .. K-1                    K + n*K + k
+    holds     class token, K copies       sub-token k of position n (or [MASK])
+    rotary    class_rotary row (zero)     (row, col) of position n: its K sub-tokens share the cell
 
-One embedding table of V + 1 rows (2**c ids + [MASK]) is shared by every sub-token index. Because
-the K sub-tokens of a position share table and rotation, they would be exchangeable (two masked
-sub-tokens of one cell would get identical hidden states and identical predictions), so for K > 1
-a learned sub-token-index embedding (K, C) is added to each flattened slot (our choice; ELM.md does
-not say how the authors tell them apart). For K = 1 it is omitted.
+One embedding table of V + 1 rows (2**c ids + [MASK]) is shared by every sub-token index, and
+nothing else tells the K sub-tokens of a position apart: two masked sub-tokens of one cell get the
+same prediction (but are drawn independently when sampling). That is the authors' model.
 
-Output head, MAGE-style: Linear(C, C) (with bias, as MAGE) -> GELU -> LayerNorm -> dot product with
-the first V rows of the shared embedding table + a bias (V,). The [MASK] row is left out of the
-output, so the model never predicts [MASK]. Init: the LayerNorm gain and bias and the output bias
-start at zero, so every logit is 0 at init (uniform over the V real ids, initial loss exactly ln V),
-the MLM analogue of the AR's zero-initialised heads; the gain still gets gradients at step one.
+Output head, MAGE-style: Linear(C, C) (with bias) -> GELU -> LayerNorm -> dot product with the
+token table (detached: the head never sends gradients into the table) + a bias of V + 1 entries;
+the [MASK] column is dropped, so the model never predicts [MASK]. Init as the authors': every
+Linear / Embedding N(0, 0.02) with zero biases, the LayerNorm at its default (gain 1, bias 0), the
+output bias zero. The logits are therefore small but not zero at init: the first loss lies a little
+above ln V.
 
-Training (`loss`): per sample draw s uniformly from {0..T-1} (T = config.mask_schedule_steps), mask
-m = max(1, floor(N cos(pi/2 s/T))) positions chosen uniformly (all K sub-tokens of a position
-together), cross-entropy on the masked sub-tokens only (mean over all masked sub-tokens in the
-batch). Class token first with class dropout to the null class, as in AR. Decoding lives in
+Training (`loss`): draw a step s uniformly from {0..T-1} (T = config.mask_schedule_steps) once per
+batch (the authors' default; `mask_per_sample=True` draws it per sample), mask
+m = max(1, floor(N cos(pi/2 s/T))) positions of each sample chosen uniformly (all K sub-tokens of a
+position together), cross-entropy on the masked sub-tokens only (mean over all masked sub-tokens in
+the batch). Class token with class dropout to the null class, as in AR. Decoding lives in
 runners/sampling.py (`sample_mlm`).
 """
 
@@ -37,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from runners.generators.ar import GeneratorConfig, check_positions
-from runners.generators.layers import Block, RMSNorm, block_parameter_count, drop_labels, init_weights, rotary_angles_2d
+from runners.generators.ar import GeneratorConfig, check_positions, slot_rotation
+from runners.generators.layers import Block, RMSNorm, block_parameter_count, drop_labels, init_weights
 
 
 def masked_count(step: int, schedule_steps: int, seq_len: int) -> int:
@@ -49,16 +50,20 @@ def masked_count(step: int, schedule_steps: int, seq_len: int) -> int:
 
 
 class MAGEHead(nn.Module):
-    """Linear -> GELU -> LayerNorm, then logits = hidden . E[:V]^T + bias (E: the shared token table)."""
+    """Linear -> GELU -> LayerNorm, then logits = hidden . E[:V]^T + bias[:V].
+
+    E (V + 1, C) is the shared token table, detached here; bias has V + 1 entries like the table (its
+    [MASK] entry, as the table's [MASK] row, never reaches an output)."""
 
     def __init__(self, width: int, vocab_size: int) -> None:
         super().__init__()
         self.fc = nn.Linear(width, width)
         self.norm = nn.LayerNorm(width)
-        self.bias = nn.Parameter(torch.zeros(vocab_size))
+        self.bias = nn.Parameter(torch.zeros(vocab_size + 1))
 
-    def forward(self, hidden: Tensor, table: Tensor) -> Tensor:  # (B, T, C), (V, C) -> (B, T, V)
-        return self.norm(F.gelu(self.fc(hidden))) @ table.t() + self.bias
+    def forward(self, hidden: Tensor, table: Tensor) -> Tensor:  # (B, T, C), (V + 1, C) -> (B, T, V)
+        V = table.shape[0] - 1
+        return self.norm(F.gelu(self.fc(hidden))) @ table[:V].detach().t() + self.bias[:V]
 
 
 class MLMGenerator(nn.Module):
@@ -70,19 +75,12 @@ class MLMGenerator(nn.Module):
         C, K, V = config.width, config.token_each, config.vocab_size
         self.class_embedding = nn.Embedding(config.num_classes + 1, C)  # +1: null class for CFG
         self.token_embedding = nn.Embedding(V + 1, C)  # 2**c ids + [MASK] (id V), shared by all K sub-tokens
-        # tells the K flattened sub-tokens of one position apart (they share table and rotation)
-        self.subtoken_embedding = nn.Parameter(torch.empty(K, C)) if K > 1 else None
         self.token_dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(C, config.heads, config.dropout) for _ in range(config.layers))
         self.norm = RMSNorm(C)
         self.head = MAGEHead(C, V)
-        init_weights(self)
-        if self.subtoken_embedding is not None:
-            nn.init.normal_(self.subtoken_embedding, std=0.02)
+        init_weights(self)  # the LayerNorm keeps its default gain 1, bias 0
         nn.init.zeros_(self.head.fc.bias)
-        # zero LayerNorm gain and bias (and output bias): every logit is 0 at init -> loss exactly ln V
-        nn.init.zeros_(self.head.norm.weight)
-        nn.init.zeros_(self.head.norm.bias)
 
     @property
     def mask_id(self) -> int:
@@ -126,32 +124,31 @@ class MLMGenerator(nn.Module):
         positions = self._check_positions(positions, ids.device)
         labels = drop_labels(labels, cfg.class_dropout, cfg.null_class, training=self.training, generator=generator)
 
-        tokens = self.token_embedding(ids)  # (B, N, K, C)
-        if self.subtoken_embedding is not None:
-            tokens = tokens + self.subtoken_embedding  # (K, C) broadcast over (B, N)
-        x = torch.cat([self.class_embedding(labels).unsqueeze(1), tokens.flatten(1, 2)], dim=1)  # (B, 1 + N*K, C)
-        x = self.token_dropout(x)
-        # slot 0 unrotated; slot 1 + n*K + k rotates with the cell of position n
-        angles = rotary_angles_2d(positions.repeat_interleave(K, dim=0), cfg.head_dim)  # (N*K, D/2)
-        angles = torch.cat([angles.new_zeros(1, angles.shape[-1]), angles], dim=0)  # (1 + N*K, D/2)
+        tokens = self.token_embedding(ids).flatten(1, 2)  # (B, N*K, C)
+        classes = self.class_embedding(labels).unsqueeze(1).expand(B, K, -1)  # (B, K, C): K class slots
+        x = self.token_dropout(torch.cat([classes, tokens], dim=1))  # (B, K + N*K, C)
+        # class slots: class_rotary rows; slot K + n*K + k rotates with the cell of position n
+        rotation = slot_rotation(positions, cfg, class_slots=K, repeat=K)  # (K + N*K, D/2, 2)
         for block in self.blocks:
-            x = block(x, angles, is_causal=False)
-        hidden = self.norm(x[:, 1:])  # (B, N*K, C): the class slot predicts nothing
-        logits = self.head(hidden, self.token_embedding.weight[: cfg.vocab_size])  # (B, N*K, V)
+            x = block(x, rotation, is_causal=False)
+        hidden = self.norm(x[:, K:])  # (B, N*K, C): the class slots predict nothing
+        logits = self.head(hidden, self.token_embedding.weight)  # (B, N*K, V)
         return logits.view(B, N, K, cfg.vocab_size)
 
     def mask_batch(self, ids: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Mask a training batch: ids (B, N, K) -> (inputs (B, N, K) with [MASK], masked (B, N) bool).
 
-        Per sample: s ~ U{0..T-1}, m = masked_count(s, T, N) positions chosen uniformly, all K
-        sub-tokens of a chosen position replaced by [MASK]. Draws come from `generator` (on its
-        device) when given, else from the global RNG on the ids' device.
+        s ~ U{0..T-1} once for the batch (config.mask_per_sample: once per sample), then per sample
+        m = masked_count(s, T, N) positions chosen uniformly, all K sub-tokens of a chosen position
+        replaced by [MASK]. Draws come from `generator` (on its device) when given, else from the
+        global RNG on the ids' device.
         """
         cfg = self.config
         B, N, _ = ids.shape
         T = cfg.mask_schedule_steps
         rng_device = generator.device if generator is not None else ids.device
-        steps = torch.randint(0, T, (B,), generator=generator, device=rng_device)
+        steps = torch.randint(0, T, (B if cfg.mask_per_sample else 1,), generator=generator, device=rng_device)
+        steps = steps.expand(B)
         ratio = torch.cos(math.pi / 2 * steps.double() / T)  # float64: counts match masked_count exactly
         counts = (N * ratio).floor().long().clamp(min=1)  # (B,)
         # a uniformly random subset of size m: rank positions by uniform noise, keep the m smallest
@@ -176,9 +173,18 @@ class MLMGenerator(nn.Module):
 
 
 def parameter_count(config: GeneratorConfig) -> int:
-    """Exact parameter count of MLMGenerator(config), analytically (no weights allocated)."""
-    C, K, V = config.width, config.token_each, config.vocab_size
-    embeddings = (config.num_classes + 1) * C + (V + 1) * C + (K * C if K > 1 else 0)
+    """Exact parameter count of MLMGenerator(config), analytically (no weights allocated).
+
+    The authors' module also holds tensors its forward never reads (a frozen position table, K
+    unused output heads, a projection for K > 1); runners.generators.released.authors_parameter_count
+    counts those too."""
+    C, V = config.width, config.vocab_size
+    embeddings = (config.num_classes + 1) * C + (V + 1) * C
     trunk = config.layers * block_parameter_count(C) + C  # blocks + final norm
-    head = C * C + C + 2 * C + V  # fc weight + bias, LayerNorm gain + bias, output bias
+    head = C * C + C + 2 * C + V + 1  # fc weight + bias, LayerNorm gain + bias, output bias (V + [MASK])
     return embeddings + trunk + head
+
+
+def sequence_slots(config: GeneratorConfig) -> int:
+    """Transformer slots one training sample runs through: K class slots + N*K sub-token slots."""
+    return config.token_each * (config.seq_len + 1)

@@ -1,6 +1,8 @@
 """One contract suite run over every GENERATORS entry (diffusers-style): a new generator passes it or fails it.
 
-Each entry must: build the tiny rung; start at loss ln(2**c) (uniform logits at init); count its
+Each entry must: build the tiny rung; start at loss ln(2**c) (within 1e-3 with uniform logits at init, as
+AR's zero heads give; within INITIAL_LOSS_SLACK for entries whose init, like the authors' MLM head, gives
+small non-zero logits); count its
 parameters analytically and exactly; train one step to a finite, changed loss; sample ids of the
 right shape and range through its uniform `sample(model, labels, knobs, generator, positions)`,
 deterministically for a fixed seed and honouring scan positions; train under bf16 autocast.
@@ -26,6 +28,9 @@ NAMES = sorted(GENERATORS)
 # Every knob any entry reads, with a value; entries must ignore the ones they do not use.
 KNOBS = {"cfg_scale": 2.0, "cfg_schedule": "linear", "temperature": 1.0, "top_k": 0, "top_p": 0.9,
          "mlm_steps": 4, "mlm_tau": 2.0, "unrelated_setting": "ignored"}
+# how far above ln V the first loss may start: 0 for zero-initialised heads; the MLM head (the authors' init:
+# LayerNorm gain 1, table N(0, 0.02)) gives logits of std ~0.02 sqrt(C) at init (0.16 on the tiny rung)
+INITIAL_LOSS_SLACK = {"ar": 1e-3, "mlm": 0.05}
 
 
 def test_suite_covers_the_whole_registry() -> None:
@@ -36,6 +41,7 @@ def test_suite_covers_the_whole_registry() -> None:
         "mlm": ("cfg_scale", "cfg_schedule", "mlm_steps", "mlm_tau"),
     }
     assert all(set(GENERATORS[name].sample_knobs) <= set(KNOBS) for name in NAMES)
+    assert all(dict(GENERATORS[name].optional_knobs) == {"cfg_power": 1.0} for name in NAMES)
 
 
 def tiny_config(token_each: int = 2, bits_each: int = 4, **kwargs) -> GeneratorConfig:
@@ -67,12 +73,12 @@ def name(request: pytest.FixtureRequest) -> str:
 def test_initial_loss_is_log_vocab(name: str, token_each: int, bits_each: int) -> None:
     torch.manual_seed(0)
     config = tiny_config(token_each, bits_each)
-    model = GENERATORS[name].build(config)  # train mode: dropout and label dropout on, logits still uniform
+    model = GENERATORS[name].build(config)  # train mode: dropout and label dropout on
     ids, labels = random_batch(config)
     loss = model.loss(ids, labels, generator=torch.Generator().manual_seed(0))
     assert loss.ndim == 0 and loss.dtype == torch.float32
-    assert abs(loss.item() - math.log(2**bits_each)) < 1e-3
-    assert abs(evaluate_loss(model, ids, labels) - math.log(2**bits_each)) < 1e-3
+    assert abs(loss.item() - math.log(2**bits_each)) < INITIAL_LOSS_SLACK[name]
+    assert abs(evaluate_loss(model, ids, labels) - math.log(2**bits_each)) < INITIAL_LOSS_SLACK[name]
 
 
 @pytest.mark.parametrize(
@@ -146,8 +152,8 @@ def test_bf16_autocast_training_runs(name: str) -> None:
     config = tiny_config()
     result = train_generator(GENERATORS[name].build(config), batch_fn_for(config), steps=2, lr=1e-3, seed=0,
                              precision="bf16")
-    # bf16 logits are all zero at init too, so the first loss is still ln V; the weights stay float32
-    assert abs(result.initial_loss - math.log(16)) < 1e-2
+    # the first loss is still ~ln V under bf16; the weights stay float32
+    assert abs(result.initial_loss - math.log(16)) < 1e-2 + INITIAL_LOSS_SLACK[name]
     assert all(math.isfinite(v) for _, v in result.losses)
     assert all(p.dtype == torch.float32 for p in result.model.parameters())
     with pytest.raises(ValueError, match=r"precision must be one of \['fp32', 'bf16'\], but got precision='fp16'"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -10,6 +11,7 @@ from torch import Tensor, nn
 
 from runners.generators import GENERATORS, GeneratorConfig, MLMGenerator
 from runners.generators.mlm import masked_count, parameter_count
+from runners.generators.released import authors_parameter_count
 from runners.sampling import mlm_masked_after, sample_mlm
 from runners.train_generator import evaluate_loss, train_generator
 
@@ -23,7 +25,7 @@ def tiny_config(token_each: int = 1, bits_each: int = 6, **kwargs) -> GeneratorC
 
 
 def random_head(model: MLMGenerator, std: float = 1.0) -> MLMGenerator:
-    """The zero LayerNorm gain makes every logit 0 at init; give it weights so outputs carry information."""
+    """Logits at init are small (table N(0, 0.02)); a larger random LayerNorm gain makes them informative."""
     with torch.no_grad():
         model.head.norm.weight.normal_(0.0, std)
     return model.eval()
@@ -53,25 +55,35 @@ def test_parameter_count_matches_model(config: GeneratorConfig) -> None:
     assert parameter_count(config) == sum(p.numel() for p in MLMGenerator(config).parameters())
 
 
-def test_parameter_count_paper_literal() -> None:
-    # MLM-L 1-16 (the paper's MLM), 1000 classes, 16 x 16; literal checked once against a model built
-    # on the meta device (slow, so not repeated here): 24 blocks 308,330,496 + final norm 1,024 +
-    # class table 1,025,024 + token table (65,536 + 1) x 1,024 + MAGE head 1,117,184
-    config = GeneratorConfig("L", 16, 16, token_each=1, bits_each=16, num_classes=1000)
-    assert parameter_count(config) == 377_583_616
+@pytest.mark.parametrize(
+    "size, ours, authors",
+    [  # the released MLMs (1-16, 1000 classes, 16 x 16). `authors`: sum(p.numel()) of the authors' module
+        # (llama/mlm_model.py at c2f29f0, on the meta device), read once by hand; it also counts tensors the
+        # forward never reads (position table, output head). `ours` x 4 bytes is the released file's size
+        # (1.51 GB, 3.27 GB, 5.86 GB): the files hold no output head.
+        ("L", 377_583_617, 444_955_649), ("XL", 818_351_617, 902_566_657), ("XXL", 1_463_735_297, 1_564_793_345),
+    ],
+)
+def test_parameter_count_paper_literal(size: str, ours: int, authors: int) -> None:
+    config = GeneratorConfig(size, 16, 16, token_each=1, bits_each=16, num_classes=1000)
+    assert parameter_count(config) == ours
+    assert authors_parameter_count("mlm", config) == authors
 
 
 @pytest.mark.parametrize("token_each, bits_each", [(1, 8), (2, 5)])
-def test_initial_logits_uniform_over_real_ids(token_each: int, bits_each: int) -> None:
+def test_initial_logits_near_uniform_over_real_ids(token_each: int, bits_each: int) -> None:
     torch.manual_seed(0)
     config = tiny_config(token_each, bits_each)
     model = MLMGenerator(config)
+    # the authors' init: LayerNorm at its default, biases zero, everything else N(0, 0.02)
+    assert torch.equal(model.head.norm.weight, torch.ones(64)) and torch.count_nonzero(model.head.norm.bias) == 0
+    assert torch.count_nonzero(model.head.bias) == 0 and model.head.bias.shape == (2**bits_each + 1,)
     ids, labels = random_batch(config, 4)
     logits = model(ids, labels)
     assert logits.shape == (4, 16, token_each, 2**bits_each)  # the [MASK] id is never an output
-    assert torch.count_nonzero(logits) == 0
+    assert 0.05 < logits.std().item() < 0.3  # ~0.02 sqrt(64) = 0.16: small, not zero
     expected = {8: 5.545177, 5: 3.465736}[bits_each]  # ln 256, ln 32
-    assert abs(model.loss(ids, labels).item() - expected) < 1e-3
+    assert 0 < model.loss(ids, labels).item() - expected < 0.05
     assert model.mask_id == 2**bits_each
 
 
@@ -88,31 +100,45 @@ def test_bidirectional_attention() -> None:
     assert (out[:, :15] - base[:, :15]).abs().amax(dim=(0, 2, 3)).min() > 1e-5
 
 
-def test_subtokens_of_one_position_are_told_apart() -> None:
+def test_subtokens_of_one_position_share_everything() -> None:
+    """The authors' K > 1 MLM: no sub-token embedding; masked sub-tokens of one cell predict alike."""
     torch.manual_seed(0)
     config = tiny_config(2, 5, dropout=0.0)
     model = random_head(MLMGenerator(config))
+    assert not any("subtoken" in name for name, _ in model.named_parameters())
     ids = torch.full((1, 16, 2), model.mask_id)
-    logits = model(ids, torch.tensor([1]))  # every sub-token masked: only the index embedding differs
-    assert (logits[:, :, 0] - logits[:, :, 1]).abs().max() > 1e-3
-    no_index = MLMGenerator(tiny_config(1, 5))
-    assert no_index.subtoken_embedding is None  # K = 1: nothing to tell apart
+    logits = model(ids, torch.tensor([1]))
+    torch.testing.assert_close(logits[:, :, 0], logits[:, :, 1], rtol=0, atol=1e-6)
+    ids[0, 3, 0] = 7  # an unmasked sub-token breaks the tie in its cell only through attention
+    assert (model(ids, torch.tensor([1]))[:, 5] - logits[:, 5]).abs().max() > 1e-4
 
 
-def test_mask_batch_masks_whole_positions_on_schedule() -> None:
+def test_class_slots_are_zero_rotated_and_k_fold() -> None:
+    """K class slots lead the sequence; with class_rotary "zero" their q and k vanish, so changing the class
+    moves the logits only through the values (which a class slot of score 0 still contributes)."""
+    from runners.generators.ar import slot_rotation
+
+    config = tiny_config(2, 5, dropout=0.0)
+    rotation = slot_rotation(torch.tensor([[0, 0], [1, 2]]), config, class_slots=2, repeat=2)
+    assert rotation.shape == (6, 8, 2)
+    assert torch.count_nonzero(rotation[:2]) == 0  # cos 0, sin 0
+    torch.testing.assert_close(rotation[2], rotation[3])  # the K sub-tokens of a cell share its rotation
+    assert torch.equal(rotation[2, :, 0], torch.ones(8))  # cell (0, 0): the identity
+    identity = slot_rotation(torch.tensor([[0, 0]]), dataclasses.replace(config, class_rotary="identity"), 2, 2)
+    assert torch.equal(identity[:2, :, 0], torch.ones(2, 8)) and torch.count_nonzero(identity[:2, :, 1]) == 0
+
+
+def test_mask_batch_draws_one_step_per_batch_by_default() -> None:
     config = tiny_config(2, 4, mask_schedule_steps=10)
     model = MLMGenerator(config)
-    ids, _ = random_batch(config, 400)
-    inputs, masked = model.mask_batch(ids, torch.Generator().manual_seed(0))
-    assert masked.shape == (400, 16) and masked.dtype == torch.bool
-    is_mask = inputs == model.mask_id  # (B, N, K)
-    assert torch.equal(is_mask[..., 0], masked) and torch.equal(is_mask[..., 1], masked)  # sub-tokens together
-    assert torch.equal(inputs[~masked], ids[~masked])
-    counts = masked.sum(1)
-    allowed = {16, 15, 14, 12, 11, 9, 7, 4, 2}  # masked_count(s, 10, 16), s = 0..9
-    assert set(counts.tolist()) == allowed  # every step value drawn (400 samples), nothing else
-    again, _ = model.mask_batch(ids, torch.Generator().manual_seed(0))
-    assert torch.equal(again, inputs)
+    ids, _ = random_batch(config, 8)
+    seen = set()
+    for seed in range(60):
+        _, masked = model.mask_batch(ids, torch.Generator().manual_seed(seed))
+        counts = set(masked.sum(1).tolist())
+        assert len(counts) == 1  # every sample of the batch masks the same number of positions
+        seen |= counts
+    assert seen == {16, 15, 14, 12, 11, 9, 7, 4, 2}  # masked_count(s, 10, 16), s = 0..9
 
 
 def test_loss_is_cross_entropy_on_masked_subtokens_only() -> None:
@@ -146,7 +172,7 @@ def test_registry_entry() -> None:
     entry = GENERATORS["mlm"]
     config = tiny_config(2, 4)
     assert isinstance(entry.build(config), MLMGenerator)
-    assert entry.code_version == "mlm-1"
+    assert entry.code_version == "mlm-2"
     assert entry.sample_knobs == ("cfg_scale", "cfg_schedule", "mlm_steps", "mlm_tau")
 
 
@@ -158,12 +184,13 @@ def test_mlm_masked_after_literal() -> None:
         left = mlm_masked_after(t, 4, 16, left)
         sequence.append(left)
     assert sequence == [14, 11, 6, 0]
-    # N = 4, 8 steps: the schedule says 3, 3, 3, 2, ... but each step must fix at least one position
+    # N = 4, 8 steps: the schedule says 3, 3, 3, 2, 1, 1, 0, but each step fixes at least one position while
+    # that leaves one masked, and one stays masked until the last step (the authors' clamp)
     left, sequence = 4, []
     for t in range(8):
         left = mlm_masked_after(t, 8, 4, left)
         sequence.append(left)
-    assert sequence == [3, 2, 1, 0, 0, 0, 0, 0]
+    assert sequence == [3, 2, 1, 1, 1, 1, 1, 0]
 
 
 class MaskProbe(nn.Module):
@@ -203,7 +230,7 @@ def test_sample_mlm_unmasks_most_confident_first_on_schedule() -> None:
 def test_sample_mlm_keeps_progress_and_stops_when_done() -> None:
     probe = MaskProbe(grid=(2, 2), token_each=2)
     ids = sample_mlm(probe, torch.tensor([0]), steps=8, tau=1.0, generator=torch.Generator().manual_seed(0))
-    assert [int((seen[..., 0] == 2).sum()) for seen in probe.seen] == [4, 3, 2, 1]  # no calls once all fixed
+    assert [int((seen[..., 0] == 2).sum()) for seen in probe.seen] == [4, 3, 2, 1, 1, 1, 1, 1]
     assert int((ids == 2).sum()) == 0
     for seen in probe.seen:  # the K sub-tokens of a position are masked together
         assert torch.equal(seen[..., 0] == 2, seen[..., 1] == 2)
@@ -244,17 +271,20 @@ def test_sample_mlm_validates() -> None:
 
 # ------------------------------------------------------------------ learning end to end
 def test_tiny_mlm_learns_class_patterns_and_decodes_them() -> None:
-    """Each class owns a fixed 16-position pattern (2-5 vocabulary); MaskGIT decoding with CFG recovers it."""
+    """Each class owns a fixed 16-position pattern (1-5 vocabulary); MaskGIT decoding with CFG recovers it.
+
+    K = 1 as every MLM the paper reports: the authors' K > 1 model cannot tell the masked sub-tokens of one
+    cell apart (test_subtokens_of_one_position_share_everything), so it could not learn such patterns."""
     torch.manual_seed(0)
-    config = GeneratorConfig("tiny", 4, 4, token_each=2, bits_each=5, num_classes=4, dropout=0.0)
-    patterns = torch.randint(0, 32, (4, 16, 2), generator=torch.Generator().manual_seed(123))
+    config = GeneratorConfig("tiny", 4, 4, token_each=1, bits_each=5, num_classes=4, dropout=0.0)
+    patterns = torch.randint(0, 32, (4, 16, 1), generator=torch.Generator().manual_seed(123))
 
     def batch_fn(step: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         labels = torch.randint(0, 4, (32,), generator=generator)
         return patterns[labels], labels
 
     result = train_generator(MLMGenerator(config), batch_fn, steps=200, lr=5e-3, seed=0)
-    assert abs(result.initial_loss - math.log(32)) < 1e-3
+    assert abs(result.initial_loss - math.log(32)) < 0.05
     assert result.final_loss < 0.3 * math.log(32)
     ids, labels = batch_fn(0, torch.Generator().manual_seed(9))
     heldout = evaluate_loss(result.model, ids, labels)

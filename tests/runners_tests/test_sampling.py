@@ -57,20 +57,30 @@ def test_cfg_logits_literal() -> None:
         ("log", [2.072122, 2.860344, 3.483967, 4.0]),
         ("square", [1.1875, 1.75, 2.6875, 4.0]),
         ("square_root", [1.0, 2.5, 3.121320, 3.598076]),  # uses t/N: starts at 1, never reaches s
+        ("powercos", [1.439340, 2.5, 3.560660, 4.0]),  # p = 1: 1 + 3 (1 - cos(pi r)) / 2
     ],
 )
 def test_cfg_schedules_literal(schedule: str, expected: list[float]) -> None:
     assert [cfg_scale_at(schedule, 4.0, t, 4) for t in range(4)] == pytest.approx(expected, abs=1e-6)
 
 
+def test_powercos_power_literal() -> None:
+    # p = 2: r^2 = 1/16, 1/4, 9/16, 1 -> 1 + 3 (1 - cos(pi r^2)) / 2
+    assert [cfg_scale_at("powercos", 4.0, t, 4, power=2.0) for t in range(4)] == pytest.approx(
+        [1.028822, 1.439340, 2.792636, 4.0], abs=1e-6)
+    assert cfg_scale_at("linear", 4.0, 0, 4, power=2.0) == 1.75  # the other schedules ignore p
+    with pytest.raises(ValueError, match="cfg_power must be > 0"):
+        cfg_scale_at("powercos", 4.0, 0, 4, power=0.0)
+
+
 def test_cfg_schedule_registry_and_errors() -> None:
-    assert sorted(CFG_SCHEDULES) == ["constant", "cosine", "linear", "log", "square", "square_root"]
+    assert sorted(CFG_SCHEDULES) == ["constant", "cosine", "linear", "log", "powercos", "square", "square_root"]
     assert all(cfg_scale_at(name, 1.0, t, 5) == pytest.approx(1.0) for name in CFG_SCHEDULES for t in range(5))
     with pytest.raises(ValueError, match=r"cfg_schedule must be one of \['constant', .*but got 'exp'"):
         cfg_scale_at("exp", 4.0, 0, 4)
     with pytest.raises(ValueError, match=r"step t must lie in \[0, N=4\)"):
         cfg_scale_at("linear", 4.0, 4, 4)
-    assert SAMPLING_CODE_VERSION == "sampling-2"
+    assert SAMPLING_CODE_VERSION == "sampling-3"
 
 
 def test_filter_logits_top_p_literal() -> None:
