@@ -185,6 +185,12 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
     return export_command(Path(args.run_dir), args.key, Path(args.to), console)
 
 
+def cmd_import(args: argparse.Namespace, console: Console) -> int:
+    from sweep.importing import cmd_import as run_import
+
+    return run_import(args, console)
+
+
 def _duration(seconds: float) -> str:
     if seconds != seconds:  # NaN: nothing to estimate from
         return "?"
@@ -265,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("key", metavar="KEY", help="key (or unique prefix) of a tokenizer, generator, classifier or evaluation stage")
     p.add_argument("--to", required=True, help="folder to copy the files into (made if missing; existing files are not overwritten)")
     p.set_defaults(func=cmd_export)
+
+    from sweep.importing import add_arguments as import_arguments
+
+    p = sub.add_parser("import", help="a released ELM checkpoint (generator or tokenizer) as a project artifact")
+    import_arguments(p)
+    p.set_defaults(func=cmd_import)
     return parser
 
 

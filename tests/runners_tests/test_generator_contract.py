@@ -173,3 +173,32 @@ def test_compiled_loss_matches_eager(name: str) -> None:
         runs.append([v for _, v in result.losses])
     eager, compiled_losses = runs
     assert compiled_losses == pytest.approx(eager, abs=1e-4)
+
+
+def test_tokens_per_sample_counts_slots_not_sub_tokens() -> None:
+    from runners.generators import tokens_per_sample
+
+    l_2_10 = GeneratorConfig("L", 16, 16, token_each=2, bits_each=10, num_classes=1000)
+    l_1_16 = GeneratorConfig("L", 16, 16, token_each=1, bits_each=16, num_classes=1000)
+    assert tokens_per_sample("ar", l_2_10) == tokens_per_sample("ar", l_1_16) == 256  # one slot per position
+    assert tokens_per_sample("mlm", l_1_16) == 257  # the class slot + 256 positions
+    assert tokens_per_sample("mlm", l_2_10) == 514  # K class slots + N*K sub-token slots
+    with pytest.raises(ValueError, match="modeling must be one of"):
+        tokens_per_sample("diffusion", l_1_16)
+
+
+def test_cfg_power_is_read_when_given(name: str) -> None:
+    entry = GENERATORS[name]
+    config = tiny_config()
+    torch.manual_seed(0)
+    model = entry.build(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)
+    labels = torch.arange(4).repeat(4)
+    knobs = {**KNOBS, "cfg_schedule": "powercos", "cfg_scale": 6.0}
+    default = entry.sample(model, labels, knobs, torch.Generator().manual_seed(0), None)
+    same = entry.sample(model, labels, {**knobs, "cfg_power": 1.0}, torch.Generator().manual_seed(0), None)
+    other = entry.sample(model, labels, {**knobs, "cfg_power": 0.1}, torch.Generator().manual_seed(0), None)
+    assert torch.equal(default, same)
+    assert not torch.equal(default, other)

@@ -296,3 +296,17 @@ def test_tiny_mlm_learns_class_patterns_and_decodes_them() -> None:
                          generator=torch.Generator().manual_seed(1))
     match = (sampled == patterns[labels]).float()
     assert match.mean() > 0.7  # ~0.86 here; chance is 1/32
+
+
+def test_head_reads_a_detached_token_table() -> None:
+    """The output dot product sends no gradient into the token table (the authors detach it): with every
+    input masked, only the [MASK] row is read on the input side, so only it gets a gradient."""
+    torch.manual_seed(0)
+    config = tiny_config(1, 4, dropout=0.0)
+    model = MLMGenerator(config)
+    ids = torch.full((2, 16, 1), model.mask_id)
+    model(ids, torch.tensor([0, 1])).square().sum().backward()
+    grad = model.token_embedding.weight.grad
+    assert torch.count_nonzero(grad[:16]) == 0
+    assert grad[16].abs().sum() > 0
+    assert model.head.bias.grad[:16].abs().sum() > 0 and model.head.bias.grad[16] == 0
