@@ -170,7 +170,7 @@ def _generator(kind: str, state: dict[str, Any], file: Path, *, vocab: str | Non
 
 def _write_atomically(model: Any, out: Path, artifact: dict[str, Any]) -> None:
     """model.safetensors + config.json into a temporary sibling folder, then renamed to `out`."""
-    from runners.stages import save_model
+    from runners.artifacts import save_model
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.importing-{os.getpid()}"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from runners.stages import load_generator
+from runners.artifacts import load_generator
 from sweep.cli import main
 
 torch.set_num_threads(1)
