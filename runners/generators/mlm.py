@@ -72,7 +72,7 @@ class MLMGenerator(nn.Module):
     def __init__(self, config: GeneratorConfig) -> None:
         super().__init__()
         self.config = config
-        C, K, V = config.width, config.token_each, config.vocab_size
+        C, V = config.width, config.vocab_size
         self.class_embedding = nn.Embedding(config.num_classes + 1, C)  # +1: null class for CFG
         self.token_embedding = nn.Embedding(V + 1, C)  # 2**c ids + [MASK] (id V), shared by all K sub-tokens
         self.token_dropout = nn.Dropout(config.dropout)
