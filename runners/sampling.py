@@ -254,6 +254,12 @@ def mlm_masked_after(step: int, steps: int, seq_len: int, masked_before: int) ->
     return max(1, min(target, masked_before - 1))
 
 
+def mlm_confidence(log_p: Tensor, gumbel: Tensor, tau: float, r: float) -> Tensor:
+    """Confidence of each position, the authors' rule: mean over its K sub-tokens of log p(sampled) plus
+    that sub-token's own Gumbel draw scaled by tau (1 - r). log_p, gumbel (B, N, K) -> (B, N)."""
+    return (log_p + tau * (1.0 - r) * gumbel).mean(-1)
+
+
 @torch.no_grad()
 def sample_mlm(
     model: MaskedDecoder,
@@ -311,7 +317,7 @@ def sample_mlm(
             log_p = torch.log_softmax(logits, dim=-1).gather(-1, sampled[..., None])[..., 0]  # (B, N, K)
             uniform = torch.rand(B, N, K, generator=generator, device=generator.device).to(device)
             gumbel = -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))  # (B, N, K)
-            confidence = (log_p + tau * (1.0 - r) * gumbel).mean(-1)  # (B, N)
+            confidence = mlm_confidence(log_p, gumbel, tau, r)  # (B, N)
             confidence = confidence.masked_fill(~masked, float("inf"))  # fixed positions are never re-masked
             ids = torch.where(masked[..., None], sampled, ids)
             n_masked = mlm_masked_after(t, steps, N, n_masked)

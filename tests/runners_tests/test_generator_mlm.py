@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from runners.generators import GENERATORS, GeneratorConfig, MLMGenerator
 from runners.generators.mlm import masked_count, parameter_count
 from runners.generators.released import authors_parameter_count
-from runners.sampling import mlm_masked_after, sample_mlm
+from runners.sampling import mlm_confidence, mlm_masked_after, sample_mlm
 from runners.train_generator import evaluate_loss, train_generator
 
 torch.set_num_threads(1)
@@ -191,6 +191,14 @@ def test_mlm_masked_after_literal() -> None:
         left = mlm_masked_after(t, 8, 4, left)
         sequence.append(left)
     assert sequence == [3, 2, 1, 1, 1, 1, 1, 0]
+
+
+def test_mlm_confidence_literal() -> None:
+    # K = 2, tau = 2, r = 0.5: mean(-1 + 1 * 0.5, -3 + 1 * (-0.5)) = -2; each sub-token has its own draw
+    log_p = torch.tensor([[[-1.0, -3.0], [-0.5, -0.5]]])
+    gumbel = torch.tensor([[[0.5, -0.5], [1.0, 3.0]]])
+    torch.testing.assert_close(mlm_confidence(log_p, gumbel, 2.0, 0.5), torch.tensor([[-2.0, 1.5]]))
+    torch.testing.assert_close(mlm_confidence(log_p, gumbel, 2.0, 1.0), torch.tensor([[-2.0, -0.5]]))  # no noise at r = 1
 
 
 class MaskProbe(nn.Module):
