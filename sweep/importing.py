@@ -44,12 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", help="generators: size rung the file must have (L, XL, XXL, 2B, ...)")
     parser.add_argument("--num-classes", type=int, help="generators: classes the file must have (1000 for ImageNet)")
     parser.add_argument("--grid", help="generators: latent grid HxW (default 16x16: 256 px images, downsampling 16)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="bae: the file was trained with thresholded bits (bae_16_deter); the weights cannot tell")
 
 
 def cmd_import(args: argparse.Namespace, console: Console) -> int:
     summary = import_checkpoint(
         args.kind, Path(args.file), Path(args.out), vocab=args.vocab, size=args.size,
-        num_classes=args.num_classes, grid=args.grid,
+        num_classes=args.num_classes, grid=args.grid, deterministic=args.deterministic,
     )
     console.print(f"imported {args.file} ({summary['sha256'][:12]}) as {args.kind} {summary['describes']} into "
                   f"{args.out}", highlight=False)
@@ -65,6 +67,7 @@ def import_checkpoint(
     size: str | None = None,
     num_classes: int | None = None,
     grid: str | None = None,
+    deterministic: bool = False,
 ) -> dict[str, Any]:
     """Convert `file` into an artifact folder `out`; returns the `imported` record written to config.json.
 
@@ -76,6 +79,8 @@ def import_checkpoint(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SpecError(f"--out {str(out)!r} already exists and is not an empty folder; pick a new folder "
                         f"(nothing was written)")
+    if deterministic and kind != "bae":
+        raise SpecError(f"--deterministic describes a BAE trained with thresholded bits, but kind is {kind!r}; drop it")
     if kind in TOKENIZER_KINDS:
         given = [flag for flag, value in (("--vocab", vocab), ("--size", size), ("--num-classes", num_classes),
                                           ("--grid", grid)) if value is not None]
@@ -100,7 +105,7 @@ def import_checkpoint(
         from runners.tokenizers.released import tokenizer_from_released
 
         try:
-            model, artifact = tokenizer_from_released(state, kind)
+            model, artifact = tokenizer_from_released(state, kind, **({"bernoulli": False} if deterministic else {}))
         except ValueError as error:
             raise SpecError(f"{file}: {error}") from None
         record["parameter_count"] = sum(p.numel() for p in model.parameters())

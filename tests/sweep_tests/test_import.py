@@ -160,3 +160,39 @@ def test_refuses_an_out_folder_that_holds_files(tmp_path: Path, capsys: pytest.C
     empty.mkdir()
     assert main(["import", "ar", str(file), "--out", str(empty), "--grid", "4x4"]) == 0  # an empty folder is fine
     assert (empty / "model.safetensors").is_file()
+
+
+_bae_spec = importlib.util.spec_from_file_location(
+    "authors_bae_layout", Path(__file__).resolve().parents[1] / "fixtures" / "authors_bae_layout.py"
+)
+authors_bae_layout = importlib.util.module_from_spec(_bae_spec)
+_bae_spec.loader.exec_module(authors_bae_layout)  # type: ignore[union-attr]
+SMALL_BAE = dict(nf=32, ch_mult=(1, 2, 2), res_blocks=2, attn_resolutions=(4,), emb_dim=64, code_dim=8, channels=1,
+                 img_size=16)
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_bae_round_trip_through_the_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], deterministic) -> None:
+    from runners.artifacts import load_tokenizer
+    from runners.tokenizers.released import tokenizer_from_released
+
+    state = authors_bae_layout.authors_bae_state(**SMALL_BAE)
+    file = saved(tmp_path, state, "binaryae_ema.th")
+    out = tmp_path / "bae"
+    code = main(["import", "bae", str(file), "--out", str(out)] + (["--deterministic"] if deterministic else []))
+    assert code == 0, capsys.readouterr().err
+    saved_config = json.loads((out / "config.json").read_text())
+    assert saved_config["tokenizer"] == "bae" and saved_config["kwargs"]["bernoulli"] is (not deterministic)
+    assert saved_config["imported"]["sha256"] == hashlib.sha256(file.read_bytes()).hexdigest()
+    tokenizer = load_tokenizer(out, torch.device("cpu"))
+    reference, _ = tokenizer_from_released(state, "bae")
+    images = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(tokenizer.decode(tokenizer.encode(images)), reference.decode(reference.encode(images)))
+
+
+def test_deterministic_is_refused_for_generators(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    file = saved(tmp_path, authors_layout.ar_state(token_each=2, bits=4))
+    out = tmp_path / "ar"
+    assert main(["import", "ar", str(file), "--out", str(out), "--deterministic"]) == 2
+    assert "--deterministic" in capsys.readouterr().err and not out.exists()
