@@ -1,7 +1,17 @@
-"""Deterministic fault injection for the resume tests: `SWEEP_FAULT=<event>:<n>` SIGKILLs this process
-the n-th time it reaches the named point (counted per process). Points:
+"""Deterministic fault injection for the resume and failure tests.
+
+`SWEEP_FAULT=<event>:<n>[:<fault>]` injects `fault` the n-th time this process reaches the named point
+(counted per process). Faults:
+
+    kill    SIGKILL this process (the default): no clean-up, as a lost worker or machine
+    raise   raise RuntimeError, as a bug in a stage
+    oom     raise torch.OutOfMemoryError ("CUDA out of memory ..."), as a batch too large for the GPU
+    nan     a point that holds a loss (`fault_loss`) turns it into NaN; elsewhere raise FloatingPointError
+
+Points:
 
     checkpoint_saved   a training stage has just written checkpoint n
+    generator_loss     a generator's training loop has computed its n-th loss (before the NaN check)
     before_rename      an artifact is complete on disk but not yet renamed to its key
     row_written        a Parquet row file is written under its temporary name, not yet renamed
     evaluation         an evaluation stage is sampling
@@ -15,24 +25,55 @@ from __future__ import annotations
 
 import os
 import signal
+from typing import Any
 
+FAULTS = ("kill", "raise", "oom", "nan")
 _counts: dict[str, int] = {}
 
 
-def _armed() -> dict[str, int]:
+def _armed() -> dict[str, tuple[int, str]]:
     spec = os.environ.get("SWEEP_FAULT", "")
     armed = {}
     for item in filter(None, spec.split(",")):
-        event, _, count = item.partition(":")
-        armed[event.strip()] = int(count or 1)
+        event, _, rest = item.partition(":")
+        count, _, fault = rest.partition(":")
+        fault = fault.strip() or "kill"
+        if fault not in FAULTS:
+            raise ValueError(f"SWEEP_FAULT faults are {', '.join(FAULTS)}, but got {fault!r} in {item!r}; "
+                             f"e.g. SWEEP_FAULT=evaluation:1:raise")
+        armed[event.strip()] = (int(count or 1), fault)
     return armed
 
 
-def fault_point(event: str) -> None:
-    """SIGKILL this process if SWEEP_FAULT names `event` and this is its n-th occurrence."""
+def _fire(event: str) -> str:
+    """The fault to inject at this occurrence of `event` ("" for none); SIGKILL and raises happen here."""
     armed = _armed()
     if event not in armed:
-        return
+        return ""
     _counts[event] = _counts.get(event, 0) + 1
-    if _counts[event] == armed[event]:
+    count, fault = armed[event]
+    if _counts[event] != count:
+        return ""
+    message = f"fault injected by SWEEP_FAULT at {event} #{count}"
+    if fault == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if fault == "raise":
+        raise RuntimeError(message)
+    if fault == "oom":
+        import torch
+
+        raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate 20.00 GiB ({message})")
+    return fault  # "nan": the caller decides what turns NaN
+
+
+def fault_point(event: str) -> None:
+    """Inject the fault SWEEP_FAULT arms for the n-th occurrence of `event`. A point without a value to
+    poison answers "nan" with FloatingPointError, as a NaN check would."""
+    if _fire(event) == "nan":
+        raise FloatingPointError(f"a value is NaN (fault injected by SWEEP_FAULT at {event})")
+
+
+def fault_loss(event: str, loss: Any) -> Any:
+    """`loss`, or NaN in its place when SWEEP_FAULT arms `event` with "nan" for this occurrence (other faults
+    are injected as at any point)."""
+    return loss * float("nan") if _fire(event) == "nan" else loss

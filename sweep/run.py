@@ -109,6 +109,27 @@ def register_run(store_root: Path, run_dir: Path) -> None:
         write_json(folder / f"{name}.json", {"run": str(run_dir)})
 
 
+def check_artifacts(plan: Plan, store: Store, reporter: Any) -> None:
+    """Trust no finished artifact of the plan (or of its searches' journals) before its files match their
+    manifest's sha256 (cached while unchanged): a damaged one is moved aside (`.damaged-*`) and runs again in
+    this run. A finished stage whose row recorded other digests of its inputs than theirs now is moved aside
+    (`.stale-*`) too: it was built from other bytes."""
+    from sweep.search import read_journal
+
+    checks = [(stage.kind, stage.key) for stage in plan.stages.values()]
+    for search in plan.searches.values():
+        journaled, _ = read_journal(store.root, search.id)
+        checks += [("evaluation", entry["key"]) for entry in journaled.values()]
+    for kind, key in checks:
+        if store.is_finished(kind, key) and (problem := store.verify(kind, key)):
+            moved = store.quarantine(kind, key)
+            reporter.note(f"{kind} {key} is damaged ({problem}): moved aside to {moved.name}; it runs again")
+    for stage in plan.stages.values():  # in dependency order
+        if (row := store.row(stage.kind, stage.key)) is not None and (stale := store.stale_inputs(stage.inputs, row)):
+            moved = store.quarantine(stage.kind, stage.key, "stale")
+            reporter.note(f"{stage.kind} {stage.key}: {stale}: moved aside to {moved.name}; it runs again")
+
+
 def run_sweep(
     spec: Spec,
     out: Path,
@@ -134,15 +155,17 @@ def run_sweep(
         store.clean_temporaries()
         context = provenance(sys.argv, spec.fingerprint())
 
-        for stage in plan.stages.values():  # cheap checks (sizes); inputs get checksums before use
-            if store.is_finished(stage.kind, stage.key) and store.verify(stage.kind, stage.key, checksums=False):
-                store.quarantine(stage.kind, stage.key)
+        check_artifacts(plan, store, reporter)
         todo: list[Stage] = []
         blocked: dict[str, str] = {}  # key -> reason it cannot run this time
         pruned: set[str] = set()  # stopped early (not failures), and the stages behind them
         kept: list[tuple[str, str, str]] = []
+        rerun: set[str] = set()  # keys of `todo`
         for stage in plan.stages.values():
             if store.is_finished(stage.kind, stage.key):
+                if any(dep in rerun for dep in stage.depends_on):
+                    todo.append(stage)
+                    rerun.add(stage.key)  # an input is recomputed: the worker keeps this one if the input's bytes match
                 continue
             upstream = next((d for d in stage.depends_on if d in blocked), None)
             failure = store.failure(stage.kind, stage.key)
@@ -153,6 +176,7 @@ def run_sweep(
                 blocked[stage.key] = str(failure.get("error", ""))
             else:
                 todo.append(stage)
+                rerun.add(stage.key)
                 continue
             if failure and failure.get("failure_kind") == "pruned" or upstream in pruned:
                 pruned.add(stage.key)

@@ -4,13 +4,19 @@
     <store>/<kind>/.tmp-<key>-<pid>-<rand>/   a stage at work (never read as finished)
     <store>/<kind>/.ckpt-<key>/               training checkpoints of an unfinished stage (survive a kill)
     <store>/<kind>/.damaged-<key>-<time>/     an artifact that failed its checks, moved aside for inspection
+    <store>/<kind>/.stale-<key>-<time>/       an artifact built from other input bytes than the current ones
     <store>/failed/<kind>/<key>.parquet       the row of the latest failed or skipped attempt
+    <store>/.verified/<kind>/<key>.json       checksums verified earlier, with each file's (size, mtime_ns, inode, ctime_ns)
 
 A stage writes only inside its temporary folder; the folder gets a manifest (every file with its
 size and sha256) and is renamed to its key only once complete. Only a renamed folder with a
-manifest counts as finished; a folder whose files no longer match their manifest is moved aside and
-its stage runs again. Several sweeps may share one store (`--store`): concurrent writers of the same
-stage race on the rename, and the loser discards its copy.
+manifest counts as finished, and it is trusted only once every file matches its manifest's sha256;
+a folder that does not is moved aside and its stage runs again. Hashing every artifact on every run
+would make reruns slow, so a verified checksum is remembered (JSON, written atomically) against the
+file's size, modification time, inode and change time, and the file is hashed again when any of them
+changes. A row records the digest of each input artifact it was built from (`<kind>_digest`), so a
+dependant of an input rebuilt with other bytes is recomputed too. Several sweeps may share one store
+(`--store`): concurrent writers of the same stage race on the rename, and the loser discards its copy.
 """
 
 from __future__ import annotations
@@ -31,6 +37,11 @@ from sweep.faults import fault_point
 ROW_FILE = "row.parquet"
 LOSSES_FILE = "losses.parquet"
 MANIFEST_FILE = "manifest.json"
+STAGE_FILE = "stage.json"
+VERIFIED_DIR = ".verified"
+# Bookkeeping the worker writes beside a stage's output; dependants never read it, so it is left out of the
+# digest (the row holds timestamps: a bit-identical rebuild of an input must not look like other bytes).
+BOOKKEEPING_FILES = frozenset({ROW_FILE, LOSSES_FILE, STAGE_FILE, MANIFEST_FILE})
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -55,27 +66,77 @@ class Store:
         folder = self.folder(kind, key)
         return (folder / MANIFEST_FILE).is_file() and (folder / ROW_FILE).is_file()
 
-    def verify(self, kind: str, key: str, checksums: bool = True) -> str:
-        """'' if the finished artifact matches its manifest, else what is wrong with it."""
+    def manifest(self, kind: str, key: str) -> dict[str, Any]:
+        return json.loads((self.folder(kind, key) / MANIFEST_FILE).read_text())
+
+    def verify(self, kind: str, key: str) -> str:
+        """'' if every file of the finished artifact matches its manifest's size and sha256, else what is wrong.
+
+        A checksum verified before is taken from the cache while the file's (size, mtime_ns, inode,
+        ctime_ns) are unchanged; any change re-hashes the file."""
         folder = self.folder(kind, key)
         try:
-            manifest = json.loads((folder / MANIFEST_FILE).read_text())
-        except (OSError, ValueError) as error:
+            files = self.manifest(kind, key)["files"]
+            if not isinstance(files, dict):
+                raise ValueError("no file list")
+        except (OSError, ValueError, KeyError, TypeError) as error:
             return f"unreadable manifest: {error}"
-        for name, expected in manifest["files"].items():
+        cached = self._verified(kind, key)
+        fresh: dict[str, dict[str, Any]] = {}
+        for name, expected in files.items():
             path = folder / name
-            if not path.is_file():
+            try:
+                stat = path.stat()
+            except OSError:
                 return f"{name} is missing"
-            if path.stat().st_size != expected["size"]:
-                return f"{name} has {path.stat().st_size} bytes, the manifest says {expected['size']}"
-            if checksums and file_sha256(path) != expected["sha256"]:
-                return f"{name} does not match its checksum"
+            if stat.st_size != expected["size"]:
+                return f"{name} has {stat.st_size} bytes, the manifest says {expected['size']}"
+            seen = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino,
+                    "ctime_ns": stat.st_ctime_ns, "sha256": expected["sha256"]}
+            if cached.get(name) != seen:
+                if file_sha256(path) != expected["sha256"]:
+                    return f"{name} does not match its sha256 in the manifest"
+            fresh[name] = seen
+        if fresh != cached:
+            cache = self._verified_path(kind, key)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            write_json(cache, fresh)
         return ""
 
-    def quarantine(self, kind: str, key: str) -> Path:
-        """Move a damaged artifact aside so that its stage runs again."""
-        target = self.root / kind / f".damaged-{key}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    def _verified_path(self, kind: str, key: str) -> Path:
+        return self.root / VERIFIED_DIR / kind / f"{key}.json"
+
+    def _verified(self, kind: str, key: str) -> dict[str, Any]:
+        """The checksum cache of an artifact (JSON only: reading it runs no code); {} if absent or unreadable."""
+        try:
+            value = json.loads(self._verified_path(kind, key).read_text())
+        except (OSError, ValueError):
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    def digest(self, kind: str, key: str) -> str:
+        """The sha256 of a finished artifact's content as its dependants read it: its manifest's checksums of
+        every file but the worker's bookkeeping (row, losses, stage.json)."""
+        files = self.manifest(kind, key)["files"]
+        content = {name: entry["sha256"] for name, entry in sorted(files.items()) if name not in BOOKKEEPING_FILES}
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+    def stale_inputs(self, inputs: dict[str, str], row: dict[str, Any]) -> str:
+        """'' if every finished input in `inputs` (role -> key; roles are kind names) has the digest that `row`
+        recorded for it, else which one differs. A row without a recorded digest (an older store) is trusted."""
+        for role, key in inputs.items():
+            recorded = row.get(f"{role}_digest")
+            if not isinstance(recorded, str) or not recorded or not self.is_finished(role, key):
+                continue
+            if (current := self.digest(role, key)) != recorded:
+                return f"input {role} {key} now holds other bytes (digest {current[:12]}, built from {recorded[:12]})"
+        return ""
+
+    def quarantine(self, kind: str, key: str, label: str = "damaged") -> Path:
+        """Move an artifact aside (`.damaged-*`, or `.stale-*` for one built from older inputs) so its stage runs again."""
+        target = self.root / kind / f".{label}-{key}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
         os.rename(self.folder(kind, key), target)
+        self._verified_path(kind, key).unlink(missing_ok=True)
         return target
 
     def begin(self, kind: str, key: str) -> Path:
@@ -100,6 +161,14 @@ class Store:
             if not self.is_finished(kind, key):
                 raise
             shutil.rmtree(tmp, ignore_errors=True)  # another worker finished the same stage first
+        else:  # just hashed: remember it, so the next run does not hash these files again
+            verified = {}
+            for name, entry in files.items():
+                stat = (final / name).stat()
+                verified[name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino,
+                                  "ctime_ns": stat.st_ctime_ns, "sha256": entry["sha256"]}
+            self._verified_path(kind, key).parent.mkdir(parents=True, exist_ok=True)
+            write_json(self._verified_path(kind, key), verified)
         self.failure_file(kind, key).unlink(missing_ok=True)
         shutil.rmtree(self.checkpoint_folder(kind, key), ignore_errors=True)
         return final
@@ -148,15 +217,19 @@ class Store:
 
     def rows(self, kind: str) -> pd.DataFrame:
         """Every row of a stage kind: finished ones, and failed ones that never finished."""
-        frames = [pd.read_parquet(path) for path in sorted((self.root / kind).glob(f"*/{ROW_FILE}"))]
+        frames = [pd.read_parquet(path) for path in self._published(kind, ROW_FILE)]
         finished = {frame["key"].iloc[0] for frame in frames}
         for path in sorted((self.root / "failed" / kind).glob("*.parquet")):
             if path.stem not in finished:
                 frames.append(pd.read_parquet(path))
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
+    def _published(self, kind: str, name: str) -> list[Path]:
+        """`name` in every finished artifact of `kind` (not in folders at work, moved aside or stale: `.*`)."""
+        return [path for path in sorted((self.root / kind).glob(f"*/{name}")) if not path.parent.name.startswith(".")]
+
     def losses(self, kind: str) -> pd.DataFrame:
-        frames = [pd.read_parquet(path) for path in sorted((self.root / kind).glob(f"*/{LOSSES_FILE}"))]
+        frames = [pd.read_parquet(path) for path in self._published(kind, LOSSES_FILE)]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 

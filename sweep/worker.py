@@ -68,12 +68,16 @@ def execute(
     and the stage recorded as failed with `failure_kind` "lost", so the next run recomputes both.
     Failed work never takes the sweep down. `attempts_before`: attempts of this stage already spent in
     this run by workers that were lost; they count against `runtime.retries`.
+    The row records each input's digest (`<kind>_digest`); a finished stage whose inputs now hold other bytes
+    is moved aside (`.stale-*`) and run again.
     """
     from sweep.stages import STAGE_FUNCTIONS, StagePruned, device_name  # torch is imported here, in the worker
 
     store = Store(store_root)
     if (finished := store.row(stage.kind, stage.key)) is not None:
-        return finished
+        if not store.stale_inputs(stage.inputs, finished):
+            return finished
+        store.quarantine(stage.kind, stage.key, "stale")  # built from other input bytes than these: run again
 
     import torch
 
@@ -104,6 +108,7 @@ def execute(
             if store.folder(role, key).exists():
                 store.quarantine(role, key)
             return fail("lost", f"input {role} {key} is damaged ({problem}); it will be recomputed")
+        row[f"{role}_digest"] = store.digest(role, key)  # the input bytes this row is built from
 
     checkpoints = store.checkpoint_folder(stage.kind, stage.key)
     losses = LossLog(checkpoints / "losses.jsonl", stage)
