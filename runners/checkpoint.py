@@ -11,6 +11,12 @@ weights to one that was never interrupted.
 
 Checkpoints live in the stage's `.ckpt-<key>` folder of the store, written under a temporary name
 and renamed, and are removed once the stage's artifact is published.
+
+Reading a checkpoint never runs code from it: `torch.load(weights_only=True)` unpickles only tensors,
+dtypes, plain containers and numbers (torch's weights-only set) plus `ALLOWED_GLOBALS`, which is empty;
+any other global (a class, a function such as `exec` in a planted file's `__reduce__`) is refused. A
+checkpoint that fails to load, planted or merely damaged, is moved aside (`.damaged-checkpoint-*.pt`)
+and the stage restarts from step 0, saying so on stderr and in `Checkpointer.discarded`.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -26,6 +33,9 @@ import torch
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_STEP_FILE = "checkpoint.json"  # {"step": N} of checkpoint.pt, readable without torch (live lines, `sweep show`)
+# Globals a checkpoint may name besides torch's weights-only defaults. States hold only tensors, dicts,
+# lists, tuples, numbers, strings and None, so nothing else is allowed.
+ALLOWED_GLOBALS: list[Any] = []
 
 
 class Checkpointer:
@@ -43,6 +53,7 @@ class Checkpointer:
         self.on_save = on_save
         self.last_save = time.monotonic()
         self.saved = 0
+        self.discarded = ""  # why a checkpoint found at restore() was not used ('' if none was discarded)
 
     @property
     def enabled(self) -> bool:
@@ -54,7 +65,24 @@ class Checkpointer:
         path = self.folder / CHECKPOINT_FILE  # type: ignore[operator]
         if not path.is_file():
             return None
-        return torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            with torch.serialization.safe_globals(ALLOWED_GLOBALS):
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+                raise ValueError(f"a checkpoint is a dict with an int 'step', but got {type(state).__name__}")
+        except Exception as error:  # noqa: BLE001 - damaged, truncated or planted: never trusted
+            moved = path.with_name(f".damaged-checkpoint-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}.pt")
+            try:
+                os.replace(path, moved)
+            except FileNotFoundError:
+                pass  # another data-parallel rank moved the same file aside first
+            (self.folder / CHECKPOINT_STEP_FILE).unlink(missing_ok=True)  # type: ignore[operator]  # no step to show
+            self.discarded = (f"checkpoint {path} could not be loaded safely ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0] if str(error) else ''}); moved aside to {moved.name}; "
+                              f"training restarts from step 0")
+            print(self.discarded, file=sys.stderr, flush=True)
+            return None
+        return state
 
     def due(self, step: int) -> bool:
         if not self.enabled:
