@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -607,12 +607,15 @@ class Spec(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _studies(self) -> Spec:
+    def _studies(self, info: ValidationInfo) -> Spec:
         names = [study.name for study in self.studies]
         if not names:
             raise ValueError("studies must hold at least one study")
         if len(set(names)) != len(names):
             raise ValueError(f"study names must be unique, but got {names}")
+        max_trials = (info.context or {}).get("max_trials")
+        if max_trials is not None and (problem := trial_count_problem(self, max_trials)):
+            raise ValueError(problem)  # before any grid point is composed below
         for index, study in enumerate(self.studies):
             for point in study_points(self, study):
                 try:
@@ -739,29 +742,66 @@ def packaged_inception_weights() -> Path | None:
     return None
 
 
-def load_spec(path: str | Path) -> Spec:
+DEFAULT_MAX_TRIALS = 10_000
+
+
+def count_trials(spec: Spec) -> int:
+    """How many trials `expand(spec)` gives, as a product of list lengths: nothing is expanded."""
+    return sum(math.prod(len(values) for values in study.vary.values()) * len(study.seeds or spec.seeds)
+               for study in spec.studies)
+
+
+def trial_count_problem(spec: Spec, max_trials: int) -> str:
+    """'' if the studies expand to at most `max_trials` trials, else the count, the largest study and the fix."""
+    total = count_trials(spec)
+    if total <= max_trials:
+        return ""
+    sizes = [(math.prod(len(v) for v in study.vary.values()) * len(study.seeds or spec.seeds), study)
+             for study in spec.studies]
+    size, study = max(sizes, key=lambda pair: pair[0])
+    shape = " x ".join(f"{len(values)} {name}" for name, values in study.vary.items())
+    return (f"studies expand to {total:,} trials, above --max-trials {max_trials:,} (largest: study {study.name!r}, "
+            f"{shape} x {len(study.seeds or spec.seeds)} seeds = {size:,}); vary fewer values, split the study, or "
+            f"raise --max-trials if you mean it")
+
+
+def load_spec(path: str | Path, max_trials: int | None = None) -> Spec:
     """Read and validate a YAML spec (a path, or the name of a packaged spec); any problem is a SpecError naming
-    the field, the value and the fix."""
+    the field, the value and the fix. With `max_trials`, studies that expand to more trials are refused, counted
+    before any is composed."""
     path = spec_path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as error:
         raise SpecError(f"cannot read the spec: {error.strerror}; check the path, or name a packaged spec "
                         f"({', '.join(packaged_specs())})", str(path)) from None
     try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SpecError(f"a spec is UTF-8 text, but byte {error.start} is 0x{data[error.start]:02x}; save the file "
+                        f"as UTF-8 YAML (is it the spec, not a binary file?)", str(path)) from None
+    try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise SpecError(f"not valid YAML: {error}", str(path)) from None
-    return parse_spec(raw, str(path))
+        raise SpecError(f"not valid YAML: {error}; fix the YAML at the place shown", str(path)) from None
+    except RecursionError:
+        raise SpecError("the YAML nests too deeply to be a spec; a spec is a mapping a few levels deep", str(path)) from None
+    if raw is None:
+        raise SpecError("the spec is empty; start from space/tiny.yaml", str(path))
+    return parse_spec(raw, str(path), max_trials)
 
 
-def parse_spec(raw: Any, source: str = "spec") -> Spec:
+def parse_spec(raw: Any, source: str = "spec", max_trials: int | None = None) -> Spec:
     if not isinstance(raw, dict):
-        raise SpecError(f"a spec must be a mapping of keys to values, but got {type(raw).__name__}", source)
+        shown = repr(raw) if len(repr(raw)) <= 60 else repr(raw)[:57] + "..."
+        raise SpecError(f"a spec must be a mapping of keys to values (name:, studies:, ...), but got a "
+                        f"{type(raw).__name__}: {shown}; see space/tiny.yaml", source)
     try:
-        return Spec.model_validate(raw)
+        return Spec.model_validate(raw, context={"max_trials": max_trials})
     except ValidationError as error:
         raise SpecError(_first_error(error), source) from None
+    except RecursionError:
+        raise SpecError("a value nests too deeply to be a spec; a spec is a mapping a few levels deep", source) from None
 
 
 def _first_error(error: ValidationError) -> str:

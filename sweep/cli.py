@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from space.schema import STAGE_KINDS, Spec, SpecError, load_spec, spec_path
+from space.schema import DEFAULT_MAX_TRIALS, STAGE_KINDS, Spec, SpecError, count_trials, load_spec, spec_path
 from sweep.executors import ClusterError
 from sweep.lock import LockedError
 
@@ -19,19 +19,27 @@ EXIT_BAD_INPUT = 2
 SPEC_HELP = "spec YAML file, or the name of a packaged spec (tiny, full)"
 
 
-def _load(path: str) -> Spec:
+def _load(path: str, max_trials: int = DEFAULT_MAX_TRIALS) -> Spec:
     from sweep.validate import check_spec
 
-    spec = load_spec(path)  # a file, or a packaged spec by name (tiny, full)
+    spec = load_spec(path, max_trials)  # a file or a packaged spec; studies counted before any grid point is composed
     check_spec(spec, str(spec_path(path)))
     return spec
 
 
-def cmd_validate(args: argparse.Namespace, console: Console) -> int:
-    spec = _load(args.spec)
-    from space.schema import expand
+def _folder(option: str, value: str | None) -> None:
+    """A folder option (--out, --store) must not name a file, nor lie inside one."""
+    if value is None:
+        return
+    for path in (Path(value), *Path(value).parents):
+        if path.exists() and not path.is_dir():
+            where = "is a file" if path == Path(value) else f"lies inside {path}, which is a file"
+            raise SpecError(f"{option} must name a folder, but {value} {where}; pass a new or existing folder")
 
-    console.print(f"{spec_path(args.spec)}: valid; {len(spec.studies)} studies, {len(expand(spec))} trials", highlight=False)
+
+def cmd_validate(args: argparse.Namespace, console: Console) -> int:
+    spec = _load(args.spec, args.max_trials)
+    console.print(f"{spec_path(args.spec)}: valid; {len(spec.studies)} studies, {count_trials(spec)} trials", highlight=False)
     return 0
 
 
@@ -39,7 +47,7 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
     from sweep.plan import make_plan
     from sweep.validate import describe_stage
 
-    spec = _load(args.spec)
+    spec = _load(args.spec, args.max_trials)
     plan = make_plan(spec)
     if args.json:
         stages = [{**stage.to_json(), "depends_on": list(stage.depends_on), **describe_stage(stage, args.tflops)} for stage in plan.stages.values()]
@@ -90,13 +98,15 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from sweep.run import run_sweep
 
     signal.signal(signal.SIGTERM, interrupt)  # SIGTERM stops the run as Ctrl-C does: exit 130, resumable
+    _folder("--out", args.out)  # before anything is written or started
+    _folder("--store", args.store)
     executor = (
         SerialExecutor()
         if args.executor == "serial"
         else RayExecutor(Path(args.out or "."), address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
     )
     executor.connect()  # a dead --address is refused first: before the spec's checks (they import torch), before any write
-    spec = _load(args.spec)
+    spec = _load(args.spec, args.max_trials)
     out = Path(args.out or Path("runs") / spec.name)
     if isinstance(executor, RayExecutor):
         executor.run_dir = out.resolve()
@@ -112,6 +122,7 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     from sweep.results import load_results, write_results
 
     run_dir = Path(args.run_dir)
+    _folder("--out", args.out)
     try:
         results = load_results(run_dir)
     except FileNotFoundError as error:
@@ -211,12 +222,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check a spec; exit 2 with the reason if it cannot run")
     p.add_argument("spec", help=SPEC_HELP)
+    p.add_argument("--max-trials", type=int, default=DEFAULT_MAX_TRIALS,
+                   help=f"refuse a spec whose studies expand to more trials (default {DEFAULT_MAX_TRIALS:,})")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("plan", help="expand a spec into stages without running anything")
     p.add_argument("spec", help=SPEC_HELP)
     p.add_argument("--json", action="store_true", help="print every stage as JSON")
     p.add_argument("--tflops", type=float, default=400.0, help="sustained TFLOP/s per GPU for the GPU-hours estimate")
+    p.add_argument("--max-trials", type=int, default=DEFAULT_MAX_TRIALS,
+                   help=f"refuse a spec whose studies expand to more trials (default {DEFAULT_MAX_TRIALS:,})")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("run", help="run every unfinished stage of a spec (resumes where it stopped)")
@@ -229,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-gpus", type=int, help="GPUs of the local Ray (default: all)")
     p.add_argument("--store", help="artifact store shared by several sweeps (default <out>/stages)")
     p.add_argument("--retry-failed", action="store_true", help="run again the stages that failed in earlier runs")
+    p.add_argument("--max-trials", type=int, default=DEFAULT_MAX_TRIALS,
+                   help=f"refuse a spec whose studies expand to more trials (default {DEFAULT_MAX_TRIALS:,})")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("status", help="per stage kind: done, running, failed, pending, time spent and left")
