@@ -41,6 +41,7 @@ importing runners (or this module) never starts or imports Ray.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -92,6 +93,9 @@ class DistributedTrainResult:
     """steps completed in the checkpoint this run resumed from (-1: started from scratch)"""
     heldout_loss: float | None = None
     """evaluate_loss of the trained model on `heldout`'s data, computed by rank 0 on its device (None: no heldout)"""
+    shards: list[list[tuple[int, int, int, str]]] = field(default_factory=list)
+    """per rank, the samples it trained on at each step of this run: (step, first row, end row) of the global batch
+    and the sha256 of the shard's ids and labels as the rank received them (`shard_record`)"""
 
 
 class LossForward(nn.Module):
@@ -110,6 +114,16 @@ class LossForward(nn.Module):
         self, ids: Tensor, labels: Tensor, *, positions: Tensor | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
         return self.model.loss(ids, labels, positions=positions, generator=generator)
+
+
+def shard_record(step: int, rank: int, ids: Tensor, labels: Tensor) -> tuple[int, int, int, str]:
+    """What rank `rank` trained on at `step`: its rows [first, end) of the global batch (from the shard it holds)
+    and the sha256 of those ids (B/W, N, K) and labels (B/W,), so a test can tell a shard from the whole batch."""
+    digest = hashlib.sha256()
+    for tensor in (ids, labels):
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    rows = int(ids.shape[0])
+    return step, rank * rows, (rank + 1) * rows, digest.hexdigest()
 
 
 def shard_rows(batch: Tensor, rank: int, world_size: int) -> Tensor:
@@ -286,7 +300,11 @@ def train_rank(
         if ids.shape[0] != labels.shape[0]:
             raise ValueError(f"batch_fn must return ids (B, N, K) and labels (B,) with the same B, "
                              f"but got {tuple(ids.shape)} and {tuple(labels.shape)}")
-        return shard_rows(ids, rank, world_size).to(device), shard_rows(labels, rank, world_size).to(device)
+        ids, labels = shard_rows(ids, rank, world_size).to(device), shard_rows(labels, rank, world_size).to(device)
+        seen.append(shard_record(step, rank, ids, labels))  # recorded from the tensors this rank trains on
+        return ids, labels
+
+    seen: list[tuple[int, int, int, str]] = []
 
     logged: dict[int, dict[str, float]] = {}
 
@@ -307,9 +325,12 @@ def train_rank(
     )
     # global-batch losses: the mean of the equal-size shards' mean losses (one collective for all steps)
     shard_losses = torch.tensor([value for _, value in result.losses], dtype=torch.float64, device=device)
+    shards = [seen]
     if world_size > 1:
         dist.all_reduce(shard_losses)  # sum over ranks
         shard_losses /= world_size
+        shards = [[] for _ in range(world_size)]
+        dist.all_gather_object(shards, seen)  # every rank's record, for rank 0 to return
     if rank != 0:
         return None
     heldout_loss = None
@@ -331,6 +352,7 @@ def train_rank(
                             warmup_steps=kwargs["warmup_steps"]),
         "resumed_from_step": checkpointer.restored_step if checkpointer is not None else -1,
         "heldout_loss": heldout_loss,
+        "shards": [[tuple(entry) for entry in record] for record in shards],
     }
 
 
@@ -457,6 +479,7 @@ def train_generator_ddp(
         logs=out["logs"],
         resumed_from_step=out["resumed_from_step"],
         heldout_loss=out["heldout_loss"],
+        shards=out["shards"],
     )
 
 

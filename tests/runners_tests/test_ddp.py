@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from runners.checkpoint import CHECKPOINT_FILE, Checkpointer
-from runners.distributed import LossForward, loop_config, shard_rows, train_generator_ddp, train_rank
+from runners.distributed import LossForward, loop_config, shard_record, shard_rows, train_generator_ddp, train_rank
 from runners.generators import ARGenerator, GeneratorConfig
 from runners.train_generator import train_generator
 
@@ -197,3 +197,20 @@ def test_a_resumed_data_parallel_run_is_bit_identical(two_ranks: dict) -> None:
     assert "grad_norm" not in resumed["logs"][0][1] and "grad_norm" in resumed["logs"][2][1]  # before / after the resume
     losses = [value for _, value in full["losses"]]
     assert full["logs"][1][1]["loss"] == pytest.approx((losses[2] + losses[3]) / 2, abs=1e-12)
+
+
+def test_each_rank_records_and_trains_on_its_own_half_of_every_global_batch(two_ranks: dict) -> None:
+    """The record is made from the tensors each rank trains on: if every rank took the whole batch, DDP would
+    still match single-process training (the same gradient twice), but these records would not match."""
+    _, batch_fn = problem()
+    data = torch.Generator().manual_seed(0)  # train_rank's data generator: seeded alike on every rank
+    shards = two_ranks["exact"]["shards"]
+    assert [len(record) for record in shards] == [STEPS, STEPS]
+    half = GLOBAL_BATCH // 2
+    for step in range(STEPS):
+        ids, labels = batch_fn(step, data)  # (B, N, K), (B,)
+        for rank in range(2):
+            rows = slice(rank * half, (rank + 1) * half)
+            assert shards[rank][step] == shard_record(step, rank, ids[rows], labels[rows]), (step, rank)
+            assert shards[rank][step][1:3] == (rank * half, (rank + 1) * half)
+    assert {entry[3] for entry in shards[0]}.isdisjoint({entry[3] for entry in shards[1]})
