@@ -66,10 +66,12 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _samples_path(run_dir: str | None, key: Any) -> Path | None:
-    if run_dir is None or not isinstance(key, str) or not key:
+def _samples_path(data: ReportData, key: Any) -> Path | None:
+    """An evaluation's samples in the run's store: `<run>/stages`, or the `--store` the run was given."""
+    if data.run_dir is None or not isinstance(key, str) or not key:
         return None
-    path = Path(run_dir) / "stages" / "evaluation" / key / SAMPLES_FILE
+    stages = Path(data.store_root) if data.store_root else Path(data.run_dir) / "stages"
+    path = stages / "evaluation" / key / SAMPLES_FILE
     return path if path.is_file() else None
 
 
@@ -113,7 +115,7 @@ def make_grids(data: ReportData, out: Path) -> Grids:
         rows = in_axis_order(done[done["study"] == study.name], study)
         for row in rows.to_dict("records"):
             key = row["evaluation_key"]
-            path = _samples_path(data.run_dir, key)
+            path = _samples_path(data, key)
             if path is None or key in grids.trials:
                 continue
             target = out / f"trial-{safe_name(key)}.png"
@@ -127,7 +129,7 @@ def make_grids(data: ReportData, out: Path) -> Grids:
             grids.trials[key] = Picture(target, caption, f"samples of {settings}")
         if rows.empty or "seed" not in rows or not study.varied:  # a search-only study has no points to set side by side
             continue
-        with_samples = rows[rows["evaluation_key"].map(lambda k: _samples_path(data.run_dir, k) is not None)]
+        with_samples = rows[rows["evaluation_key"].map(lambda k: _samples_path(data, k) is not None)]
         if with_samples.empty:
             continue
         counts = with_samples.groupby("seed").size()
@@ -135,13 +137,13 @@ def make_grids(data: ReportData, out: Path) -> Grids:
         chosen = with_samples[with_samples["seed"] == seed].drop_duplicates(study.varied)
         if len(chosen) < 2:
             continue
-        first = _samples_path(data.run_dir, chosen.iloc[0]["evaluation_key"])
+        first = _samples_path(data, chosen.iloc[0]["evaluation_key"])
         _, labels = read_samples(first, None, 1)
         classes = choose_classes(labels)
         panels = []
-        per_class = min(_per_class(_samples_path(data.run_dir, k), COMPARE_PER_CLASS) for k in chosen["evaluation_key"])
+        per_class = min(_per_class(_samples_path(data, k), COMPARE_PER_CLASS) for k in chosen["evaluation_key"])
         for row in chosen.to_dict("records"):
-            images, _ = read_samples(_samples_path(data.run_dir, row["evaluation_key"]), classes, per_class)
+            images, _ = read_samples(_samples_path(data, row["evaluation_key"]), classes, per_class)
             label = _point_text(row, study.varied) + (" †" if _is_baseline_row(row, study, data) else "")
             panels.append((label.replace(", ", "\n"), images))
         sampling = sorted({str(s) for s in chosen.get("sampling_seed", pd.Series(dtype=object)).dropna()})

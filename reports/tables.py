@@ -107,7 +107,8 @@ class ReportData:
     losses: pd.DataFrame = field(default_factory=pd.DataFrame)  # key, kind, step, loss, ...
     description: str = ""
     dataset: str = ""  # e.g. "digits 16x16, 10 classes"
-    run_dir: str | None = None  # where stages/<kind>/<key>/samples.npz live (None: no sample grids)
+    run_dir: str | None = None  # the run folder (None: no sample grids)
+    store_root: str | None = None  # where <kind>/<key>/samples.npz live (None: <run_dir>/stages)
     axis_stage: dict[str, str] = field(default_factory=dict)  # axis -> stage kind it determines (+ the schema's)
     # Evaluations of intermediate generator checkpoints (Results.intermediate(), joined with the trials
     # for `study`): key, axes, step, fid, ..., protocol_id. Never mixed with the final evaluations.
@@ -150,6 +151,7 @@ class ReportData:
             description=spec.description,
             dataset=f"{dataset.name} {dataset.image_size}x{dataset.image_size}, {dataset.num_classes} classes",
             run_dir=str(run_dir) if run_dir is not None else getattr(results, "run_dir", None),
+            store_root=str(results.store_root) if getattr(results, "store_root", None) is not None else None,
             intermediate=with_study(intermediate, getattr(results, "trials", None)),
             searches=searches if isinstance(searches, pd.DataFrame) else pd.DataFrame(),
             num_classes=dataset.num_classes,
