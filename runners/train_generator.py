@@ -30,7 +30,6 @@ import torch
 from torch import Tensor, nn
 
 from runners.checkpoint import Checkpointer, rng_state, set_rng_state
-from sweep.faults import fault_loss
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -171,7 +170,6 @@ def train_generator(
         ids, labels = batch_fn(step, generator)
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss = loss_fn(ids, labels, positions=positions, generator=generator)
-        loss = fault_loss("generator_loss", loss)  # SWEEP_FAULT=generator_loss:<n>:nan tests the NaN path
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"loss is NaN at step {step} (got {loss_value}); lower lr or check inputs")

@@ -11,7 +11,7 @@
 Points:
 
     checkpoint_saved   a training stage has just written checkpoint n
-    generator_loss     a generator's training loop has computed its n-th loss (before the NaN check)
+    generator_loss     a single-process generator stage has computed its n-th training loss (before the NaN check)
     before_rename      an artifact is complete on disk but not yet renamed to its key
     row_written        a Parquet row file is written under its temporary name, not yet renamed
     evaluation         an evaluation stage is sampling
@@ -43,6 +43,11 @@ def _armed() -> dict[str, tuple[int, str]]:
                              f"e.g. SWEEP_FAULT=evaluation:1:raise")
         armed[event.strip()] = (int(count or 1), fault)
     return armed
+
+
+def armed(event: str) -> bool:
+    """Whether SWEEP_FAULT names `event` (so a caller wraps its value in `fault_loss` only in fault tests)."""
+    return event in _armed()
 
 
 def _fire(event: str) -> str:

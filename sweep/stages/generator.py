@@ -18,6 +18,7 @@ from runners.generators import GENERATORS
 from runners.scan import scan_positions, to_scan
 from runners.tokenizers import vocabulary_for
 from runners.train_generator import Hook, evaluate_loss, train_generator
+from sweep.faults import armed, fault_loss
 from sweep.stages.common import (
     SAMPLE_BATCH, Log, balanced_labels, checkpointer_of, dataset_of, generator_config, pick_device, sample_blocks,
     scoring_space,
@@ -92,7 +93,10 @@ def generator_stage(
     )
     heldout_loss = None
     if workers == 1:
-        result = train_generator(model, batch_fn, on_log=log, hooks=hooks, **recipe)
+        loss_fn = None
+        if armed("generator_loss"):  # SWEEP_FAULT=generator_loss:<n>:nan|raise|oom, at the n-th training loss
+            loss_fn = lambda *args, **kwargs: fault_loss("generator_loss", model.loss(*args, **kwargs))  # noqa: E731
+        result = train_generator(model, batch_fn, on_log=log, hooks=hooks, loss_fn=loss_fn, **recipe)
     else:  # same batches in every worker, losses logged after training, same checkpoint folder, rank 0's held-out loss
         assert not hooks, "training-time hooks need workers: 1"
         from runners.distributed import train_generator_data_parallel

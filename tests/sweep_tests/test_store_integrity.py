@@ -89,7 +89,7 @@ def test_a_flipped_bit_in_an_evaluations_row_is_found_and_recomputed(copy):
 
 
 def test_dependants_built_from_other_input_bytes_are_recomputed(copy, monkeypatch):
-    from runners import stages
+    from sweep import stages
 
     tokenizer = only_folder(copy / "stages" / "tokenizer")
     flip_bit(tokenizer / "model.safetensors")
