@@ -123,11 +123,13 @@ def check_artifacts(plan: Plan, store: Store, reporter: Any) -> None:
     for kind, key in checks:
         if store.is_finished(kind, key) and (problem := store.verify(kind, key)):
             moved = store.quarantine(kind, key)
-            reporter.note(f"{kind} {key} is damaged ({problem}): moved aside to {moved.name}; it runs again")
+            reporter.note(f"{kind} {key} is damaged ({problem}): moved aside to {moved.name if moved else 'elsewhere'}; "
+                          "it runs again")
     for stage in plan.stages.values():  # in dependency order
         if (row := store.row(stage.kind, stage.key)) is not None and (stale := store.stale_inputs(stage.inputs, row)):
             moved = store.quarantine(stage.kind, stage.key, "stale")
-            reporter.note(f"{stage.kind} {stage.key}: {stale}: moved aside to {moved.name}; it runs again")
+            reporter.note(f"{stage.kind} {stage.key}: {stale}: moved aside to {moved.name if moved else 'elsewhere'}; "
+                          "it runs again")
 
 
 def run_sweep(

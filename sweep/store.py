@@ -132,11 +132,16 @@ class Store:
                 return f"input {role} {key} now holds other bytes (digest {current[:12]}, built from {recorded[:12]})"
         return ""
 
-    def quarantine(self, kind: str, key: str, label: str = "damaged") -> Path:
-        """Move an artifact aside (`.damaged-*`, or `.stale-*` for one built from older inputs) so its stage runs again."""
+    def quarantine(self, kind: str, key: str, label: str = "damaged") -> Path | None:
+        """Move an artifact aside (`.damaged-*`, or `.stale-*` for one built from older inputs) so its stage runs
+        again; None if it is gone already (another sweep sharing the store moved it first)."""
         target = self.root / kind / f".{label}-{key}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-        os.rename(self.folder(kind, key), target)
-        self._verified_path(kind, key).unlink(missing_ok=True)
+        try:
+            os.rename(self.folder(kind, key), target)
+        except FileNotFoundError:
+            return None
+        finally:
+            self._verified_path(kind, key).unlink(missing_ok=True)
         return target
 
     def begin(self, kind: str, key: str) -> Path:
