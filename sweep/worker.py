@@ -26,6 +26,7 @@ RUN_METADATA_COLUMNS: tuple[str, ...] = (
     "wall_s",
     "steps_per_s",
     "resumed_from_step",
+    "checkpoint_discarded",
     "attempts",
     "started_at",
     "ended_at",

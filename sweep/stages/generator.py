@@ -122,6 +122,7 @@ def generator_stage(
         "heldout_loss": heldout_loss,
         "steps_per_s": result.steps_per_s,
         "resumed_from_step": -1 if resumed is None else int(resumed["step"]),
+        "checkpoint_discarded": checkpointer.discarded,  # why a checkpoint found was not used ('' if none)
         "workers": workers,
     }
 

@@ -44,5 +44,6 @@ def tokenizer_stage(
     vocab = vocabulary_for(model, 1) if s["tokenizer"] == "bae" else None  # ids of one whole latent position
     metrics = reconstruction_metrics(model, heldout_images.to(device), vocab=vocab)
     return {**{name: float(value) for name, value in metrics.items()},
-            "resumed_from_step": -1 if resumed is None else int(resumed["step"])}
+            "resumed_from_step": -1 if resumed is None else int(resumed["step"]),
+            "checkpoint_discarded": checkpointer.discarded}  # why a checkpoint found was not used ('' if none)
 

@@ -105,6 +105,8 @@ def test_a_sweep_never_runs_a_planted_checkpoint_on_resume_nor_on_retry_failed(t
     assert second.failures == [] and second.counts == {"finished": 2}
     rows = load_results(out).rows["generator"]
     assert set(rows["status"]) == {"finished"} and sorted(rows["resumed_from_step"]) == [-1, -1]
+    assert rows["checkpoint_discarded"].str.contains("training restarts from step 0").all()  # the row says so
+    assert set(load_results(out).rows["tokenizer"]["checkpoint_discarded"]) == {""}  # nothing planted there
     for stage in generators:  # moved aside, so a third run cannot trip over it either
         assert not (store.checkpoint_folder(stage.kind, stage.key) / CHECKPOINT_FILE).exists()
     assert capfd.readouterr().err.count("training restarts from step 0") == 2
