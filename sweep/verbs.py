@@ -356,6 +356,8 @@ def garbage(run_dir: Path) -> tuple[list[tuple[Path, str]], list[Path]]:
             name = path.name
             if name.startswith(".damaged-"):
                 found.append((path, "damaged artifact moved aside"))
+            elif name.startswith(".stale-"):
+                found.append((path, "artifact built from older input bytes, moved aside"))
             elif name.startswith(".ckpt-"):
                 key = name.removeprefix(".ckpt-")
                 if store.is_finished(kind, key):
