@@ -18,32 +18,36 @@ bae/binaryae.py, hparams/defaults/binarygan_default.py, hparams/set_up_hparams.p
   random init; after 2,000 updates it no longer acts, so long runs end as theirs.
 Steps are counted from 1 here, from 0 in theirs: their step s is our step s + 1.
 
+Data: the training split streams through a torch DataLoader (worker processes decode images while the model
+computes, `loader`); the loop decides which items each step reads (a seeded shuffled order) and, with `flip`,
+draws a fresh horizontal flip per sample per step in its own process.
+
 Determinism: given the model's initial weights (the caller seeds the init), the run is a function of `seed`:
 a CPU torch.Generator drives the data order, a generator on the model's device drives the Bernoulli bits (BAE)
-or the dead-code restarts (VQ), and a third seeds the discriminator's init. No global RNG is used.
+or the dead-code restarts (VQ), a third seeds the discriminator's init and a fourth draws the flips. No global
+RNG is used; the number of loader workers does not change the run.
 
 Checkpoints (`checkpointer`, the protocol of runners/checkpoint.py) hold the model, its optimizer and EMA copy,
 the discriminator and its optimizer (GAN on), the terms summed since the last log, the step, the position in
-the shuffled epoch and every random state (the global torch RNG, the data-order and Bernoulli generators, and
-any torch.Generator the dataset owns, e.g. imagefolder's flips): a resumed run ends bit-identical to one that
-was never interrupted.
+the shuffled epoch and every random state (the global torch RNG, the data-order, Bernoulli and flip
+generators): a resumed run ends bit-identical to one that was never interrupted.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset
 
 from runners.checkpoint import Checkpointer, rng_state, set_rng_state
-from runners.data import stack
+from runners.data import Batches, ImageSource, LoaderSettings, image_batches, loader as make_loader, stream
 from runners.tokenizers.bae import bit_usage_penalty, bits_to_token_ids
 from runners.tokenizers.losses import (ADAPTIVE_WEIGHT_MAX, PatchDiscriminator, PerceptualLoss, adaptive_gan_weight,
                                        hinge_d_loss, hinge_g_loss, patch_discriminator_layers)
@@ -139,24 +143,16 @@ class _BatchOrder:
         self.epoch_state, self.taken = state["epoch_state"], state["taken"]
 
 
-def _fetch(train: Dataset, index: Tensor) -> tuple[Tensor, Tensor]:
-    """Images (B, C, H, W) and labels (B,) of the items `index`; a TensorDataset is indexed directly."""
-    if isinstance(train, TensorDataset):
-        return train.tensors[0][index], train.tensors[1][index]
-    items = [train[int(i)] for i in index]
-    return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
+def _index_batches(order: _BatchOrder) -> Iterator[list[int]]:
+    """The endless index batches of `order`, as a DataLoader batch_sampler reads them."""
+    while True:
+        yield order.next().tolist()
 
 
-def _dataset_generators(train: Dataset) -> list[torch.Generator]:
-    """The torch.Generators a dataset draws from when read (e.g. imagefolder's random flips), by attribute name,
-    looking into wrapped datasets too (Subset.dataset)."""
-    found: list[torch.Generator] = []
-    for _, value in sorted(getattr(train, "__dict__", {}).items()):
-        if isinstance(value, torch.Generator):
-            found.append(value)
-        elif isinstance(value, Dataset):
-            found += _dataset_generators(value)
-    return found
+def flip_batch(images: Tensor, generator: torch.Generator) -> Tensor:
+    """Flip each image of `images` (B, C, H, W) horizontally with probability 1/2, coins from `generator` (CPU)."""
+    coins = torch.rand(images.shape[0], generator=generator) < 0.5  # (B,)
+    return torch.where(coins.to(images.device)[:, None, None, None], images.flip(-1), images)
 
 
 @torch.no_grad()
@@ -188,6 +184,8 @@ def train_tokenizer(
     disc_width: int = 64,
     disc_layers: int | None = None,
     checkpointer: Checkpointer | None = None,
+    loader: LoaderSettings | None = None,
+    flip: bool = False,
 ) -> nn.Module:
     """Train `model` (in place) with Adam on L1 (+ its own terms, + LPIPS, + GAN); return its EMA copy in eval mode.
 
@@ -195,7 +193,7 @@ def train_tokenizer(
         model: a tokenizer whose forward(images, generator) returns dict(recon, ...): BAE "probs" (bit-usage
             penalty), VQ "quant_loss" (codebook + commitment); `model.last_layer` for the adaptive GAN weight,
             `model.channels` and `model.image_size` for the discriminator.
-        train: items (image (C, H, W) in [0, 1], label); a TensorDataset is indexed directly (fast path).
+        train: items (image (C, H, W) in [0, 1], label), read through a DataLoader with `loader`'s workers.
         steps: optimizer steps.
         lr: learning rate of the autoencoder's and the discriminator's Adam (constant).
         batch_size: images per step (the last partial batch of each epoch is dropped).
@@ -222,6 +220,8 @@ def train_tokenizer(
         disc_layers: stride-2 layers of the discriminator; None = as many as fit the image, at most 3 (taming).
         checkpointer: saves the run's whole state when due (runners/checkpoint.py); a run that finds a checkpoint
             continues after its step and ends bit-identical to an uninterrupted one. None = no checkpoints.
+        loader: worker processes, pinned memory and prefetching of the DataLoader (default: read in this process).
+        flip: flip each sample horizontally with probability 1/2, freshly at every step (ImageDataset.flip).
     """
     if steps < 1 or batch_size < 1 or log_every < 1 or not lr > 0:
         raise ValueError(f"steps, batch_size, log_every and lr must be positive, but got steps={steps}, "
@@ -255,7 +255,8 @@ def train_tokenizer(
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=ADAMW_BETAS, weight_decay=ADAMW_WEIGHT_DECAY)
     batches = _BatchOrder(len(train), batch_size, data_generator)  # type: ignore[arg-type]
-    generators = [data_generator, bit_generator, *_dataset_generators(train)]  # every stream a step draws from
+    flip_generator = torch.Generator().manual_seed(seed + 3)
+    generators = [data_generator, bit_generator, *([flip_generator] if flip else [])]  # every stream a step draws from
     sums: dict[str, Tensor] = {}  # terms summed on the device since the last log (one host sync per log)
     counts: dict[str, int] = {}
     first_step = 0  # steps completed before this call (a resumed run continues after them)
@@ -280,8 +281,19 @@ def train_tokenizer(
             "rng": rng_state(*generators), "batch_order": batches.state_dict(), "sums": sums, "counts": counts,
         }
 
+    # The loader reads ahead (workers, prefetching), so it walks its own copy of the batch order; `batches`, which
+    # the checkpoint saves, advances only as batches are consumed.
+    ahead = _BatchOrder(len(train), batch_size, torch.Generator().manual_seed(seed))  # type: ignore[arg-type]
+    ahead.load_state_dict(batches.state_dict())
+    feed = stream(make_loader(train, loader or LoaderSettings(), batch_sampler=_index_batches(ahead)))
+
     for step in range(first_step + 1, steps + 1):
-        images, _ = _fetch(train, batches.next())
+        expected = batches.next()
+        images, _ = next(feed)
+        if images.shape[0] != expected.shape[0]:
+            raise RuntimeError(f"the loader gave {images.shape[0]} images for a batch of {expected.shape[0]}")
+        if flip:
+            images = flip_batch(images, flip_generator)
         images = images.to(device, non_blocking=True)  # (B, C, H, W)
         out = model(images, generator=bit_generator)
         gan_on = discriminator is not None and step >= gan_start
@@ -323,6 +335,7 @@ def train_tokenizer(
             sums, counts = {}, {}
         if step < steps:
             checkpointer.maybe_save(step, snapshot)  # step = steps completed
+    feed.close()  # stops the loader's workers
     return ema.eval()
 
 
@@ -339,10 +352,13 @@ def _id_histogram_metrics(counts: Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
-def reconstruction_metrics(model: nn.Module, images: Tensor, batch_size: int = 256,
+def reconstruction_metrics(model: nn.Module, images: ImageSource, batch_size: int = 256,
                            vocab: Vocabulary | None = None) -> dict[str, float]:
     """Reconstruction quality of a tokenizer on `images` (N, C, H, W) in [0, 1]: BAE with thresholded bits, VQ
     with nearest-neighbour ids (both deterministic).
+
+    `images` is a tensor or a re-iterable source of batches (`runners.data.Batches`): it is read twice, once
+    for the mean image of the baseline and once for the reconstructions, and never held whole.
 
     Returns:
         psnr_db: 10 log10(1 / MSE), MSE over all pixels of all images (peak 1.0).
@@ -358,7 +374,7 @@ def reconstruction_metrics(model: nn.Module, images: Tensor, batch_size: int = 2
         VQ ("index") only:
         code_usage: share of the codebook entries that are nearest somewhere (= token_usage, K = 1).
     """
-    if images.ndim != 4 or images.shape[0] == 0:
+    if isinstance(images, Tensor) and (images.ndim != 4 or images.shape[0] == 0):
         raise ValueError(f"images must be (N, C, H, W) with N >= 1, but got shape {tuple(images.shape)}")
     kind = model.latent_kind
     if kind == "bits" and vocab is not None and vocab.code_dim != model.code_dim:
@@ -372,8 +388,20 @@ def reconstruction_metrics(model: nn.Module, images: Tensor, batch_size: int = 2
     ones: Tensor | None = None  # (D,) count of ones per bit
     id_counts: Tensor | None = None  # (V,) count of each sub-token id / codebook entry
     positions = 0
-    for start in range(0, images.shape[0], batch_size):
-        batch = images[start:start + batch_size].to(device)  # (b, C, H, W)
+    # first pass: the mean image (float64 sums), which the baseline predicts for every image
+    total: Tensor | None = None
+    count = 0
+    for batch in image_batches(images, batch_size):
+        batch_sum = batch.to(device).double().sum(dim=0)  # (C, H, W)
+        total, count = (batch_sum if total is None else total + batch_sum), count + batch.shape[0]
+    if total is None:
+        raise ValueError("images must hold at least one image, but got none")
+    mean_image = (total / count).float()[None]  # (1, C, H, W)
+    baseline_squared, baseline_absolute = 0.0, 0.0
+    for batch in image_batches(images, batch_size):
+        batch = batch.to(device)  # (b, C, H, W)
+        baseline_squared += float(((batch - mean_image).double() ** 2).sum())
+        baseline_absolute += float((batch - mean_image).double().abs().sum())
         if kind == "bits":
             bits = model.binarize(model.encode_probs(batch), "threshold")  # (b, D, h, w)
             recon = model.decode(bits).clamp(0.0, 1.0)  # images: the decoder's output clamped, as the samplers
@@ -394,13 +422,11 @@ def reconstruction_metrics(model: nn.Module, images: Tensor, batch_size: int = 2
         pixels += batch.numel()
     model.train(was_training)
 
-    mean_image = images.mean(dim=0, keepdim=True)  # (1, C, H, W)
-    baseline_mse = float(((images - mean_image) ** 2).mean())
     metrics = {
         "psnr_db": _psnr_db(squared / pixels),
         "l1": absolute / pixels,
-        "mean_image_psnr_db": _psnr_db(baseline_mse),
-        "mean_image_l1": float((images - mean_image).abs().mean()),
+        "mean_image_psnr_db": _psnr_db(baseline_squared / pixels),
+        "mean_image_l1": baseline_absolute / pixels,
     }
     if kind == "bits":
         assert ones is not None
@@ -418,7 +444,6 @@ def reconstruction_metrics(model: nn.Module, images: Tensor, batch_size: int = 2
 
 
 def heldout_metrics(model: nn.Module, heldout: Dataset, limit: int | None = None,
-                    vocab: Vocabulary | None = None) -> dict[str, float]:
-    """`reconstruction_metrics` on (the first `limit` images of) a held-out dataset."""
-    images, _ = stack(heldout, limit)
-    return reconstruction_metrics(model, images, vocab=vocab)
+                    vocab: Vocabulary | None = None, loader: LoaderSettings | None = None) -> dict[str, float]:
+    """`reconstruction_metrics` on (the first `limit` images of) a held-out dataset, streamed in batches."""
+    return reconstruction_metrics(model, Batches(heldout, 256, loader or LoaderSettings(), limit), vocab=vocab)
