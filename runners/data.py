@@ -192,6 +192,7 @@ class ImageFiles(Dataset):
         self.files = np.array([str(f) for f in files])
         self.labels = np.asarray(labels, dtype=np.int64)
         self.image_size = image_size
+        self.channels = 3
 
     def __len__(self) -> int:
         return len(self.files)
@@ -293,6 +294,7 @@ class GrayImages(Dataset):
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, image_size: int) -> None:
         self.images, self.labels, self.image_size = images, labels.astype(np.int64), image_size
+        self.channels = 1
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -433,12 +435,28 @@ def _in_memory(dataset: Dataset) -> bool:
     return isinstance(dataset, TensorDataset)
 
 
+def item_shape(dataset: Dataset) -> tuple[int, int, int]:
+    """(C, H, W) of the dataset's images without reading an image where the dataset says it (tensors,
+    `channels` + `image_size` attributes, subsets of those); otherwise from its first item."""
+    if isinstance(dataset, TensorDataset):
+        return tuple(dataset.tensors[0].shape[1:])  # type: ignore[return-value]
+    if isinstance(dataset, torch.utils.data.Subset):
+        return item_shape(dataset.dataset)
+    channels, side = getattr(dataset, "channels", None), getattr(dataset, "image_size", None)
+    if channels is not None and side is not None:
+        return int(channels), int(side), int(side)
+    return tuple(dataset[0][0].shape)  # type: ignore[return-value]
+
+
 def loader(dataset: Dataset, settings: LoaderSettings, *, batch_size: int | None = None,
            batch_sampler: Iterable[list[int]] | None = None) -> DataLoader:
     """A DataLoader over `dataset` with `settings`: in order in batches of `batch_size`, or the index batches
     of `batch_sampler`. In-memory tensor datasets are read in the calling process whatever `settings` say."""
     workers = 0 if _in_memory(dataset) else settings.workers
-    extra = {"prefetch_factor": settings.prefetch, "persistent_workers": False} if workers > 0 else {}
+    extra: dict[str, Any] = {"prefetch_factor": settings.prefetch, "persistent_workers": False} if workers > 0 else {}
+    # The loader draws its workers' base seed from this generator, not from torch's global RNG, which reading
+    # must leave alone (items are deterministic; the seed matters to nothing here).
+    extra["generator"] = torch.Generator().manual_seed(0)
     if batch_sampler is not None:
         return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, pin_memory=settings.pin_memory,
                           **extra)

@@ -1,8 +1,15 @@
 """What generator training needs from a frozen tokenizer, encoded once per (tokenizer, dataset) and cached.
 
-    encode_dataset(tokenizer, dataset) -> encoded       (one pass of the frozen encoder over the dataset)
-    save_encoded(encoded, folder) / load_encoded(folder) (one safetensors file)
-    token_batch(encoded, index, mode, vocab, generator) -> ids (B, h*w, K)   (every training step)
+    encode_to_folder(tokenizer, dataset, folder, flips)  one pass of the frozen encoder in batches, written
+                                                         row by row into memory-mapped files (any size)
+    EncodedFolder(folder).batch(index, flip, ...)        ids (B, h*w, K) of a training step, read through the
+                                                         memory map (every data-parallel rank opens the same files)
+    encode_dataset / save_encoded / load_encoded / token_batch   the same codes as in-memory tensors (small data)
+
+The folder holds codes.npy (N, O, ...) with O = 2 orientations when the data is flipped in training (the
+image and its horizontal mirror, both encoded once, so every step draws a fresh flip per sample, as the
+authors flip afresh every epoch) or O = 1 (digits), labels.npy (N,) and encoded.json, written last (a folder
+without it is unfinished and is encoded again).
 
 The encoded dict holds plain tensors, so a batch needs no tokenizer:
 - "labels": int64 (N,).
@@ -23,13 +30,17 @@ ImageNet at 16x16 x 24 bits: 1.28M images x 6144 bits x 2 bytes = 15.7 GB (float
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from runners.data import LoaderSettings, batches
 from runners.tokenizers.bae import QuantizeMode, bits_to_token_ids, check_mode, quantize_bits
 from runners.vocab import Vocabulary
 
@@ -136,3 +147,108 @@ def token_batch(encoded: dict[str, Tensor], index: Tensor, *, mode: QuantizeMode
     probs = torch.sigmoid(codes[index].float())  # (B, D, h, w)
     bits = quantize_bits(probs, mode, generator)  # (B, D, h, w) in {0., 1.}
     return bits_to_token_ids(bits, vocab)  # (B, h*w, K)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the memory-mapped cache of generator training
+
+CODES_FILE, LABELS_FILE, INFO_FILE = "codes.npy", "labels.npy", "encoded.json"
+
+
+@torch.no_grad()
+def _encode_batch(tokenizer: torch.nn.Module, images: Tensor) -> np.ndarray:
+    """Codes of one image batch: BAE logits float16 (b, D, h, w), VQ ids int32 (b, h*w)."""
+    if tokenizer.latent_kind == "bits":
+        return tokenizer.encode_logits(images).to(torch.float16).cpu().numpy()
+    return tokenizer.encode(images).flatten(1).to(torch.int32).cpu().numpy()
+
+
+@torch.no_grad()
+def encode_to_folder(
+    tokenizer: torch.nn.Module, dataset: Dataset, folder: str | Path, *, flips: bool, batch_size: int = 256,
+    loader: LoaderSettings | None = None, rank: int = 0, world_size: int = 1, barrier: Any = None,
+) -> EncodedFolder:
+    """Encode every item of `dataset` with the frozen tokenizer into `folder` (memory-mapped files), in batches.
+
+    With `flips` each image is encoded as it is and mirrored (orientation 1). Data-parallel ranks share the work:
+    rank r encodes its contiguous block of rows into the same files; `barrier()` (e.g. torch.distributed.barrier)
+    separates creating the files (rank 0), writing the blocks and marking the folder finished (rank 0). A folder
+    already finished is opened as it is (a resumed stage does not encode again)."""
+    folder = Path(folder)
+    if (folder / INFO_FILE).is_file():
+        return EncodedFolder(folder)
+    kind = tokenizer.latent_kind
+    if kind not in ("bits", "index"):
+        raise ValueError(f"tokenizer.latent_kind must be 'bits' or 'index', but got {kind!r}")
+    n = len(dataset)  # type: ignore[arg-type]
+    if n == 0:
+        raise ValueError("dataset must hold at least one image, but got an empty dataset")
+    was_training = tokenizer.training
+    tokenizer.eval()
+    device = next(tokenizer.parameters()).device
+    orientations = 2 if flips else 1
+    if rank == 0:  # the files, shaped from one image's codes
+        folder.mkdir(parents=True, exist_ok=True)
+        side = int(tokenizer.image_size)
+        probe = _encode_batch(tokenizer, torch.zeros(1, int(tokenizer.channels), side, side, device=device))  # (1, ...)
+        np.lib.format.open_memmap(folder / CODES_FILE, mode="w+", dtype=probe.dtype,
+                                  shape=(n, orientations, *probe.shape[1:])).flush()
+        np.lib.format.open_memmap(folder / LABELS_FILE, mode="w+", dtype=np.int64, shape=(n,)).flush()
+    if barrier is not None:
+        barrier()
+    codes = np.load(folder / CODES_FILE, mmap_mode="r+")
+    labels = np.load(folder / LABELS_FILE, mmap_mode="r+")
+    lo, hi = n * rank // world_size, n * (rank + 1) // world_size
+    row = lo
+    for images, batch_labels in batches(Subset(dataset, range(lo, hi)), batch_size, loader or LoaderSettings()):
+        images = images.to(device, non_blocking=True)  # (b, C, H, W)
+        b = images.shape[0]
+        codes[row:row + b, 0] = _encode_batch(tokenizer, images)
+        if flips:
+            codes[row:row + b, 1] = _encode_batch(tokenizer, images.flip(-1))
+        labels[row:row + b] = batch_labels.numpy()
+        row += b
+    codes.flush()
+    labels.flush()
+    del codes, labels
+    tokenizer.train(was_training)
+    if barrier is not None:
+        barrier()
+    if rank == 0:
+        (folder / INFO_FILE).write_text(json.dumps({"kind": kind, "count": n, "orientations": orientations}) + "\n")
+    if barrier is not None:
+        barrier()
+    return EncodedFolder(folder)
+
+
+class EncodedFolder:
+    """A finished `encode_to_folder` folder, read through memory maps (nothing is loaded whole)."""
+
+    def __init__(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        if not (folder / INFO_FILE).is_file():
+            raise FileNotFoundError(f"{str(folder)!r} holds no finished encoding ({INFO_FILE} missing); run "
+                                    f"encode_to_folder first")
+        info = json.loads((folder / INFO_FILE).read_text())
+        self.kind: str = info["kind"]
+        self.orientations: int = int(info["orientations"])
+        self.codes = np.load(folder / CODES_FILE, mmap_mode="r")  # (N, O, D, h, w) float16 | (N, O, h*w) int32
+        self.labels = np.load(folder / LABELS_FILE, mmap_mode="r")  # (N,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, index: Tensor, *, mode: QuantizeMode, vocab: Vocabulary | None,
+              generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """(ids (B, h*w, K), labels (B,)) of the rows `index` (B,): with two orientations each sample's is drawn
+        afresh from `generator` (a coin per sample, before the Bernoulli bits), then `token_batch` draws the bits."""
+        rows = index.cpu().numpy()
+        orientation = np.zeros(len(rows), dtype=np.int64)
+        if self.orientations == 2:
+            orientation = (torch.rand(len(rows), generator=generator) < 0.5).long().numpy()
+        codes = torch.from_numpy(np.ascontiguousarray(self.codes[rows, orientation]))  # (B, ...)
+        labels = torch.from_numpy(np.ascontiguousarray(self.labels[rows]))
+        key = "logits" if self.kind == "bits" else "ids"
+        encoded = {key: codes if key == "logits" else codes.long(), "labels": labels}
+        ids = token_batch(encoded, torch.arange(len(rows)), mode=mode, vocab=vocab, generator=generator)
+        return ids, labels

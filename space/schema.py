@@ -221,13 +221,17 @@ class Dataset(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: Literal["digits", "imagefolder"] = Field(
-        "digits", description="`digits` (scikit-learn's bundled 8x8 digits, upscaled) or an ImageNet-layout `imagefolder`."
+    name: Literal["digits", "fashion-mnist", "imagefolder"] = Field(
+        "digits", description="`digits` (scikit-learn's bundled 8x8 digits, upscaled), `fashion-mnist` (70k 28x28 "
+        "images, official 60k/10k split; Debian package dataset-fashion-mnist) or an ImageNet-layout `imagefolder`."
     )
-    root: str | None = Field(None, description="Folder with one subfolder per class (imagefolder only).")
+    root: str | None = Field(None, description="Folder with one subfolder per class (imagefolder, required); the folder "
+                             "of the IDX .gz files (fashion-mnist, default /usr/share/datasets/fashion-mnist). Not part "
+                             "of any key: stages are keyed by a fingerprint of the files.")
     image_size: int = Field(16, description="Side of the square images, a multiple of 8.", ge=8)
     num_classes: int = Field(10, description="Number of classes (checked against the data when it is loaded).", ge=1)
-    heldout_fraction: float = Field(0.2, description="Share of each class held out for evaluation.", gt=0, lt=1)
+    heldout_fraction: float = Field(0.2, description="Share of each class held out for evaluation (fashion-mnist: its "
+                                    "official 10k test split instead).", gt=0, lt=1)
     split_seed: int = Field(0, description="Seed of the fixed train / held-out split.", ge=0)
 
     @model_validator(mode="after")
@@ -236,8 +240,8 @@ class Dataset(BaseModel):
             raise ValueError(f"image_size must be a multiple of 8, but got {self.image_size}; try {self.image_size // 8 * 8 or 8}")
         if self.name == "imagefolder" and not self.root:
             raise ValueError("root is required when name is imagefolder; set dataset.root to the folder of class subfolders")
-        if self.name == "digits" and self.num_classes != 10:
-            raise ValueError(f"the digits dataset has 10 classes, but got num_classes={self.num_classes}; set 10")
+        if self.name in ("digits", "fashion-mnist") and self.num_classes != 10:
+            raise ValueError(f"the {self.name} dataset has 10 classes, but got num_classes={self.num_classes}; set 10")
         return self
 
 
@@ -297,6 +301,8 @@ class Runtime(BaseModel):
     checkpoint_every_steps: int = Field(100, description="Training stages checkpoint every this many steps (0 = off).", ge=0)
     checkpoint_every_minutes: float = Field(10.0, description="... and at least this often in wall time (0 = off).", ge=0)
     retries: int = Field(0, description="Extra attempts of a stage that raised (a lost worker is always run again).", ge=0)
+    loader_workers: int | None = Field(None, description="DataLoader worker processes per stage (default: the stage's "
+                                       "cpus - 1).", ge=0)
 
 
 _SHA256_CACHE: dict[tuple[str, int, int], str] = {}
@@ -584,6 +590,16 @@ class Spec(BaseModel):
     runtime: Runtime = Field(default_factory=Runtime, description="Checkpointing and retries.")
     analyses: Analyses = Field(default_factory=Analyses, description="Analyses beyond FID (off by default).")
     assets: Assets = Field(default_factory=Assets, description="Local files that settings read (perceptual and Inception weights).")
+    class_accuracy: bool = Field(
+        False, description="Also train the dataset classifier to score class accuracy of samples when the feature "
+        "extractor is inception. With feature_extractor: classifier the classifier exists and class accuracy is always "
+        "scored; otherwise no classifier is trained and class_accuracy is NaN.")
+
+    def needs_classifier(self, settings: Settings) -> bool:
+        """Whether a trial with `settings` needs the dataset classifier: as its feature extractor, or to score
+        class accuracy (`class_accuracy`)."""
+        return settings.feature_extractor == "classifier" or self.class_accuracy
+
 
     @field_validator("schema_version")
     @classmethod

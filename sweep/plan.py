@@ -2,9 +2,10 @@
 
     spec --expand--> trials --plan--> stages (a DAG keyed by content hashes)
 
-A trial needs six stages:
+A trial needs six stages (five when no metric needs the classifier: inception features without
+`class_accuracy: true`):
 
-    classifier (dataset)                      -- feature extractor of the in-sweep metrics
+    classifier (dataset)                      -- feature extractor of the in-sweep metrics, judge of class accuracy
       -> reference (classifier key if it is the extractor, feature_extractor)
                                               -- held-out features + stats, once per dataset x extractor
     tokenizer (dataset, tokenizer axes)
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from space.schema import AXES_OF_STAGE, STAGE_KINDS, Resources, Settings, Spec, Trial, expand
+from sweep.fingerprint import dataset_identity, dataset_root
 from sweep.keys import content_key, derive_seed
 
 # Which input stages each kind reads, by role name.
@@ -146,7 +148,7 @@ def make_plan(spec: Spec) -> Plan:
         stages.setdefault(stage.key, stage)
         return stage.key
 
-    def add_reference(settings: Settings, classifier: str) -> tuple[str, dict[str, str]]:
+    def add_reference(settings: Settings, classifier: str | None) -> tuple[str, dict[str, str]]:
         """The reference stage of `settings.feature_extractor`, and the inputs of a stage that scores in it."""
         extractor = {"classifier": classifier} if settings.feature_extractor == "classifier" else {}
         columns = {name: getattr(settings, name) for name in AXES_OF_STAGE["reference"]}
@@ -160,10 +162,13 @@ def make_plan(spec: Spec) -> Plan:
         study = studies[trial.study]
         axes = lambda kind: {name: getattr(s, name) for name in AXES_OF_STAGE[kind]}  # noqa: E731
         keys: dict[str, str] = {}
-        keys["classifier"] = add("classifier", s, {}, {}, axes("classifier"))
+        classifier = spec.needs_classifier(s) or spec.needs_classifier(spec.baseline) and bool(s.intermediate_every)
+        if classifier:  # only when a metric needs it: the feature space, or class accuracy
+            keys["classifier"] = add("classifier", s, {}, {}, axes("classifier"))
+        judge = {"classifier": keys["classifier"]} if spec.needs_classifier(s) else {}
         weights_sha, weights_path = spec.assets.tokenizer_inputs(s.perceptual_weight)  # LPIPS file: sha hashed, path not
         keys["tokenizer"] = add("tokenizer", s, weights_sha, {}, axes("tokenizer"), weights_path)
-        keys["reference"], scoring = add_reference(s, keys["classifier"])
+        keys["reference"], scoring = add_reference(s, keys.get("classifier"))
         keys["reconstruction"] = add(
             "reconstruction", s, {}, {"tokenizer": keys["tokenizer"], **scoring}, {**axes("tokenizer"), **axes("reference")}
         )
@@ -172,7 +177,8 @@ def make_plan(spec: Spec) -> Plan:
         if s.intermediate_every:  # scored while it trains: the baseline's feature space and sampling knobs
             from sweep.stages import intermediate_sampling
 
-            generator_inputs.update({"classifier": keys["classifier"], **add_reference(spec.baseline, keys["classifier"])[1]})
+            judged = {"classifier": keys["classifier"]} if spec.needs_classifier(spec.baseline) else {}
+            generator_inputs.update({**judged, **add_reference(spec.baseline, keys.get("classifier"))[1]})
             generator_own["intermediate_sampling"] = intermediate_sampling(s, spec.baseline)
         bracket = None
         if study.early_stopping is not None:  # a stage that may stop early is not the one that always finishes
@@ -183,7 +189,7 @@ def make_plan(spec: Spec) -> Plan:
             {**axes("tokenizer"), **axes("generator"), "vocab": s.vocab, "seed": trial.seed}, bracket,
         )
         sampling_seed = sampling_seed_of(trial.seed)
-        evaluation_inputs = {"generator": keys["generator"], "tokenizer": keys["tokenizer"], "classifier": keys["classifier"],
+        evaluation_inputs = {"generator": keys["generator"], "tokenizer": keys["tokenizer"], **judge,
                              "reference": keys["reference"]}
         evaluation_columns = {**s.model_dump(), "seed": trial.seed, "sampling_seed": sampling_seed}
         if study.search is None:
@@ -224,8 +230,11 @@ def plan_stage(
     `own` (seeds and the like), the input keys and the code versions; columns and runtime are not hashed."""
     ignored = ignored_axes(kind, settings)
     axes = {name: getattr(settings, name) for name in AXES_OF_STAGE[kind] if name not in ignored}
-    determining = {"dataset": spec.dataset.model_dump(mode="json"), **axes, **own}
+    # the dataset by content (sweep/fingerprint.py): its root is where to read it, a runtime setting
+    determining = {"dataset": dataset_identity(spec.dataset), **axes, **own}
     code = code_versions(kind, settings)
     key = content_key(kind, determining, inputs, code)
     runtime = {**spec.runtime.model_dump(), **(runtime_extra or {})}
+    if (root := dataset_root(spec.dataset)) is not None:
+        runtime["dataset_root"] = root
     return Stage(kind, key, determining, inputs, code, spec.resources_of(kind), columns, runtime)

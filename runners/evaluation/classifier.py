@@ -25,12 +25,16 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.data import Dataset
+
+from runners.data import LabelledTensors, LoaderSettings, item_shape, loader as make_loader, stream
 
 CLASSIFIER_CODE_VERSION = "classifier-1"
 
@@ -137,8 +141,8 @@ def random_shift(images: Tensor, max_shift: int, generator: torch.Generator) -> 
 
 
 def train_classifier(
-    train_images: Tensor,
-    train_labels: Tensor,
+    train_images: Tensor | Dataset,
+    train_labels: Tensor | None = None,
     *,
     num_classes: int,
     steps: int = DEFAULT_STEPS,
@@ -148,27 +152,42 @@ def train_classifier(
     augment: bool = True,
     feature_dim: int = 64,
     weight_decay: float = DEFAULT_WEIGHT_DECAY,
+    loader: LoaderSettings | None = None,
+    device: torch.device | str | None = None,
 ) -> DatasetClassifier:
-    """Train a `DatasetClassifier` on `(train_images (N, C, H, W) in [0, 1], train_labels (N,) int64)`.
+    """Train a `DatasetClassifier` on `(train_images (N, C, H, W) in [0, 1], train_labels (N,) int64)`, or on a
+    dataset of (image, label) items streamed through a DataLoader (`loader`: workers, pinned memory).
 
     AdamW with a cosine learning-rate decay to 0 over `steps`, minibatches drawn with replacement.
     With `augment`, each image is shifted by up to image_size/16 pixels (1 px at 16x16) so the classifier
     does not rely on exact pixel placement, which generated images do not reproduce.
     Deterministic given `seed` (weights, batches and shifts come from seeded generators; the global RNG is
-    left untouched) on a given device and thread count. Trains on the images' device; returns the model
-    in eval mode on that device.
+    left untouched) on a given device and thread count, whatever the loader's workers. Trains on `device`
+    (default: the images' device, or the CPU for a dataset); returns the model in eval mode there.
     """
-    if train_images.ndim != 4:
-        raise ValueError(
-            f"train_images must be (N, C, H, W), but got shape {tuple(train_images.shape)}; add a channel axis"
-        )
-    n, channels, height, width = train_images.shape
-    if height != width:
-        raise ValueError(f"images must be square, but got H={height}, W={width}; centre-crop them first")
-    if train_labels.shape != (n,):
-        raise ValueError(
-            f"train_labels must be (N,) = ({n},) to match train_images, but got shape {tuple(train_labels.shape)}"
-        )
+    if isinstance(train_images, Tensor):
+        if train_images.ndim != 4:
+            raise ValueError(
+                f"train_images must be (N, C, H, W), but got shape {tuple(train_images.shape)}; add a channel axis"
+            )
+        n = train_images.shape[0]
+        if train_labels is None or train_labels.shape != (n,):
+            raise ValueError(
+                f"train_labels must be (N,) = ({n},) to match train_images, but got "
+                f"{None if train_labels is None else tuple(train_labels.shape)}"
+            )
+        labels = train_labels.long()
+        if n and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+            raise ValueError(
+                f"labels must lie in [0, num_classes) = [0, {num_classes}), but got labels in "
+                f"[{int(labels.min())}, {int(labels.max())}]; pass the dataset's num_classes"
+            )
+        device = train_images.device if device is None else device
+        dataset: Dataset = LabelledTensors(train_images.detach().cpu(), labels.cpu())
+    else:
+        dataset = train_images
+    device = torch.device(device if device is not None else "cpu")
+    n = len(dataset)  # type: ignore[arg-type]
     if n == 0:
         raise ValueError("train_images must hold at least one image, but got N=0")
     if steps < 1 or batch_size < 1 or lr <= 0:
@@ -176,14 +195,9 @@ def train_classifier(
             f"steps, batch_size and lr must be positive, but got steps={steps}, batch_size={batch_size}, lr={lr}; "
             f"try steps={DEFAULT_STEPS}, batch_size={DEFAULT_BATCH_SIZE}, lr={DEFAULT_LR}"
         )
-    labels = train_labels.to(train_images.device).long()  # (N,)
-    if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
-        raise ValueError(
-            f"labels must lie in [0, num_classes) = [0, {num_classes}), but got labels in "
-            f"[{int(labels.min())}, {int(labels.max())}]; pass the dataset's num_classes"
-        )
-    device = train_images.device
-
+    channels, height, width = item_shape(dataset)
+    if height != width:
+        raise ValueError(f"images must be square, but got H={height}, W={width}; centre-crop them first")
     # Initialise under a forked global RNG: nn.Module init draws from it, and we must not disturb the caller.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -198,18 +212,33 @@ def train_classifier(
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
     )
-    generator = torch.Generator(device=device).manual_seed(seed)
     max_shift = max(1, height // 16) if augment else 0
-    images = train_images.float()
-    for step in range(steps):
+    # One seeded stream drives the item indices and the shifts of every step, in turn (index draw, then shift
+    # draw). The loader reads ahead, so its sampler replays the stream skipping the shift draws, and the loop
+    # replays it skipping the index draws: the same batches and shifts as reading in step, with any workers.
+    generator = torch.Generator(device=device).manual_seed(seed)
+    sampler_generator = torch.Generator(device=device).manual_seed(seed)
+
+    def index_batches() -> Iterator[list[int]]:  # what the loader reads, step by step
+        for _ in range(steps):
+            index = torch.randint(0, n, (batch_size,), generator=sampler_generator, device=device)  # (B,)
+            if augment:
+                torch.randint(0, 2 * max_shift + 1, (2, batch_size), generator=sampler_generator, device=device)
+            yield index.tolist()
+
+    feed = stream(make_loader(dataset, loader or LoaderSettings(), batch_sampler=index_batches()))
+    for step, (batch, batch_labels) in enumerate(feed):
+        if int(batch_labels.min()) < 0 or int(batch_labels.max()) >= num_classes:
+            raise ValueError(f"labels must lie in [0, num_classes) = [0, {num_classes}), but got "
+                             f"{int(batch_labels.min())}..{int(batch_labels.max())}; pass the dataset's num_classes")
         # Cosine decay from lr to 0: a short schedule that still ends on a settled model.
         for group in optimizer.param_groups:
             group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / steps))
-        index = torch.randint(0, n, (batch_size,), generator=generator, device=device)  # (B,)
-        batch = images[index]  # (B, C, H, W)
+        torch.randint(0, n, (batch_size,), generator=generator, device=device)  # the sampler's draw (see above)
+        batch = batch.to(device, non_blocking=True)  # (B, C, H, W)
         if augment:
             batch = random_shift(batch, max_shift, generator)
-        loss = F.cross_entropy(model(batch), labels[index])
+        loss = F.cross_entropy(model(batch), batch_labels.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -256,6 +285,19 @@ def accuracy(model: DatasetClassifier, images: Tensor, labels: Tensor) -> float:
         raise ValueError("accuracy needs at least one image, but got N=0")
     predicted = predict(model, images)
     return float((predicted == labels.to(predicted.device)).double().mean())
+
+
+@torch.no_grad()
+def accuracy_of_batches(model: DatasetClassifier, batches: Iterable[tuple[Tensor, Tensor]]) -> float:
+    """`accuracy` over (images, labels) batches, e.g. a held-out split streamed by `runners.data.batches`."""
+    correct, total = 0, 0
+    for images, labels in batches:
+        predicted = predict(model, images)
+        correct += int((predicted == labels.to(predicted.device)).sum())
+        total += len(labels)
+    if total == 0:
+        raise ValueError("accuracy needs at least one image, but got N=0")
+    return correct / total
 
 
 # ----------------------------------------------------------------------------------------------------------------

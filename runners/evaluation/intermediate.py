@@ -87,7 +87,7 @@ class IntermediateEvaluator:
     every: int
     sample: Sampler
     labels: Tensor  # (M,) the class of each sampled image, class-balanced
-    classifier: DatasetClassifier  # judge of class accuracy
+    classifier: DatasetClassifier | None  # judge of class accuracy (None: not scored, NaN)
     extractor: FeatureExtractor  # the reference's feature space
     reference: ReferenceFeatures
     record: dict[str, Any]  # protocol record (protocol_*) and protocol_id of these evaluations

@@ -5,6 +5,10 @@
 
 (No rKID: KID over all N x N reference pairs costs seconds on a CPU for a number nobody reads.)
 
+The images stream through in batches (a tensor, or any iterable of image batches such as
+`runners.data.Batches(heldout)`): each batch is reconstructed, featurised and added to float64 running sums
+(`reference.FeatureSums`); neither the images nor the features of the split are held.
+
 Thresholded bits (BAE) / nearest codes (VQ): reconstruction quality is measured deterministically (ELM.md
 "Tokenizers"). The other reconstruction numbers (L1, PSNR, bit and code usage, per-bit entropy) come with the
 tokenizer stage itself (runners/train_tokenizer.py `reconstruction_metrics`); rFID needs a feature extractor
@@ -19,8 +23,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from runners.evaluation.metrics import FeatureExtractor, extract_features, feature_statistics, fid_from_statistics
-from runners.evaluation.reference import ReferenceFeatures
+from runners.data import image_batches
+from runners.evaluation.metrics import FeatureExtractor, extract_features, fid_from_statistics
+from runners.evaluation.reference import FeatureSums, ReferenceFeatures, as_float_images
 from runners.tokenizers import vocabulary_for
 
 # Bumped when the numbers change for the same tokenizer and reference (part of reconstruction keys).
@@ -44,15 +49,22 @@ def reconstruct(tokenizer: Any, images: Tensor, batch_size: int = 256) -> Tensor
     return torch.cat(chunks)
 
 
+@torch.no_grad()
 def reconstruction_fid(
-    tokenizer: Any, images: Tensor, extractor: FeatureExtractor, reference: ReferenceFeatures
+    tokenizer: Any, images: Any, extractor: FeatureExtractor, reference: ReferenceFeatures, batch_size: int = 256,
 ) -> dict[str, float]:
-    """rFID of `tokenizer` on the reference `images` `(N, C, H, W)` in [0, 1] (those the reference features
-    came from), in the reference's feature space: {"rfid", "reconstruction_images"}."""
-    if len(images) != len(reference.features):
+    """rFID of `tokenizer` on the reference images (those the reference features came from: a tensor
+    `(N, C, H, W)` in [0, 1] or an iterable of batches), in the reference's feature space:
+    {"rfid", "reconstruction_images"}. The statistics of the reconstructions accumulate batch by batch."""
+    sums = FeatureSums()
+    parameter = next(iter(getattr(tokenizer, "parameters", lambda: iter(()))()), None)
+    for batch in image_batches(images, batch_size):
+        batch = as_float_images(batch)
+        batch = batch.to(parameter.device) if parameter is not None else batch
+        sums.add(extract_features(extractor, reconstruct(tokenizer, batch, batch_size)))  # (b, F) float64
+    if sums.count != reference.count:
         raise ValueError(
-            f"images must be the reference's {len(reference.features)} images, but got {len(images)}; pass the "
+            f"images must be the reference's {reference.count} images, but got {sums.count}; pass the "
             f"held-out split the reference stage featurised"
         )
-    fake = extract_features(extractor, reconstruct(tokenizer, images))  # (N, F) float64
-    return {"rfid": fid_from_statistics(reference.statistics, feature_statistics(fake)), "reconstruction_images": len(images)}
+    return {"rfid": fid_from_statistics(reference.statistics, sums.statistics()), "reconstruction_images": sums.count}

@@ -21,11 +21,22 @@ evaluation, reconstruction FID and intermediate evaluation reads it (`save_refer
     features.npy     (N, F) float32   features of the held-out images (KID, precision / recall)
     stats.npz        mu (F,), sigma (F, F) float64, of exactly those float32 features (FID)
     reference.json   what it is: name, checksum (array_sha256 of the features), N, extractor and its sha256
+
+The images stream through in batches (`accumulate_features` takes any iterable of uint8 or float image
+batches): each batch's features are appended to features.npy on disk and added to float64 running sums
+(shifted by the first batch's mean, for accuracy), from which mu and sigma (N - 1 denominator) come; no
+stage holds the images or the features of a whole split. KID and precision / recall read every reference
+feature through a memory map of features.npy (`reference_features: all, memory-mapped` in reference.json; no
+subsample), so protocol_reference_sha256, the checksum of all N features, names exactly what they compared to.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,16 +45,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from runners.data import image_batches
 from runners.evaluation.classifier import DatasetClassifier
 from runners.evaluation.inception import InceptionFeatures, file_sha256, to_uint8
-from runners.evaluation.metrics import FeatureExtractor, extract_features, feature_extractor_name, feature_statistics
-from runners.evaluation.protocol import array_sha256, extractor_sha256
+from runners.evaluation.metrics import FeatureExtractor, extract_features, feature_extractor_name
+from runners.evaluation.protocol import extractor_sha256
 
 # Bumped when the reference artifact changes for the same images and extractor (part of its key).
-REFERENCE_CODE_VERSION = "reference-1"
+REFERENCE_CODE_VERSION = "reference-1"  # streaming accumulation: same numbers up to float64 rounding
 FEATURES_FILE = "features.npy"
 STATISTICS_FILE = "stats.npz"
 REFERENCE_FILE = "reference.json"
+FEATURES_KEPT = "all, memory-mapped"
+"""What KID and precision / recall compare with: every reference feature, read through a memory map."""
 FEATURE_EXTRACTORS: tuple[str, ...] = ("classifier", "inception")
 """Values of the `feature_extractor` axis (space/schema.py)."""
 
@@ -171,10 +185,10 @@ class ReferenceFeatures:
 
     name: str
     """what the reference set is, e.g. "digits/heldout" (the protocol's reference)"""
-    features: Tensor
-    """(N, F) float64 on CPU, exactly the stored float32 values"""
+    features_path: str
+    """features.npy: (N, F) float32, read through a memory map"""
     statistics: dict[str, np.ndarray]
-    """{"mu": (F,), "sigma": (F, F)} float64 FID statistics of `features`"""
+    """{"mu": (F,), "sigma": (F, F)} float64 FID statistics of the stored features"""
     checksum: str
     """array_sha256 of the features: the protocol's reference checksum"""
     extractor: str
@@ -183,9 +197,16 @@ class ReferenceFeatures:
     """feature space name (metrics.feature_extractor_name)"""
     extractor_sha256: str
     """checksum of the extractor's weights the features came from"""
+    count: int
+    """N, the number of reference images"""
     extractor_weights: str | None = None
     """the Inception weights file the features came from (assets.inception_weights, or fid-helper's default_1.pt),
     so stages that score against them load the same file; None for the classifier (and older artifacts)"""
+
+    @functools.cached_property
+    def features(self) -> Tensor:
+        """(N, F) float64 on CPU, exactly the stored float32 values (read on first use: KID, precision / recall)."""
+        return torch.from_numpy(np.asarray(np.load(self.features_path, mmap_mode="r"), dtype=np.float64))
 
     def check_extractor(self, sha256: str) -> None:
         """Refuse to compare with features from other weights than the reference's."""
@@ -196,28 +217,123 @@ class ReferenceFeatures:
             )
 
 
+def as_float_images(batch: Tensor | np.ndarray) -> Tensor:
+    """An image batch as float32 `(b, C, H, W)` in [0, 1]: float batches as they are; uint8 batches divided by
+    255, channels-last `(b, H, W, C)` uint8 (the ADM .npz layout) moved to channels-first."""
+    batch = torch.from_numpy(np.asarray(batch)) if not isinstance(batch, Tensor) else batch
+    if batch.ndim != 4:
+        raise ValueError(f"image batches must be (b, C, H, W) (or uint8 (b, H, W, C)), but got {tuple(batch.shape)}")
+    if batch.dtype == torch.uint8:
+        if batch.shape[-1] in (1, 3) and batch.shape[1] not in (1, 3):
+            batch = batch.permute(0, 3, 1, 2)  # (b, C, H, W)
+        return batch.float().div_(255.0)
+    return batch.float()
+
+
+class FeatureSums:
+    """FID statistics of feature rows added batch by batch: float64 sums of x - s and (x - s)(x - s)^T with s the
+    first batch's mean (a shift that keeps the one-pass covariance as accurate as the two-pass one)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.shift: Tensor | None = None  # (F,)
+        self.first: Tensor | None = None  # (F,) sum of x - s
+        self.second: Tensor | None = None  # (F, F) sum of (x - s)(x - s)^T
+
+    def add(self, features: Tensor) -> None:
+        rows = features.detach().to("cpu", torch.float64)  # (b, F)
+        if rows.ndim != 2 or len(rows) == 0:
+            raise ValueError(f"features must be (b, F) with b >= 1, but got {tuple(rows.shape)}")
+        if not torch.isfinite(rows).all():
+            raise ValueError("features must be finite, but got NaN or inf; check the images and the extractor")
+        if self.shift is None:
+            self.shift = rows.mean(dim=0)
+            self.first = torch.zeros_like(self.shift)
+            self.second = torch.zeros(len(self.shift), len(self.shift), dtype=torch.float64)
+        centred = rows - self.shift
+        self.first += centred.sum(dim=0)
+        self.second += centred.T @ centred
+        self.count += len(rows)
+
+    def statistics(self) -> dict[str, np.ndarray]:
+        """{"mu": (F,), "sigma": (F, F)} float64, sigma with the N - 1 denominator (as numpy's cov)."""
+        if self.count < 2 or self.shift is None:
+            raise ValueError(f"FID statistics need N >= 2 feature rows for a covariance, but got N={self.count}")
+        mean_offset = self.first / self.count  # (F,)
+        sigma = (self.second - self.count * torch.outer(mean_offset, mean_offset)) / (self.count - 1)
+        return {"mu": (self.shift + mean_offset).numpy(), "sigma": sigma.numpy()}
+
+
+@torch.no_grad()
+def accumulate_features(
+    extractor: FeatureExtractor, image_batches: Iterable[Any], features_file: str | Path | None = None,
+    batch_size: int = 512,
+) -> tuple[dict[str, np.ndarray], int, int]:
+    """Features of image batches, accumulated without holding the images: FID statistics of the float32
+    features, N and F; with `features_file`, the (N, F) float32 features written there as .npy, appended batch
+    by batch (the reusable part of the reference stage: any iterable of uint8 / float image batches, or of
+    (images, labels) pairs, such as `runners.data.Batches` or the arr_0 of an ADM reference batch in slices)."""
+    sums = FeatureSums()
+    raw_path = Path(f"{features_file}.rows") if features_file is not None else None
+    raw = open(raw_path, "wb") if raw_path is not None else None  # noqa: SIM115 - closed below
+    width = 0
+    try:
+        for item in image_batches:
+            batch = as_float_images(item[0] if isinstance(item, (tuple, list)) else item)
+            rows = extract_features(extractor, batch, batch_size).to(torch.float32)  # (b, F): as stored
+            sums.add(rows)
+            width = rows.shape[1]
+            if raw is not None:
+                raw.write(rows.numpy().astype("<f4", copy=False).tobytes())
+    finally:
+        if raw is not None:
+            raw.close()
+    statistics = sums.statistics()
+    if features_file is not None and raw_path is not None:
+        # the rows as a .npy (header + the same bytes), copied in slices: memory stays one slice
+        rows_on_disk = np.memmap(raw_path, dtype="<f4", mode="r", shape=(sums.count, width))
+        stored = np.lib.format.open_memmap(features_file, mode="w+", dtype="<f4", shape=(sums.count, width))
+        for start in range(0, sums.count, 65536):
+            stored[start:start + 65536] = rows_on_disk[start:start + 65536]
+        stored.flush()
+        del stored, rows_on_disk
+        os.remove(raw_path)
+    return statistics, sums.count, width
+
+
+def features_sha256(path: str | Path, rows_per_chunk: int = 65536) -> str:
+    """`array_sha256` of a stored (N, F) features .npy, read through a memory map in slices (same digest)."""
+    features = np.load(path, mmap_mode="r")
+    digest = hashlib.sha256(repr(features.shape).encode())
+    for start in range(0, len(features), rows_per_chunk):
+        digest.update(np.ascontiguousarray(features[start:start + rows_per_chunk], dtype="<f8").tobytes())
+    return digest.hexdigest()
+
+
 @torch.no_grad()
 def save_reference_features(
-    out: str | Path, extractor: FeatureExtractor, images: Tensor, *, name: str, extractor_kind: str, batch_size: int = 512
+    out: str | Path, extractor: FeatureExtractor, images: Any, *, name: str, extractor_kind: str,
+    batch_size: int = 512,
 ) -> dict[str, Any]:
-    """Features of reference `images` `(N, C, H, W)` in [0, 1] -> features.npy, stats.npz, reference.json in `out`.
+    """Features of reference images -> features.npy, stats.npz, reference.json in `out`.
 
-    The statistics are those of the float32 features as stored, so FID from stats.npz equals FID from
+    `images`: a tensor `(N, C, H, W)` in [0, 1], or an iterable of image batches (`accumulate_features`). The
+    statistics are those of the float32 features as stored, so FID from stats.npz equals FID from
     features.npy. Returns the reference stage's row: reference, reference_checksum, reference_images,
-    reference_extractor (feature space name), reference_extractor_sha256, feature_dim.
+    reference_extractor (feature space name), reference_extractor_sha256, feature_dim, reference_features.
     """
     out = Path(out)
-    features = extract_features(extractor, images, batch_size).to(torch.float32).numpy()  # (N, F)
-    stats = feature_statistics(torch.from_numpy(features).double())
+    source = image_batches(images, batch_size) if isinstance(images, Tensor) else images
+    stats, count, width = accumulate_features(extractor, source, out / FEATURES_FILE, batch_size)
     record = {
         "reference": name,
-        "reference_checksum": array_sha256(features),
-        "reference_images": int(features.shape[0]),
+        "reference_checksum": features_sha256(out / FEATURES_FILE),
+        "reference_images": count,
         "reference_extractor": feature_extractor_name(extractor),
         "reference_extractor_sha256": extractor_sha256(extractor),
-        "feature_dim": int(features.shape[1]),
+        "feature_dim": width,
+        "reference_features": FEATURES_KEPT,
     }
-    np.save(out / FEATURES_FILE, features)
     np.savez(out / STATISTICS_FILE, mu=stats["mu"], sigma=stats["sigma"])
     weights = getattr(extractor, "weights_path", None) if extractor_kind == "inception" else None
     (out / REFERENCE_FILE).write_text(json.dumps(
@@ -236,8 +352,7 @@ def load_reference_features(folder: str | Path) -> ReferenceFeatures:
             f"{str(folder)!r} lacks {', '.join(missing)}; run the reference stage first"
         )
     record = json.loads((folder / REFERENCE_FILE).read_text())
-    features = np.load(folder / FEATURES_FILE, allow_pickle=False)  # (N, F) float32
-    if array_sha256(features) != record["reference_checksum"]:
+    if features_sha256(folder / FEATURES_FILE) != record["reference_checksum"]:
         raise ValueError(
             f"{str(folder / FEATURES_FILE)!r} does not match the checksum recorded in {REFERENCE_FILE} "
             f"({record['reference_checksum'][:12]}); delete the artifact and run the reference stage again"
@@ -245,8 +360,9 @@ def load_reference_features(folder: str | Path) -> ReferenceFeatures:
     with np.load(folder / STATISTICS_FILE, allow_pickle=False) as stats:
         statistics = {"mu": np.asarray(stats["mu"], dtype=np.float64), "sigma": np.asarray(stats["sigma"], dtype=np.float64)}
     return ReferenceFeatures(
-        name=record["reference"], features=torch.from_numpy(features).double(), statistics=statistics,
+        name=record["reference"], features_path=str(folder / FEATURES_FILE), statistics=statistics,
         checksum=record["reference_checksum"], extractor=record["feature_extractor"],
         extractor_name=record["reference_extractor"], extractor_sha256=record["reference_extractor_sha256"],
+        count=int(record["reference_images"]),
         extractor_weights=record.get("extractor_weights"),
     )

@@ -10,10 +10,10 @@ import torch
 from runners.analysis.attention import attention_maps, locality
 from runners.analysis.token_randomness import bigram_kl, text_corpus_ids, unigram_kl
 from runners.artifacts import load_generator, load_tokenizer
-from runners.data import stack
+from runners.data import batches
 from runners.scan import scan_positions, to_scan
 from runners.tokenizers import vocabulary_for
-from sweep.stages.common import Log, dataset_of, pick_device
+from sweep.stages.common import Log, dataset_of, loader_of, pick_device
 
 
 @torch.no_grad()
@@ -31,9 +31,10 @@ def analysis_stage(
             for order, measure in (("unigram", unigram_kl), ("bigram", bigram_kl))
         ]}
 
-    data = dataset_of(s)
+    data = dataset_of(stage)
     tokenizer = load_tokenizer(inputs["tokenizer"], device)
-    images, labels = stack(data.heldout, limit=s["images"])
+    read = list(batches(data.heldout, s["images"], loader_of(stage), limit=s["images"]))  # the first `images` only
+    images, labels = torch.cat([b for b, _ in read]), torch.cat([y for _, y in read])
     grid = tuple(tokenizer.grid)
     if s["analysis"] == "token_randomness":
         vocab = vocabulary_for(tokenizer, s["token_each"])

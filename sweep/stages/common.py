@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from runners.checkpoint import Checkpointer
-from runners.data import ImageDataset, load_dataset
+from runners.data import ImageDataset, LoaderSettings, load_dataset
 from runners.evaluation.classifier import load_classifier
 from runners.evaluation.protocol import protocol, protocol_id
 from runners.evaluation.reference import feature_extractor_for, load_reference_features
@@ -50,6 +50,15 @@ def checkpointer_of(stage: Any, folder: Path | None) -> Checkpointer:
     )
 
 
+def loader_of(stage: Any) -> LoaderSettings:
+    """How a stage streams its images: workers from its CPUs (runtime.loader_workers overrides), pinned memory on
+    a GPU (runners/data.py LoaderSettings)."""
+    workers = getattr(stage, "runtime", {}).get("loader_workers")
+    gpus = stage.resources.gpus if stage.resources.num_workers == 1 else 0
+    cpus = stage.resources.cpus if stage.resources.num_workers == 1 else 1
+    return LoaderSettings.for_stage(cpus, pick_device(gpus).type == "cuda", workers)
+
+
 def device_name(gpus: float) -> str:
     device = pick_device(gpus)
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -60,9 +69,14 @@ def pick_device(gpus: float) -> torch.device:
 
 
 
-def dataset_of(settings: dict[str, Any]) -> ImageDataset:
+def dataset_of(stage_or_settings: Any) -> ImageDataset:
+    """The dataset a stage reads: its settings say which (by content fingerprint), its runtime where (the root is
+    never hashed, sweep/fingerprint.py). Plain settings with a `root` work too (tests, tools)."""
+    settings = getattr(stage_or_settings, "settings", stage_or_settings)
+    runtime = getattr(stage_or_settings, "runtime", {})
     d = settings["dataset"]
-    data = load_dataset(d["name"], d["image_size"], d.get("root"), d["heldout_fraction"], d["split_seed"])
+    root = runtime.get("dataset_root", d.get("root"))
+    data = load_dataset(d["name"], d["image_size"], root, d["heldout_fraction"], d["split_seed"])
     if data.num_classes != d["num_classes"]:
         raise ValueError(f"dataset.num_classes is {d['num_classes']} but the data holds {data.num_classes} classes; "
                          f"set dataset.num_classes: {data.num_classes}")

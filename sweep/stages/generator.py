@@ -4,6 +4,8 @@ losses, held-out loss; early stopping (ASHA rungs) and intermediate FID as train
 from __future__ import annotations
 
 import math
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -11,8 +13,8 @@ import torch
 from torch import Tensor
 
 from runners.artifacts import load_tokenizer, save_model
-from runners.data import ImageDataset, stack
-from runners.encode import encode_dataset, token_batch
+from runners.data import ImageDataset, LoaderSettings, batches
+from runners.encode import EncodedFolder, encode_to_folder
 from runners.evaluation.intermediate import INTERMEDIATE_LOG, IntermediateEvaluator, IntermediateLog
 from runners.generators import GENERATORS
 from runners.scan import scan_positions, to_scan
@@ -20,9 +22,11 @@ from runners.tokenizers import vocabulary_for
 from runners.train_generator import Hook, evaluate_loss, train_generator
 from sweep.faults import armed, fault_loss
 from sweep.stages.common import (
-    SAMPLE_BATCH, Log, balanced_labels, checkpointer_of, dataset_of, generator_config, pick_device, sample_blocks,
-    scoring_space,
+    SAMPLE_BATCH, Log, balanced_labels, checkpointer_of, dataset_of, generator_config, loader_of, pick_device,
+    sample_blocks, scoring_space,
 )
+
+ENCODED_DIR = "encoded"  # in the stage's checkpoint folder: kept for a resumed attempt, removed with the stage's end
 
 
 def generator_stage(
@@ -31,34 +35,50 @@ def generator_stage(
     s = stage.settings
     workers = stage.resources.num_workers  # > 1: DDP on Ray Train workers that hold the GPUs; this process coordinates
     device = pick_device(stage.resources.gpus if workers == 1 else 0)
-    data = dataset_of(s)
+    data = dataset_of(stage)
     tokenizer = load_tokenizer(inputs["tokenizer"], device)
     vocab = vocabulary_for(tokenizer, s["token_each"])  # None for codebook tokenizers (one id per position)
     grid = tuple(tokenizer.grid)
     positions = scan_positions(s["scan_order"], *grid, device=device)  # (N, 2) grid coordinates in scan order
+    # the encoded training set: memory-mapped files in the checkpoint folder (every rank reads the same), or a
+    # temporary folder when the stage runs outside a store
+    scratch = None if checkpoints is not None else tempfile.TemporaryDirectory(prefix="elm-encoded-")
+    encoded_dir = Path(checkpoints) / ENCODED_DIR if checkpoints is not None else Path(scratch.name)  # type: ignore[union-attr]
+    rank_loader = (loader_of(stage) if workers == 1 else
+                   LoaderSettings.for_stage(stage.resources.cpus_per_worker, stage.resources.gpus > 0,
+                                            stage.runtime.get("loader_workers")))
 
     def token_batches(on: torch.device) -> Callable[[int, torch.Generator], tuple[Tensor, Tensor]]:
-        """batch_fn giving batches on `on`, where the frozen tokenizer encodes the training set once (here, or in
-        each data-parallel worker on its own GPU). The cache (BAE: bit logits, VQ: ids) stays on the CPU: every
-        step draws fresh Bernoulli bits from it with the loop's CPU generator (ELM's stochastic augmentation; the
-        same bits on any device), or thresholds them."""
+        """batch_fn giving batches on `on`. The frozen tokenizer encodes the training set once, in batches streamed
+        through a DataLoader, into memory-mapped files (both orientations when the recipe flips: a fresh flip per
+        sample at every step); data-parallel ranks encode one block each on their own GPU, then every rank reads
+        the same files. Every step draws fresh Bernoulli bits with the loop's CPU generator (ELM's stochastic
+        augmentation; the same bits on any device), or thresholds them."""
         frozen = load_tokenizer(inputs["tokenizer"], on)
-        encoded = {name: t.cpu() for name, t in encode_dataset(frozen, data.train).items()}
+        rank, world, barrier = 0, 1, None
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world, barrier = torch.distributed.get_rank(), torch.distributed.get_world_size(), torch.distributed.barrier
+        encoded = encode_to_folder(frozen, data.train, encoded_dir, flips=data.flip, loader=rank_loader, rank=rank,
+                                   world_size=world, barrier=barrier)
+        del frozen
 
         def batch_fn(step: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-            index = torch.randint(len(encoded["labels"]), (s["generator_batch"],), generator=generator)
-            ids = token_batch(encoded, index, mode=s.get("encode", "threshold"), vocab=vocab, generator=generator)  # (B, N, K) raster
-            return to_scan(ids, s["scan_order"], *grid).to(on), encoded["labels"][index].to(on)
+            index = torch.randint(len(encoded), (s["generator_batch"],), generator=generator)
+            ids, labels = encoded.batch(index, mode=s.get("encode", "threshold"), vocab=vocab, generator=generator)  # (B, N, K) raster
+            return to_scan(ids, s["scan_order"], *grid).to(on), labels.to(on)
 
         return batch_fn
 
     def heldout_tokens(on: torch.device) -> tuple[Tensor, Tensor]:
-        """Held-out ids (M, N, K) in scan order (thresholded bits) and labels (M,), encoded on `on`."""
+        """Held-out ids (M, N, K) in scan order (thresholded bits) and labels (M,), encoded on `on` batch by batch
+        as the images stream through (the tokens are kept, the images are not)."""
         frozen = load_tokenizer(inputs["tokenizer"], on)
-        images, labels = stack(data.heldout)
+        ids, labels = [], []
         with torch.no_grad():
-            ids = to_scan(frozen.encode_ids(images.to(on), mode="threshold", vocab=vocab), s["scan_order"], *grid)
-        return ids, labels.to(on)
+            for images, batch_labels in batches(data.heldout, 256, rank_loader):
+                ids.append(to_scan(frozen.encode_ids(images.to(on), mode="threshold", vocab=vocab), s["scan_order"], *grid))
+                labels.append(batch_labels.to(on))
+        return torch.cat(ids), torch.cat(labels)
 
     if workers > 1 and (s.get("early_stopping") or s.get("intermediate_every")):
         raise ValueError(
@@ -109,6 +129,10 @@ def generator_stage(
         )
     if pruned:
         raise pruned[0]
+    if scratch is not None:
+        scratch.cleanup()
+    else:
+        shutil.rmtree(encoded_dir, ignore_errors=True)  # the weights are saved next: the cache has done its work
     save_model(result.model, out, {"modeling": s["modeling"], "config": config.__dict__, "scan_order": s["scan_order"]})
     if intermediate is not None:
         intermediate.finish(len(result.losses), result.model, out)  # + the last step; intermediate.parquet

@@ -8,9 +8,9 @@ from typing import Any
 import torch
 
 from runners.artifacts import load_tokenizer
-from runners.data import stack
+from runners.data import Batches
 from runners.evaluation.reconstruction import reconstruction_fid
-from sweep.stages.common import Log, dataset_of, pick_device, scoring_space
+from sweep.stages.common import Log, dataset_of, loader_of, pick_device, scoring_space
 
 
 @torch.no_grad()
@@ -20,12 +20,12 @@ def reconstruction_stage(
     """Reconstruction FID of a tokenizer on the held-out images, in the reference's feature space."""
     s = stage.settings
     device = pick_device(stage.resources.gpus)
-    data = dataset_of(s)
+    data = dataset_of(stage)
     tokenizer = load_tokenizer(inputs["tokenizer"], device)
-    images, _ = stack(data.heldout)
     reference, _, extractor, record = scoring_space(
-        inputs, device, num_samples=len(images), samples_per_class=0, image_size=data.image_size, sampling_seed=0
+        inputs, device, num_samples=len(data.heldout), samples_per_class=0, image_size=data.image_size,
+        sampling_seed=0,
     )
-    metrics = reconstruction_fid(tokenizer, images.to(device), extractor, reference)
+    metrics = reconstruction_fid(tokenizer, Batches(data.heldout, 256, loader_of(stage)), extractor, reference)
     return {**metrics, **record}
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from runners.data import stack
+from runners.data import Batches
 from runners.evaluation.classifier import load_classifier
 from runners.evaluation.reference import feature_extractor_for, save_reference_features
-from sweep.stages.common import Log, dataset_of, pick_device
+from sweep.stages.common import Log, dataset_of, loader_of, pick_device
 
 
 @torch.no_grad()
@@ -20,10 +20,10 @@ def reference_stage(
     """Features and FID statistics of the held-out images in one feature space, for every stage that scores."""
     s = stage.settings
     device = pick_device(stage.resources.gpus)
-    data = dataset_of(s)
+    data = dataset_of(stage)
     classifier = load_classifier(inputs["classifier"]).to(device) if "classifier" in inputs else None
     extractor = feature_extractor_for(s["feature_extractor"], classifier, device, stage.runtime.get("inception_weights"))
-    images, _ = stack(data.heldout)
-    return save_reference_features(out, extractor, images.to(device), name=f"{s['dataset']['name']}/heldout",
-                                   extractor_kind=s["feature_extractor"])
+    # the held-out images stream through: features appended to a file, float64 sums for mu and sigma
+    return save_reference_features(out, extractor, Batches(data.heldout, 256, loader_of(stage)),
+                                   name=f"{s['dataset']['name']}/heldout", extractor_kind=s["feature_extractor"])
 

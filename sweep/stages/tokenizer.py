@@ -8,11 +8,11 @@ from typing import Any
 import torch
 
 from runners.artifacts import save_model
-from runners.data import stack
+from runners.data import Batches
 from runners.tokenizers import TOKENIZERS, vocabulary_for
 from runners.tokenizers.losses import check_perceptual_weights
 from runners.train_tokenizer import reconstruction_metrics, train_tokenizer
-from sweep.stages.common import Log, checkpointer_of, dataset_of, pick_device
+from sweep.stages.common import Log, checkpointer_of, dataset_of, loader_of, pick_device
 
 
 def tokenizer_stage(
@@ -20,7 +20,8 @@ def tokenizer_stage(
 ) -> dict[str, Any]:
     s = stage.settings
     device = pick_device(stage.resources.gpus)
-    data = dataset_of(s)
+    data = dataset_of(stage)
+    feed = loader_of(stage)  # the training and held-out images stream through a DataLoader
     kwargs: dict[str, Any] = {"size": s["tokenizer_size"], "channels": data.channels, "image_size": data.image_size}
     if s["tokenizer"] == "vq":  # a codebook of 2^code_dim entries: ids of code_dim bits, as the vocab column says
         kwargs.update(codebook_size=2 ** s["code_dim"], restart_dead_codes=s["restart_dead_codes"])
@@ -37,12 +38,11 @@ def tokenizer_stage(
         model, data.train, steps=s["tokenizer_steps"], lr=s["tokenizer_lr"], batch_size=s["tokenizer_batch"],
         seed=s["tokenizer_seed"], bit_usage_weight=s.get("bit_usage_weight", 0.0), on_log=log,
         gan_weight=s["gan_weight"], gan_start=s["gan_start"], perceptual_weight=s.get("perceptual_weight", 0.0),
-        perceptual_weights=perceptual_weights, checkpointer=checkpointer,
+        perceptual_weights=perceptual_weights, checkpointer=checkpointer, loader=feed, flip=data.flip,
     )
     save_model(model, out, {"tokenizer": s["tokenizer"], "kwargs": kwargs})
-    heldout_images, _ = stack(data.heldout)
     vocab = vocabulary_for(model, 1) if s["tokenizer"] == "bae" else None  # ids of one whole latent position
-    metrics = reconstruction_metrics(model, heldout_images.to(device), vocab=vocab)
+    metrics = reconstruction_metrics(model, Batches(data.heldout, 256, feed), vocab=vocab)
     return {**{name: float(value) for name, value in metrics.items()},
             "resumed_from_step": -1 if resumed is None else int(resumed["step"]),
             "checkpoint_discarded": checkpointer.discarded}  # why a checkpoint found was not used ('' if none)

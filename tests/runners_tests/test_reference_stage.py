@@ -69,6 +69,7 @@ def test_reference_artifact_hand_made(tmp_path):
     assert row == {
         "reference": "toy/heldout", "reference_checksum": array_sha256(features), "reference_images": 4,
         "reference_extractor": "first_pixels", "reference_extractor_sha256": "f" * 64, "feature_dim": 2,
+        "reference_features": "all, memory-mapped",
     }
     loaded = load_reference_features(tmp_path)
     assert loaded.checksum == row["reference_checksum"] and loaded.extractor == "classifier"
