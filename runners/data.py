@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gzip
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,6 +202,16 @@ class ImageFiles(Dataset):
         return load_image(self.files[index], self.image_size), int(self.labels[index])
 
 
+def _image_files(folder: str) -> Iterator[str]:
+    """Paths of the image files under `folder`, at any depth (os.scandir: one listing, no stat per file)."""
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_dir():
+                yield from _image_files(entry.path)
+            elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS and entry.is_file():
+                yield entry.path
+
+
 def _imagefolder(root: str | None, image_size: int, heldout_fraction: float, split_seed: int) -> ImageDataset:
     if root is None:
         raise ValueError(
@@ -225,7 +236,7 @@ def _imagefolder(root: str | None, image_size: int, heldout_fraction: float, spl
     heldout_files: list[Path] = []
     heldout_labels: list[int] = []
     for label, class_dir in enumerate(class_dirs):
-        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        files = sorted(_image_files(str(class_dir)), key=lambda path: Path(path).parts)
         if not files:
             raise ValueError(
                 f"every class folder must hold images ({', '.join(sorted(IMAGE_EXTENSIONS))}), but got class "
@@ -379,8 +390,7 @@ def stack(dataset: Dataset, limit: int | None = None) -> tuple[Tensor, Tensor]:
     count = len(dataset) if limit is None else min(limit, len(dataset))  # type: ignore[arg-type]
     if count == 0:
         raise ValueError("stack needs at least one item to know the image shape, but the dataset (or limit) is empty")
-    with _in_loader():  # reading everything is what stack is for (tests and tiny tools, never a stage)
-        items = [dataset[i] for i in range(count)]
+    items = [dataset[i] for i in range(count)]  # everything at once: for tests and tiny tools, never a stage
     images = torch.stack([image for image, _ in items]).float()  # (N, C, H, W)
     labels = torch.tensor([int(label) for _, label in items], dtype=torch.int64)  # (N,)
     return images, labels

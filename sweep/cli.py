@@ -39,6 +39,10 @@ def _folder(option: str, value: str | None) -> None:
 
 def cmd_validate(args: argparse.Namespace, console: Console) -> int:
     spec = _load(args.spec, args.max_trials)
+    if args.deep:  # every image opened: names the first unreadable file
+        from sweep.validate import check_dataset
+
+        check_dataset(spec.dataset, str(spec_path(args.spec)), deep=True)
     console.print(f"{spec_path(args.spec)}: valid; {len(spec.studies)} studies, {count_trials(spec)} trials", highlight=False)
     return 0
 
@@ -224,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help=SPEC_HELP)
     p.add_argument("--max-trials", type=int, default=DEFAULT_MAX_TRIALS,
                    help=f"refuse a spec whose studies expand to more trials (default {DEFAULT_MAX_TRIALS:,})")
+    p.add_argument("--deep", action="store_true", help="also open every image of the dataset (slow at scale)")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("plan", help="expand a spec into stages without running anything")
