@@ -130,3 +130,28 @@ def test_fashion_mnist_missing_files_fail_validate(tmp_path: Path) -> None:
                       "studies: [{name: s, vary: {top_k: [0]}}]\n")
     with pytest.raises(SpecError, match="apt-get install -y dataset-fashion-mnist"):
         check_spec(spec)
+
+
+# ------------------------------------------------------------------------- the classifier only when needed
+
+def _kinds(extra: str = "", extractor: str = "inception") -> dict[str, int]:
+    spec = parse_spec(f"schema_version: 1\nname: c\nbaseline: {{feature_extractor: {extractor}}}\n{extra}"
+                      "studies: [{name: s, vary: {top_k: [0, 4]}}]\n")
+    plan = make_plan(spec)
+    evaluations = plan.of_kind("evaluation")
+    assert all(("classifier" in e.inputs) == (plan.counts()["classifier"] == 1) for e in evaluations)
+    return plan.counts()
+
+
+def test_classifier_is_planned_only_when_a_metric_needs_it() -> None:
+    assert _kinds()["classifier"] == 0  # inception features, class accuracy not asked for
+    assert _kinds("class_accuracy: true\n")["classifier"] == 1  # class accuracy needs the dataset classifier
+    assert _kinds(extractor="classifier")["classifier"] == 1  # the feature space itself
+
+
+def test_searching_class_accuracy_without_a_classifier_is_refused() -> None:
+    spec = parse_spec("schema_version: 1\nname: c\nbaseline: {feature_extractor: inception}\n"
+                      "studies: [{name: s, search: {axes: {cfg_scale: {low: 1, high: 3}}, budget: 2, "
+                      "metric: class_accuracy}}]\n")
+    with pytest.raises(SpecError, match="class_accuracy needs the dataset classifier.*class_accuracy: true"):
+        check_spec(spec)
