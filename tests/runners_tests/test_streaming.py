@@ -228,3 +228,18 @@ def test_no_stage_reads_a_split_outside_its_loader(tmp_path: Path, monkeypatch: 
     assert summary.failures == [], summary.failures
     # every kind ran: classifier, reference, tokenizer, reconstruction, generator, evaluation, 3 analyses
     assert summary.counts == {"finished": 9}
+
+
+def test_tokenizer_training_does_not_depend_on_loader_workers(tmp_path: Path) -> None:
+    from runners.train_tokenizer import train_tokenizer
+
+    _fake_fashion(tmp_path, train=24)
+    data = load_dataset("fashion-mnist", 16, root=str(tmp_path))
+    runs = []
+    for settings in (LoaderSettings(workers=0), LoaderSettings(workers=2, prefetch=2)):
+        torch.manual_seed(0)
+        model = BinaryAutoencoder(code_dim=8, size="tiny", channels=1, image_size=16)
+        runs.append(train_tokenizer(model, data.train, steps=7, lr=3e-3, batch_size=8, seed=0, log_every=7,
+                                    loader=settings, flip=True))
+    for a, b in zip(runs[0].state_dict().values(), runs[1].state_dict().values()):
+        assert torch.equal(a, b)
