@@ -19,11 +19,13 @@ EXIT_BAD_INPUT = 2
 SPEC_HELP = "spec YAML file, or the name of a packaged spec (tiny, full)"
 
 
-def _load(path: str, max_trials: int = DEFAULT_MAX_TRIALS) -> Spec:
-    from sweep.validate import check_spec
+def _load(path: str, max_trials: int = DEFAULT_MAX_TRIALS, data: bool = False) -> Spec:
+    from sweep.validate import check_dataset, check_spec
 
     spec = load_spec(path, max_trials)  # a file or a packaged spec; studies counted before any grid point is composed
     check_spec(spec, str(spec_path(path)))
+    if data:  # validate and run read the dataset's listing; plan works without the data (provisional keys)
+        check_dataset(spec.dataset, str(spec_path(path)))
     return spec
 
 
@@ -38,7 +40,7 @@ def _folder(option: str, value: str | None) -> None:
 
 
 def cmd_validate(args: argparse.Namespace, console: Console) -> int:
-    spec = _load(args.spec, args.max_trials)
+    spec = _load(args.spec, args.max_trials, data=True)
     if args.deep:  # every image opened: names the first unreadable file
         from sweep.validate import check_dataset
 
@@ -110,7 +112,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         else RayExecutor(Path(args.out or "."), address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
     )
     executor.connect()  # a dead --address is refused first: before the spec's checks (they import torch), before any write
-    spec = _load(args.spec, args.max_trials)
+    spec = _load(args.spec, args.max_trials, data=True)
     out = Path(args.out or Path("runs") / spec.name)
     if isinstance(executor, RayExecutor):
         executor.run_dir = out.resolve()

@@ -133,9 +133,13 @@ def listing_of(dataset: Dataset) -> Listing | None:
 
 def dataset_identity(dataset: Dataset) -> dict[str, Any]:
     """What stage keys hash of the dataset: the spec's fields with the root replaced by the content fingerprint
-    (digits: the spec's fields, unchanged)."""
+    (digits: the spec's fields, unchanged). A root that cannot be listed here (planning full.yaml on a laptop)
+    gives provisional keys, named by the root with no fingerprint; `sweep validate` and `sweep run` refuse it."""
     fields = dataset.model_dump(mode="json")
-    listing = listing_of(dataset)
+    try:
+        listing = listing_of(dataset)
+    except OSError:
+        return {**fields, "root": dataset_root(dataset), "fingerprint": None}
     if listing is None:
         return fields
     fields.pop("root", None)

@@ -14,7 +14,6 @@ def check_spec(spec: Spec, source: str = "spec") -> None:
     from sweep.stages import check_settings, ignored_axes
 
     spec.check_assets(source)  # files the settings read exist (perceptual weights)
-    check_dataset(spec.dataset, source)
     problems = check_settings(spec.baseline, spec.dataset)
     if problems:
         axis, message = problems[0]
@@ -47,7 +46,8 @@ def describe_stage(stage: Any, tflops: float = 400.0) -> dict[str, Any]:
 
 
 def check_dataset(dataset: Any, source: str = "spec", deep: bool = False) -> None:
-    """The spec's dataset can be read, checked before any compute: SpecError naming the file or folder and the fix.
+    """The spec's dataset can be read, checked by `sweep validate` and `sweep run` before any compute (not by
+    `sweep plan`, which works without the data): SpecError naming the file or folder and the fix.
 
     imagefolder: the root exists and can be listed, it holds exactly `num_classes` class folders and none of them
     is without images or holds an empty (0-byte) image; one `os.scandir` pass, no image opened (seconds for

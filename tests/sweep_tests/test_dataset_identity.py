@@ -109,7 +109,7 @@ def test_validate_deep_names_the_first_unreadable_image(tmp_path: Path) -> None:
     root = _folder(tmp_path / "d")
     (root / "b" / "2.png").write_bytes(b"not a png at all")
     spec = _spec(root)
-    check_spec(spec)  # the quick check opens no image
+    check_dataset(spec.dataset)  # the quick check opens no image
     with pytest.raises(SpecError, match=r"image file '.*/b/2.png' cannot be read"):
         check_dataset(spec.dataset, deep=True)
 
@@ -129,7 +129,16 @@ def test_fashion_mnist_missing_files_fail_validate(tmp_path: Path) -> None:
     spec = parse_spec(f"schema_version: 1\nname: f\ndataset: {{name: fashion-mnist, root: {tmp_path}, image_size: 32}}\n"
                       "studies: [{name: s, vary: {top_k: [0]}}]\n")
     with pytest.raises(SpecError, match="apt-get install -y dataset-fashion-mnist"):
-        check_spec(spec)
+        check_dataset(spec.dataset)
+
+
+def test_plan_works_without_the_data_with_provisional_keys(tmp_path: Path) -> None:
+    spec = _spec(tmp_path / "elsewhere")  # not there: `sweep plan` still shows the stages
+    identity = dataset_identity(spec.dataset)
+    assert identity["fingerprint"] is None and identity["root"] == str(tmp_path / "elsewhere")
+    assert make_plan(spec).counts()["tokenizer"] == 1
+    with pytest.raises(SpecError, match="does not exist"):
+        check_dataset(spec.dataset)
 
 
 # ------------------------------------------------------------------------- the classifier only when needed
