@@ -31,6 +31,7 @@ ImageNet at 16x16 x 24 bits: 1.28M images x 6144 bits x 2 bytes = 15.7 GB (float
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -196,21 +197,23 @@ def encode_to_folder(
         np.lib.format.open_memmap(folder / LABELS_FILE, mode="w+", dtype=np.int64, shape=(n,)).flush()
     if barrier is not None:
         barrier()
-    codes = np.load(folder / CODES_FILE, mmap_mode="r+")
-    labels = np.load(folder / LABELS_FILE, mmap_mode="r+")
+    # Rows go to the files with positional writes, not through a writable memory map: written pages stay in the
+    # page cache instead of this process's resident memory (which would grow with the dataset).
+    codes_file, labels_file = _RowWriter(folder / CODES_FILE), _RowWriter(folder / LABELS_FILE)
     lo, hi = n * rank // world_size, n * (rank + 1) // world_size
     row = lo
-    for images, batch_labels in batches(Subset(dataset, range(lo, hi)), batch_size, loader or LoaderSettings()):
-        images = images.to(device, non_blocking=True)  # (b, C, H, W)
-        b = images.shape[0]
-        codes[row:row + b, 0] = _encode_batch(tokenizer, images)
-        if flips:
-            codes[row:row + b, 1] = _encode_batch(tokenizer, images.flip(-1))
-        labels[row:row + b] = batch_labels.numpy()
-        row += b
-    codes.flush()
-    labels.flush()
-    del codes, labels
+    try:
+        for images, batch_labels in batches(Subset(dataset, range(lo, hi)), batch_size, loader or LoaderSettings()):
+            images = images.to(device, non_blocking=True)  # (b, C, H, W)
+            views = [_encode_batch(tokenizer, images)]  # (b, ...) each orientation
+            if flips:
+                views.append(_encode_batch(tokenizer, images.flip(-1)))
+            codes_file.write(row, np.stack(views, axis=1))  # (b, O, ...)
+            labels_file.write(row, batch_labels.numpy().astype(np.int64))
+            row += images.shape[0]
+    finally:
+        codes_file.close()
+        labels_file.close()
     tokenizer.train(was_training)
     if barrier is not None:
         barrier()
@@ -219,6 +222,25 @@ def encode_to_folder(
     if barrier is not None:
         barrier()
     return EncodedFolder(folder)
+
+
+class _RowWriter:
+    """Writes rows of a C-ordered .npy file in place (os.pwrite at the row's offset after the header)."""
+
+    def __init__(self, path: Path) -> None:
+        with open(path, "rb") as stream:
+            version = np.lib.format.read_magic(stream)
+            shape, _, dtype = _npy_header(stream, version)
+            self.offset = stream.tell()
+        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
+        self.dtype = np.dtype(dtype)
+        self.fd = os.open(path, os.O_WRONLY)
+
+    def write(self, row: int, values: np.ndarray) -> None:
+        os.pwrite(self.fd, np.ascontiguousarray(values, dtype=self.dtype).tobytes(), self.offset + row * self.row_bytes)
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 class EncodedFolder:
@@ -252,3 +274,9 @@ class EncodedFolder:
         encoded = {key: codes if key == "logits" else codes.long(), "labels": labels}
         ids = token_batch(encoded, torch.arange(len(rows)), mode=mode, vocab=vocab, generator=generator)
         return ids, labels
+
+
+def _npy_header(stream: Any, version: tuple[int, int]) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) of a .npy header, the stream left at the first byte of the data."""
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    return read(stream)

@@ -290,23 +290,29 @@ def accumulate_features(
             raw.close()
     statistics = sums.statistics()
     if features_file is not None and raw_path is not None:
-        # the rows as a .npy (header + the same bytes), copied in slices: memory stays one slice
-        rows_on_disk = np.memmap(raw_path, dtype="<f4", mode="r", shape=(sums.count, width))
-        stored = np.lib.format.open_memmap(features_file, mode="w+", dtype="<f4", shape=(sums.count, width))
-        for start in range(0, sums.count, 65536):
-            stored[start:start + 65536] = rows_on_disk[start:start + 65536]
-        stored.flush()
-        del stored, rows_on_disk
+        # the .npy: its header, then the rows' bytes copied in blocks (file I/O, not a memory map: the copy does
+        # not become this process's resident memory)
+        with open(features_file, "wb") as stored, open(raw_path, "rb") as rows_on_disk:
+            np.lib.format.write_array_header_1_0(
+                stored, {"descr": "<f4", "fortran_order": False, "shape": (sums.count, width)})
+            while block := rows_on_disk.read(1 << 24):
+                stored.write(block)
         os.remove(raw_path)
     return statistics, sums.count, width
 
 
 def features_sha256(path: str | Path, rows_per_chunk: int = 65536) -> str:
-    """`array_sha256` of a stored (N, F) features .npy, read through a memory map in slices (same digest)."""
-    features = np.load(path, mmap_mode="r")
-    digest = hashlib.sha256(repr(features.shape).encode())
-    for start in range(0, len(features), rows_per_chunk):
-        digest.update(np.ascontiguousarray(features[start:start + rows_per_chunk], dtype="<f8").tobytes())
+    """`array_sha256` of a stored (N, F) features .npy, read in blocks of rows (same digest, bounded memory)."""
+    with open(path, "rb") as stream:
+        version = np.lib.format.read_magic(stream)
+        shape, fortran, dtype = _npy_header(stream, version)
+        if fortran or len(shape) != 2:
+            raise ValueError(f"{str(path)!r} must hold a C-ordered (N, F) array, but holds shape {shape}")
+        digest = hashlib.sha256(repr(tuple(shape)).encode())
+        row_bytes = shape[1] * np.dtype(dtype).itemsize
+        while block := stream.read(rows_per_chunk * row_bytes):
+            rows = np.frombuffer(block, dtype=dtype).reshape(-1, shape[1])
+            digest.update(np.ascontiguousarray(rows, dtype="<f8").tobytes())
     return digest.hexdigest()
 
 
@@ -366,3 +372,9 @@ def load_reference_features(folder: str | Path) -> ReferenceFeatures:
         count=int(record["reference_images"]),
         extractor_weights=record.get("extractor_weights"),
     )
+
+
+def _npy_header(stream: Any, version: tuple[int, int]) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) of a .npy header, the stream left at the first byte of the data."""
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    return read(stream)
