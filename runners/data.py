@@ -185,12 +185,12 @@ def load_image(path: str | Path, image_size: int) -> Tensor:
 class ImageFiles(Dataset):
     """Image files with labels, read and preprocessed on access (`load_image`); deterministic items."""
 
-    def __init__(self, files: list[Path], labels: list[int], image_size: int) -> None:
+    def __init__(self, files: Any, labels: Any, image_size: int) -> None:
         if len(files) != len(labels):
             raise ValueError(f"files and labels must have the same length, but got {len(files)} and {len(labels)}")
-        # Paths as one numpy array of strings, not a list of Path objects: loader workers are forked, and a list
-        # of Python objects would be copied page by page as their reference counts change (1.28M paths).
-        self.files = np.array([str(f) for f in files])
+        # Paths as one numpy bytes array, not a list of Path objects: loader workers are forked, and a list of
+        # Python objects would be copied page by page as their reference counts change (1.28M paths).
+        self.files = np.array([os.fsencode(f) for f in files], dtype=bytes) if not isinstance(files, np.ndarray) else files
         self.labels = np.asarray(labels, dtype=np.int64)
         self.image_size = image_size
         self.channels = 3
@@ -199,7 +199,7 @@ class ImageFiles(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        return load_image(self.files[index], self.image_size), int(self.labels[index])
+        return load_image(os.fsdecode(self.files[index]), self.image_size), int(self.labels[index])
 
 
 def _image_files(folder: str) -> Iterator[str]:
@@ -231,13 +231,11 @@ def _imagefolder(root: str | None, image_size: int, heldout_fraction: float, spl
             f"lay the images out as root/<class>/<image files>"
         )
     rng = np.random.default_rng(split_seed)
-    train_files: list[Path] = []
-    train_labels: list[int] = []
-    heldout_files: list[Path] = []
-    heldout_labels: list[int] = []
+    # Paths as bytes arrays built class by class: no Python object per file survives the listing (1.28M paths).
+    train_files, train_labels, heldout_files, heldout_labels = [], [], [], []
     for label, class_dir in enumerate(class_dirs):
-        files = sorted(_image_files(str(class_dir)), key=lambda path: Path(path).parts)
-        if not files:
+        files = np.array(sorted(os.fsencode(path) for path in _image_files(str(class_dir))), dtype=bytes)
+        if not len(files):
             raise ValueError(
                 f"every class folder must hold images ({', '.join(sorted(IMAGE_EXTENSIONS))}), but got class "
                 f"folder {str(class_dir)!r} with none; add images or remove the folder"
@@ -246,14 +244,14 @@ def _imagefolder(root: str | None, image_size: int, heldout_fraction: float, spl
         order = rng.permutation(len(files))
         n_heldout = int(round(len(files) * heldout_fraction))
         n_heldout = min(n_heldout, len(files) - 1)  # keep at least one training image per class
-        heldout_set = set(order[:n_heldout].tolist())
-        for i, path in enumerate(files):
-            if i in heldout_set:
-                heldout_files.append(path)
-                heldout_labels.append(label)
-            else:
-                train_files.append(path)
-                train_labels.append(label)
+        held = np.zeros(len(files), dtype=bool)
+        held[order[:n_heldout]] = True
+        train_files.append(files[~held])
+        heldout_files.append(files[held])
+        train_labels.append(np.full(int((~held).sum()), label, dtype=np.int64))
+        heldout_labels.append(np.full(int(held.sum()), label, dtype=np.int64))
+    train_files, heldout_files = np.concatenate(train_files), np.concatenate(heldout_files)
+    train_labels, heldout_labels = np.concatenate(train_labels), np.concatenate(heldout_labels)
     return ImageDataset(
         train=ImageFiles(train_files, train_labels, image_size),
         heldout=ImageFiles(heldout_files, heldout_labels, image_size),
