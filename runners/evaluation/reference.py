@@ -186,6 +186,13 @@ class ReferenceFeatures:
     extractor_weights: str | None = None
     """the Inception weights file the features came from (assets.inception_weights, or fid-helper's default_1.pt),
     so stages that score against them load the same file; None for the classifier (and older artifacts)"""
+    source_sha256: str | None = None
+    """sha256 of the file the reference images came from (the ADM batch), None for a dataset's held-out images"""
+
+    @property
+    def protocol_checksum(self) -> str:
+        """The protocol's reference checksum: the source file's sha256 when there is one, else the features'."""
+        return self.source_sha256 or self.checksum
 
     def check_extractor(self, sha256: str) -> None:
         """Refuse to compare with features from other weights than the reference's."""
@@ -206,8 +213,31 @@ def save_reference_features(
     features.npy. Returns the reference stage's row: reference, reference_checksum, reference_images,
     reference_extractor (feature space name), reference_extractor_sha256, feature_dim.
     """
-    out = Path(out)
     features = extract_features(extractor, images, batch_size).to(torch.float32).numpy()  # (N, F)
+    return _write_reference(out, features, extractor, name=name, extractor_kind=extractor_kind)
+
+
+@torch.no_grad()
+def save_adm_reference_features(
+    out: str | Path, extractor: FeatureExtractor, path: str | Path, *, extractor_kind: str, batch_size: int = 250
+) -> dict[str, Any]:
+    """The reference stage's artifact of an ADM reference batch (`arr_0` uint8 (N, H, W, 3) images, e.g.
+    VIRTUAL_imagenet256_labeled.npz): features of its images in `batch_size` slices (never the whole set as
+    float), named after the file and carrying its sha256 (the protocol's reference checksum)."""
+    reference = load_reference(path)
+    if reference.images is None:
+        raise ValueError(f"{str(path)!r} holds no images (arr_0); the reference stage needs the ADM batch's images "
+                         f"to featurise them with the sweep's extractor, not only its statistics")
+    chunks = [extract_features(extractor, reference.image_tensor(start, start + batch_size), batch_size)
+              for start in range(0, len(reference.images), batch_size)]
+    features = torch.cat(chunks).to(torch.float32).numpy()  # (N, F)
+    return _write_reference(out, features, extractor, name=Path(path).name, extractor_kind=extractor_kind,
+                            source_sha256=reference.sha256)
+
+
+def _write_reference(out: str | Path, features: np.ndarray, extractor: FeatureExtractor, *, name: str,
+                     extractor_kind: str, source_sha256: str | None = None) -> dict[str, Any]:
+    out = Path(out)
     stats = feature_statistics(torch.from_numpy(features).double())
     record = {
         "reference": name,
@@ -216,6 +246,7 @@ def save_reference_features(
         "reference_extractor": feature_extractor_name(extractor),
         "reference_extractor_sha256": extractor_sha256(extractor),
         "feature_dim": int(features.shape[1]),
+        **({"reference_sha256": source_sha256} if source_sha256 else {}),
     }
     np.save(out / FEATURES_FILE, features)
     np.savez(out / STATISTICS_FILE, mu=stats["mu"], sigma=stats["sigma"])
@@ -249,4 +280,5 @@ def load_reference_features(folder: str | Path) -> ReferenceFeatures:
         checksum=record["reference_checksum"], extractor=record["feature_extractor"],
         extractor_name=record["reference_extractor"], extractor_sha256=record["reference_extractor_sha256"],
         extractor_weights=record.get("extractor_weights"),
+        source_sha256=record.get("reference_sha256"),
     )
