@@ -1,0 +1,141 @@
+"""Imported checkpoints in a spec: evaluated with sampling axes and no training, keyed by the files' sha256,
+rows naming the files; `sweep validate` names every missing file; the generator_ema axis in keys."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from rich.console import Console
+
+from runners.artifacts import save_model
+from runners.generators import GENERATORS, GeneratorConfig
+from runners.tokenizers import TOKENIZERS
+from space.schema import SpecError, parse_spec
+from sweep.executors import SerialExecutor
+from sweep.plan import make_plan
+from sweep.progress import Reporter
+from sweep.results import load_results
+from sweep.run import run_sweep
+
+
+def _tiny_checkpoints(root: Path) -> None:
+    """Folders in the project's artifact format (what `sweep import` writes): a tiny 8-bit BAE and a tiny AR 2-4."""
+    torch.manual_seed(0)
+    kwargs = {"code_dim": 8, "size": "tiny", "channels": 1, "image_size": 16, "bernoulli": True}
+    (root / "bae").mkdir(parents=True)
+    save_model(TOKENIZERS["bae"].build(**kwargs), root / "bae", {"tokenizer": "bae", "kwargs": kwargs})
+    config = GeneratorConfig(size="tiny", grid_height=4, grid_width=4, token_each=2, bits_each=4, num_classes=10)
+    generator = GENERATORS["ar"].build(config)
+    with torch.no_grad():
+        for head in generator.heads:  # zero-initialised heads would sample uniformly: give them something to say
+            head.weight.normal_(0, 0.5)
+    (root / "ar").mkdir()
+    save_model(generator, root / "ar", {"modeling": "ar", "config": config.__dict__, "scan_order": "raster"})
+
+
+def _spec(root: Path, **baseline) -> dict:
+    return {
+        "schema_version": 1, "name": "imported", "dataset": {"name": "digits", "image_size": 16},
+        "assets": {"checkpoint_root": str(root)},
+        "checkpoints": {
+            "tiny-bae": {"kind": "bae", "path": "bae", "size": "tiny", "code_dim": 8},
+            "tiny-ar": {"kind": "ar", "path": "ar", "size": "tiny", "vocab": "2-4", "tokenizer": "tiny-bae"},
+        },
+        "baseline": {"generator_checkpoint": "tiny-ar", "classifier_steps": 30, "samples_per_class": 2,
+                     "cfg_scale": 2.0, **baseline},
+        "studies": [{"name": "sampling", "vary": {"cfg_schedule": ["constant", "linear"], "top_k": [0, 4]}}],
+    }
+
+
+@pytest.fixture(scope="module")
+def imported_run(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("ckpt")
+    _tiny_checkpoints(root)
+    out = tmp_path_factory.mktemp("run")
+    summary = run_sweep(parse_spec(_spec(root)), out, SerialExecutor(), Reporter(Console(file=io.StringIO())))
+    # classifier, reference, imported tokenizer, reconstruction, imported generator, 4 evaluations: nothing trains
+    assert summary.failures == [] and summary.counts == {"finished": 9}
+    return root, out
+
+
+def test_an_imported_generator_is_evaluated_across_sampling_axes_without_training(imported_run):
+    root, out = imported_run
+    results = load_results(out)
+    table = results.evaluations()
+    assert len(table) == 4 and set(table["status"]) == {"finished"} and (table["fid"] > 0).all()
+    assert sorted(zip(table["cfg_schedule"], table["top_k"])) == [("constant", 0), ("constant", 4), ("linear", 0),
+                                                                   ("linear", 4)]
+    # the rows say what was imported and from which file; the checkpoint fixed the trial's model axes
+    assert set(table["generator_file"]) == {str(root / "ar")} and set(table["tokenizer_file"]) == {str(root / "bae")}
+    assert set(table["generator_checkpoint"]) == {"tiny-ar"} and set(table["vocab"]) == {"2-4"}
+    generators = results.rows["generator"]
+    assert len(generators) == 1 and bool(generators["imported"].iloc[0])
+    assert results.losses.empty or set(results.losses["kind"]) <= {"classifier"}  # no tokenizer or generator trained
+    # same weights as the file: the artifact is the imported model
+    from safetensors.torch import load_file
+
+    (artifact,) = (out / "stages" / "generator").iterdir()
+    assert all(torch.equal(a, b) for a, b in zip(load_file(str(artifact / "model.safetensors")).values(),
+                                                  load_file(str(root / "ar" / "model.safetensors")).values()))
+
+
+def test_imported_keys_hold_the_sha256_not_the_path(tmp_path):
+    _tiny_checkpoints(tmp_path / "a")
+    keys = lambda root: {s.kind: s.key for s in make_plan(parse_spec(_spec(root))).stages.values()  # noqa: E731
+                         if s.kind in ("tokenizer", "generator")}
+    first = keys(tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")  # moved: same bytes, same keys
+    assert keys(tmp_path / "b") == first
+    weights = tmp_path / "b" / "ar" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes() + b" ")  # edited: the generator's key moves, the tokenizer's stays
+    edited = keys(tmp_path / "b")
+    assert edited["tokenizer"] == first["tokenizer"] and edited["generator"] != first["generator"]
+    (stage,) = make_plan(parse_spec(_spec(tmp_path / "a"))).of_kind("generator")
+    assert stage.settings["checkpoint"]["sha256"] == stage.columns["generator_sha256"] and "seed" not in stage.settings
+    assert str(tmp_path) not in repr(stage.settings)  # the path is runtime, never hashed
+
+
+def test_a_study_that_contradicts_the_checkpoint_is_refused(tmp_path):
+    raw = _spec(tmp_path)
+    raw["studies"] = [{"name": "sizes", "vary": {"size": ["tiny", "small"]}}]
+    with pytest.raises(SpecError, match="size='small' disagrees with the imported checkpoint"):
+        parse_spec(raw)
+    raw = _spec(tmp_path, generator_checkpoint="tiny-bae")
+    with pytest.raises(SpecError, match="generator_checkpoint must name a generator checkpoint"):
+        parse_spec(raw)
+
+
+def test_validate_names_every_missing_file_and_exits_2(tmp_path, capsys):
+    from sweep.cli import main
+
+    raw = _spec(tmp_path / "nowhere", reference="adm_npz", feature_extractor="inception")
+    raw["assets"]["adm_reference"] = str(tmp_path / "VIRTUAL_imagenet256_labeled.npz")
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["validate", str(path)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "3 missing file(s)" in err
+    for field, missing in (("assets.adm_reference", "VIRTUAL_imagenet256_labeled.npz"),
+                           ("checkpoints.tiny-bae.path", "nowhere/bae"), ("checkpoints.tiny-ar.path", "nowhere/ar")):
+        assert f"{field} must name an existing file, but got {tmp_path}/{missing}" in err, field
+    assert "set assets.checkpoint_root" in err
+    assert main(["plan", str(path), "--json"]) == 0  # a plan needs no files: they hash as "absent"
+    planned = yaml.safe_load(capsys.readouterr().out)
+    assert [m["field"] for m in planned["missing_files"]] == ["assets.adm_reference", "checkpoints.tiny-ar.path",
+                                                             "checkpoints.tiny-bae.path"]  # safe_dump sorts the map
+
+
+def test_generator_ema_enters_the_generator_key_only_when_on(tmp_path):
+    base = {"schema_version": 1, "name": "ema", "baseline": {"code_dim": 8},
+            "studies": [{"name": "s", "vary": {"token_each": [1]}}]}
+    plan = lambda **b: make_plan(parse_spec({**base, "baseline": {**base["baseline"], **b}}))  # noqa: E731
+    off, zero, on = plan(), plan(generator_ema=0.0), plan(generator_ema=0.9999)
+    key = lambda p, kind: p.of_kind(kind)[0].key  # noqa: E731
+    assert key(off, "generator") == key(zero, "generator") and "generator_ema" not in off.of_kind("generator")[0].settings
+    assert key(on, "generator") != key(off, "generator") and on.of_kind("generator")[0].settings["generator_ema"] == 0.9999
+    assert key(on, "tokenizer") == key(off, "tokenizer") and key(on, "evaluation") != key(off, "evaluation")
