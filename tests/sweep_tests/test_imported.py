@@ -139,3 +139,23 @@ def test_generator_ema_enters_the_generator_key_only_when_on(tmp_path):
     assert key(off, "generator") == key(zero, "generator") and "generator_ema" not in off.of_kind("generator")[0].settings
     assert key(on, "generator") != key(off, "generator") and on.of_kind("generator")[0].settings["generator_ema"] == 0.9999
     assert key(on, "tokenizer") == key(off, "tokenizer") and key(on, "evaluation") != key(off, "evaluation")
+
+
+def test_the_generator_artifact_holds_the_ema_weights_when_ema_is_on(tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    raw = {"schema_version": 1, "name": "ema", "dataset": {"name": "digits", "image_size": 16},
+           "baseline": {"code_dim": 8, "tokenizer_steps": 5, "classifier_steps": 5, "generator_steps": 6,
+                        "samples_per_class": 1},
+           "studies": [{"name": "ema", "vary": {"generator_ema": [0.0, 0.5]}}]}
+    summary = run_sweep(parse_spec(raw), tmp_path, SerialExecutor(), Reporter(Console(file=io.StringIO())))
+    assert summary.failures == []
+    artifacts = {json.loads((f / "config.json").read_text())["ema_decay"]: load_file(str(f / "model.safetensors"))
+                 for f in (tmp_path / "stages" / "generator").iterdir()}
+    assert set(artifacts) == {0.0, 0.5}
+    # same seed, same batches: only the EMA copy can make the saved weights differ (the norms move every step)
+    assert not torch.equal(artifacts[0.0]["norm.weight"], artifacts[0.5]["norm.weight"])
+    table = load_results(tmp_path).evaluations()
+    assert sorted(table["generator_ema"]) == [0.0, 0.5] and table["generator_key"].nunique() == 2
