@@ -210,10 +210,12 @@ def make_plan(spec: Spec, missing_ok: bool = False) -> Plan:
             weights_sha, weights_path = perceptual_inputs(s.perceptual_weight)  # LPIPS file: sha hashed, path not
             keys["tokenizer"] = add("tokenizer", s, weights_sha, {}, axes("tokenizer"), weights_path)
         keys["reference"], scoring = add_reference(s, keys.get("classifier", ""))
-        if images:
+        if images:  # rFID pairs reconstructions with their originals: always the held-out images' reference
+            heldout = s.model_copy(update={"reference": "heldout"})
+            paired = scoring if s.reference == "heldout" else add_reference(heldout, keys["classifier"])[1]
             keys["reconstruction"] = add(
-                "reconstruction", s, {}, {"tokenizer": keys["tokenizer"], **scoring},
-                {**axes("tokenizer"), **axes("reference"), **files},
+                "reconstruction", s, {}, {"tokenizer": keys["tokenizer"], **paired},
+                {**axes("tokenizer"), **{n: getattr(heldout, n) for n in AXES_OF_STAGE["reference"]}, **files},
             )
         if s.generator_checkpoint:  # imported: no training, no seed; its key is the file's sha256
             own, runtime, columns = imported(s.generator_checkpoint, s)

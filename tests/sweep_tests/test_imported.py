@@ -159,3 +159,45 @@ def test_the_generator_artifact_holds_the_ema_weights_when_ema_is_on(tmp_path):
     assert not torch.equal(artifacts[0.0]["norm.weight"], artifacts[0.5]["norm.weight"])
     table = load_results(tmp_path).evaluations()
     assert sorted(table["generator_ema"]) == [0.0, 0.5] and table["generator_key"].nunique() == 2
+
+
+def test_adm_reference_batch_is_the_reference_of_the_rows(tmp_path):
+    import hashlib
+
+    import numpy as np
+
+    _tiny_checkpoints(tmp_path / "ckpt")
+    images = np.random.default_rng(0).integers(0, 256, (30, 16, 16, 1), dtype=np.uint8)  # arr_0 as the ADM batch
+    np.savez(tmp_path / "adm_batch.npz", arr_0=images)
+    raw = _spec(tmp_path / "ckpt", reference="adm_npz")
+    raw["assets"]["adm_reference"] = str(tmp_path / "adm_batch.npz")
+    raw["studies"] = [{"name": "one", "vary": {"top_k": [0]}}]
+    summary = run_sweep(parse_spec(raw), tmp_path / "run", SerialExecutor(), Reporter(Console(file=io.StringIO())))
+    assert summary.failures == []
+    row = load_results(tmp_path / "run").evaluations().iloc[0]
+    assert row["protocol_reference"] == "adm_batch.npz" and row["reference"] == "adm_npz"
+    assert row["protocol_reference_sha256"] == hashlib.sha256((tmp_path / "adm_batch.npz").read_bytes()).hexdigest()
+    # two references: the ADM file's 30 images for the evaluation, the held-out digits for the tokenizer's rFID
+    sizes = sorted(np.load(f / "features.npy").shape[0] for f in (tmp_path / "run" / "stages" / "reference").iterdir())
+    assert sizes[0] == 30 and sizes[1] > 30
+
+
+def test_adm_reference_features_are_computed_in_slices_equal_to_all_at_once(tmp_path):
+    import numpy as np
+
+    from runners.evaluation.reference import load_reference_features, save_adm_reference_features
+
+    class Mean(torch.nn.Module):  # a feature extractor: per-channel means and maxima
+        def features(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
+
+    images = np.random.default_rng(1).integers(0, 256, (7, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "VIRTUAL_imagenet256_labeled.npz", arr_0=images)
+    (tmp_path / "out").mkdir()
+    record = save_adm_reference_features(tmp_path / "out", Mean(), tmp_path / "VIRTUAL_imagenet256_labeled.npz",
+                                         extractor_kind="inception", batch_size=3)
+    features = load_reference_features(tmp_path / "out").features
+    expected = Mean().features(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255).double()
+    assert torch.allclose(features, expected.float().double()) and record["reference_images"] == 7
+    assert float(features[0, 3]) == pytest.approx(int(images[0, :, :, 0].max()) / 255, abs=1e-7)
+    assert record["reference"] == "VIRTUAL_imagenet256_labeled.npz" and len(record["reference_sha256"]) == 64
