@@ -608,6 +608,10 @@ class Study(BaseModel):
         default_factory=dict, description="Axis -> values; the study is the grid of all combinations."
     )
     fixed: dict[str, Any] = Field(default_factory=dict, description="Axis -> value held for this study only.")
+    exclude: list[dict[str, Any]] = Field(
+        default_factory=list, description="Cells of the grid left out, each a map of varied axes -> values (a cell "
+        "matching every entry of one map is skipped), e.g. `[{size: 2B, vocab: 2-10}]` for a run the paper never made.",
+    )
     seeds: list[int] | None = Field(None, description="Generator-training seeds (default: the spec's seeds).")
     search: Search | None = Field(None, description="Optuna search of sampling axes per trained generator.")
     early_stopping: EarlyStopping | None = Field(None, description="ASHA pruning of this study's generator trainings.")
@@ -636,6 +640,13 @@ class Study(BaseModel):
                 raise ValueError(f"vary.{name} lists a value twice: {values}; list each value once")
             if name in self.fixed:
                 raise ValueError(f"{name} is both varied and fixed in study {self.name!r}; keep one")
+        for index, cell in enumerate(self.exclude):
+            if not cell:
+                raise ValueError(f"exclude[{index}] must name at least one varied axis, but got {{}}")
+            for name, value in cell.items():
+                if name not in self.vary or value not in self.vary[name]:
+                    raise ValueError(f"exclude[{index}].{name} must be one of the values study {self.name!r} varies, "
+                                     f"but got {name}={value!r}; vary lists {self.vary.get(name, 'no such axis')}")
         return self
 
 
@@ -872,9 +883,10 @@ class Trial(BaseModel):
 
 
 def study_points(spec: Spec, study: Study) -> list[dict[str, Any]]:
-    """The grid of a study as dicts of varied axis -> value, in the order of the YAML lists."""
+    """The grid of a study as dicts of varied axis -> value, in the order of the YAML lists, less its `exclude` cells."""
     names = list(study.vary)
-    return [dict(zip(names, values)) for values in itertools.product(*(study.vary[name] for name in names))]
+    cells = [dict(zip(names, values)) for values in itertools.product(*(study.vary[name] for name in names))]
+    return [cell for cell in cells if not any(all(cell[k] == v for k, v in out.items()) for out in study.exclude)]
 
 
 def trial_settings(spec: Spec, study: Study, point: dict[str, Any]) -> Settings:

@@ -166,4 +166,5 @@ def describe(stage: Any, tflops: float = 400.0) -> dict[str, Any]:
         "imported": imported,
     }
     released = RELEASED_GENERATORS.get((s["modeling"], s["size"], facts["vocab"]))
-    return {**facts, "released": released} if released and grid == (16, 16) else facts
+    authors = s["tokenizer"] == "bae" and s["bernoulli"] and s["scan_order"] == "raster" and grid == (16, 16)
+    return {**facts, "released": released} if released and authors else facts
