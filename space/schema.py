@@ -20,6 +20,7 @@ import difflib
 import hashlib
 import itertools
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -350,7 +351,8 @@ class Assets(BaseModel):
 
     checkpoint_root: str | None = Field(
         None, description="Folder that relative `checkpoints` paths start from (e.g. where the authors' released files "
-        "were downloaded: it holds gpt/ and bae/). Default: the folder `sweep` runs in.",
+        "were downloaded: it holds gpt/ and bae/). Default: the folder `sweep` runs in. Environment variables "
+        "($ELM_CKPT) expand here and in checkpoint paths and adm_reference.",
     )
     adm_reference: str | None = Field(
         None, description="The ADM reference batch (VIRTUAL_imagenet256_labeled.npz: uint8 images as arr_0), read by "
@@ -800,12 +802,12 @@ class Spec(BaseModel):
 
     def checkpoint_path(self, name: str) -> Path:
         """Absolute path of a `checkpoints` entry (relative paths start from assets.checkpoint_root)."""
-        root = Path(self.assets.checkpoint_root).expanduser() if self.assets.checkpoint_root else Path()
-        return (root / Path(self.checkpoints[name].path).expanduser()).resolve()
+        root = _local_path(self.assets.checkpoint_root) if self.assets.checkpoint_root else Path()
+        return (root / _local_path(self.checkpoints[name].path)).resolve()
 
     def adm_reference_path(self) -> Path:
         assert self.assets.adm_reference is not None  # a parsed spec that reads it names it
-        return Path(self.assets.adm_reference).expanduser().resolve()
+        return _local_path(self.assets.adm_reference).resolve()
 
     def read_files(self) -> list[tuple[str, Path, str]]:
         """(field, absolute path, what it is) of every file some trial reads, in spec order."""
@@ -822,7 +824,7 @@ class Spec(BaseModel):
         used = {n for t in trials for n in (t.settings.generator_checkpoint, t.settings.tokenizer_checkpoint) if n}
         for name in (name for name in self.checkpoints if name in used):
             files.append((f"checkpoints.{name}.path", self.checkpoint_path(name),
-                          f"a {self.checkpoints[name].kind} checkpoint (a released file or a `sweep import` folder)"))
+                          f"its {self.checkpoints[name].kind} checkpoint: a released file or a `sweep import` folder"))
         return files
 
     def missing_files(self) -> list[tuple[str, Path, str]]:
@@ -839,6 +841,8 @@ class Spec(BaseModel):
             lines = "; ".join(f"{field} must name an existing file, but got {path} (expected {what})"
                               for field, path, what in missing)
             root = " or set assets.checkpoint_root" if any(f.startswith("checkpoints.") for f, _, _ in missing) else ""
+            unset = sorted({m for _, path, _ in missing for m in re.findall(r"\$\{?(\w+)", str(path))})
+            root += f" (environment variable {', '.join(unset)} is not set: export it)" if unset else ""
             raise SpecError(f"{len(missing)} missing file(s): {lines}; copy the files there, fix the paths{root}",
                             source)
         if self.assets.inception_weights is not None or any(
@@ -1059,6 +1063,11 @@ def _fields_at(location: tuple[Any, ...]) -> tuple[str, ...]:
         else:
             pass
     return tuple(getattr(model, "model_fields", {}))
+
+
+def _local_path(text: str) -> Path:
+    """A path from a spec: `~` and environment variables ($ELM_CKPT) expanded (never part of a key)."""
+    return Path(os.path.expandvars(text)).expanduser()
 
 
 def _did_you_mean(name: str, valid: tuple[str, ...] | list[str]) -> str:
