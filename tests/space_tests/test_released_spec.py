@@ -48,3 +48,16 @@ def test_it_plans_without_the_files_and_trains_nothing(monkeypatch, tmp_path):
     assert all(d["imported"] and d["gpu_hours"] == 0 for d in described.values())
     with pytest.raises(SpecError, match="19 missing file"):  # 15 generators, 3 BAEs (bae_16_deter is not read), ADM
         check_spec(spec)
+
+
+def test_the_readme_elm_l_spec_is_the_released_specs_l_2_10_evaluation(monkeypatch, tmp_path):
+    monkeypatch.setenv("ELM_CKPT", str(tmp_path))
+    for name in ("gpt/L-2-10.pth", "bae/bae_20/binaryae_ema.th", "VIRTUAL_imagenet256_labeled.npz"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(name.encode())  # stand-ins: keys hash the bytes
+    elm_l = load_spec(RELEASED.parent / "elm-l-2-10.yaml")
+    check_spec(elm_l)  # its three files are all it reads
+    (trial,) = make_plan(elm_l).trials
+    released = make_plan(load_spec(RELEASED), missing_ok=True)
+    same = [t for t in released.trials if t.trial.study == "released" and t.trial.settings.generator_checkpoint == "L-2-10"]
+    assert [t.keys["evaluation"] for t in same] == [trial.keys["evaluation"]]
