@@ -41,12 +41,10 @@ def _folder_sha256(path: Path) -> str:
 
 
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
-    """A released checkpoint's state dict; weights_only=True never runs code stored in the file."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} must hold a state dict (tensor name -> tensor), but got a {type(state).__name__}; "
-                         f"pass a released checkpoint or a folder made by `sweep import`")
-    return state
+    """A released checkpoint's state dict, read as `sweep import` reads it (weights_only: no code runs)."""
+    from sweep.importing import read_state_dict
+
+    return read_state_dict(path)
 
 
 def import_generator(stage: Any, out: Path) -> dict[str, Any]:
@@ -92,7 +90,8 @@ def import_tokenizer(stage: Any, out: Path) -> dict[str, Any]:
     else:
         from runners.tokenizers.released import tokenizer_from_released
 
-        model, config = tokenizer_from_released(_read_state(path), record["kind"])
+        model, config = tokenizer_from_released(_read_state(path), record["kind"], bernoulli=record["bernoulli"],
+                                                image_size=stage.settings["dataset"]["image_size"])
     bits = int(model.code_dim) if hasattr(model, "code_dim") else int(math.log2(model.codebook_size))
     if bits != record["code_dim"]:
         raise ValueError(f"{path} holds a {bits}-bit tokenizer, but its checkpoints entry says code_dim "

@@ -39,7 +39,7 @@ def test_main_results_hold_the_papers_table_and_no_run_it_never_made():
     assert not [t for t in trials if t.settings.size == "2B" and t.settings.vocab != "2-12"]
     baseline = load_spec(FULL).baseline
     assert (baseline.generator_ema, baseline.perceptual_weight, baseline.gan_weight, baseline.gan_start) == (
-        0.9999, 1.0, 1.0, 30001)
+        0.9999, 1.0, 1.0, 30002)
     assert baseline.reference == "adm_npz" and baseline.samples_per_class * 1000 == 50_000
 
 
