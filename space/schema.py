@@ -337,6 +337,19 @@ def file_sha256(path: str | Path) -> str:
     return _SHA256_CACHE[cache_key]
 
 
+def checkpoint_sha256(path: str | Path) -> str:
+    """sha256 of a checkpoint file, or of a `sweep import` folder (its model.safetensors and config.json)."""
+    path = Path(path)
+    if not path.is_dir():
+        return file_sha256(path)
+    missing = [name for name in ("model.safetensors", "config.json") if not (path / name).is_file()]
+    if missing:
+        raise SpecError(f"{path} is a folder but not one `sweep import` wrote: it lacks {', '.join(missing)}; name "
+                        f"the released file itself or a folder made by `sweep import`")
+    parts = [file_sha256(path / name) for name in ("model.safetensors", "config.json")]
+    return hashlib.sha256("".join(parts).encode()).hexdigest()
+
+
 class Assets(BaseModel):
     """Local files that some settings read (never downloaded). A path never enters a key: a stage that reads a
     file hashes its sha256, so moving the file keeps every key and editing it changes them."""
@@ -857,10 +870,7 @@ class Spec(BaseModel):
             if missing_ok:
                 return "absent"
             raise SpecError(f"{path} does not exist; run `sweep validate` to list every missing file")
-        if path.is_dir():
-            parts = [file_sha256(p) for p in (path / "model.safetensors", path / "config.json")]
-            return hashlib.sha256("".join(parts).encode()).hexdigest()
-        return file_sha256(path)
+        return checkpoint_sha256(path)
 
     def resources_of(self, kind: str) -> Resources:
         """The resources of a stage kind with `workers` resolved (only a generator trains data-parallel)."""

@@ -20,24 +20,17 @@ import torch
 
 from runners.artifacts import CONFIG_FILE, load_generator, load_tokenizer, save_model
 from runners.generators import GENERATORS
-from space.schema import file_sha256
+from space.schema import checkpoint_sha256
 
 
 def _check_sha256(path: Path, expected: str) -> None:
     """Refuse a file that changed since the sweep was planned (its key would be a lie)."""
-    found = file_sha256(path) if path.is_file() else _folder_sha256(path)
+    found = checkpoint_sha256(path)
     if found != expected:
         raise ValueError(
             f"checkpoint {path} has sha256 {found[:12]}..., but the sweep was planned with {expected[:12]}...; plan "
             f"again (`sweep run` does) or restore the file"
         )
-
-
-def _folder_sha256(path: Path) -> str:
-    import hashlib
-
-    parts = [file_sha256(p) for p in (path / "model.safetensors", path / CONFIG_FILE)]
-    return hashlib.sha256("".join(parts).encode()).hexdigest()
 
 
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
@@ -63,6 +56,7 @@ def import_generator(stage: Any, out: Path) -> dict[str, Any]:
                              f"{found[4]} classes, grid {found[5]}, but the spec says {wanted[0]} {wanted[1]}, "
                              f"{wanted[2]}-{wanted[3]}, {wanted[4]} classes, grid {wanted[5]}; fix its checkpoints entry")
         scan_order, ema = saved["scan_order"], saved.get("ema_decay", 0.0)
+        provenance = {"imported": saved["imported"]} if "imported" in saved else {}  # what `sweep import` recorded
     else:
         from runners.generators.released import generator_from_released
 
@@ -70,9 +64,10 @@ def import_generator(stage: Any, out: Path) -> dict[str, Any]:
             _read_state(path), record["kind"], vocab=(token_each, bits_each), size=record["size"],
             num_classes=num_classes, grid=tuple(record["grid"]),
         )
-        scan_order, ema = "raster", 0.0  # the authors train in raster order; their files are EMA weights
+        scan_order, ema, provenance = "raster", 0.0, {}  # the authors train in raster order
     save_model(model, out, {"modeling": record["kind"], "config": config.__dict__, "scan_order": scan_order,
-                            "ema_decay": ema, "imported_from": str(path), "imported_sha256": record["sha256"]})
+                            "ema_decay": ema, "imported_from": str(path), "imported_sha256": record["sha256"],
+                            **provenance})
     return {"parameter_count": GENERATORS[record["kind"]].parameter_count(config), "imported": True,
             "generator_file": str(path), "generator_sha256": record["sha256"]}
 
