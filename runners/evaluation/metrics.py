@@ -214,7 +214,7 @@ def extract_logits(model: torch.nn.Module, images: Tensor, batch_size: int = 512
 
 
 def image_metrics(
-    classifier: DatasetClassifier,
+    classifier: DatasetClassifier | None,
     real_images: Tensor | None,
     fake_images: Tensor,
     fake_labels: Tensor,
@@ -276,7 +276,8 @@ def image_metrics(
         "kid_std": kid_std,
         "precision": precision,
         "recall": recall,
-        "class_accuracy": accuracy(classifier, fake_images, fake_labels),
+        # no dataset classifier (inception features, class accuracy not asked for): not scored
+        "class_accuracy": accuracy(classifier, fake_images, fake_labels) if classifier is not None else float("nan"),
     }
     if getattr(extractor, "has_logits", False):
         logits = extract_logits(extractor, fake_images, batch_size)  # (M, 1008) for Inception

@@ -201,3 +201,26 @@ def test_adm_reference_features_are_computed_in_slices_equal_to_all_at_once(tmp_
     assert torch.allclose(features, expected.float().double()) and record["reference_images"] == 7
     assert float(features[0, 3]) == pytest.approx(int(images[0, :, :, 0].max()) / 255, abs=1e-7)
     assert record["reference"] == "VIRTUAL_imagenet256_labeled.npz" and len(record["reference_sha256"]) == 64
+
+
+@pytest.mark.slow  # Inception-v3 on a CPU: about two minutes (loading it dominates)
+def test_a_labels_dataset_scores_imported_models_on_the_reference_file_alone(tmp_path):
+    """No images at all (dataset labels): no classifier, no reconstruction, Inception features of the ADM file."""
+    import numpy as np
+
+    _tiny_checkpoints(tmp_path / "ckpt")
+    np.savez(tmp_path / "adm.npz", arr_0=np.random.default_rng(0).integers(0, 256, (10, 16, 16, 3), dtype=np.uint8))
+    raw = _spec(tmp_path / "ckpt", reference="adm_npz", feature_extractor="inception", samples_per_class=1)
+    raw["dataset"] = {"name": "labels", "image_size": 16, "num_classes": 10}
+    raw["assets"]["adm_reference"] = str(tmp_path / "adm.npz")
+    raw["studies"] = [{"name": "one", "vary": {"top_k": [0]}}]
+    spec = parse_spec(raw)
+    assert {k: n for k, n in make_plan(spec).counts().items() if n} == {"reference": 1, "tokenizer": 1, "generator": 1,
+                                                                        "evaluation": 1}
+    summary = run_sweep(spec, tmp_path / "run", SerialExecutor(), Reporter(Console(file=io.StringIO())))
+    assert summary.failures == []
+    row = load_results(tmp_path / "run").evaluations().iloc[0]
+    assert row["fid"] > 0 and row["protocol_reference"] == "adm.npz" and row["protocol_samples"] == 10
+    raw["baseline"]["generator_checkpoint"] = ""  # a generator to train, but no images to train it on
+    with pytest.raises(SpecError, match="dataset.name labels holds no images"):
+        parse_spec(raw)
