@@ -854,7 +854,7 @@ class Spec(BaseModel):
             self.assets.perceptual_weights_file(source)
         missing = self.missing_files()
         if missing:
-            lines = "; ".join(f"{field} must name an existing file, but got {path} (expected {what})"
+            lines = "; ".join(f"{field} must name an existing file, but got '{path}' (expected {what})"
                               for field, path, what in missing)
             root = " or set assets.checkpoint_root" if any(f.startswith("checkpoints.") for f, _, _ in missing) else ""
             unset = sorted({m for _, path, _ in missing for m in re.findall(r"\$\{?(\w+)", str(path))})

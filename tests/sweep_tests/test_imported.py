@@ -122,7 +122,7 @@ def test_validate_names_every_missing_file_and_exits_2(tmp_path, capsys):
     assert "3 missing file(s)" in err
     for field, missing in (("assets.adm_reference", "VIRTUAL_imagenet256_labeled.npz"),
                            ("checkpoints.tiny-bae.path", "nowhere/bae"), ("checkpoints.tiny-ar.path", "nowhere/ar")):
-        assert f"{field} must name an existing file, but got {tmp_path}/{missing}" in err, field
+        assert f"{field} must name an existing file, but got '{tmp_path}/{missing}'" in err, field
     assert "set assets.checkpoint_root" in err
     assert main(["plan", str(path), "--json"]) == 0  # a plan needs no files: they hash as "absent"
     planned = yaml.safe_load(capsys.readouterr().out)
