@@ -10,7 +10,7 @@ from runners.evaluation.intermediate import INTERMEDIATE_CODE_VERSION
 from runners.evaluation.metrics import METRICS_CODE_VERSION
 from runners.evaluation.reconstruction import RECONSTRUCTION_CODE_VERSION
 from runners.evaluation.reference import REFERENCE_CODE_VERSION
-from runners.generators import GENERATOR_SIZES, GENERATORS
+from runners.generators import GENERATOR_SIZES, GENERATORS, tokens_per_sample
 from runners.sampling import CFG_SCHEDULES, SAMPLING_CODE_VERSION
 from runners.scan import SCAN_ORDERS
 from runners.tokenizers import TOKENIZERS
@@ -136,13 +136,6 @@ def check_settings(settings: Any, dataset: Any) -> list[tuple[str, str]]:
     return problems
 
 
-def training_tokens_per_sample(modeling: str, config: Any) -> int:
-    """Transformer positions one training sample runs through (the cost estimate's tokens): AR reads the class
-    token and positions 0..N-2, its K sub-tokens sharing one position (N whatever K); the MLM runs the class token
-    and every position, with K > 1 the sub-tokens flattened into the sequence (K (N + 1))."""
-    return config.seq_len if modeling == "ar" else config.token_each * (config.seq_len + 1)
-
-
 def describe(stage: Any, tflops: float = 400.0) -> dict[str, Any]:
     """Facts about a planned generator computed without allocating anything (instant for 2B): parameter
     count, and a cost estimate: training FLOPs ~ 6 x parameters x tokens seen (positions, not sub-tokens),
@@ -156,7 +149,8 @@ def describe(stage: Any, tflops: float = 400.0) -> dict[str, Any]:
     config = generator_config(s, s["code_dim"], grid, dataset["num_classes"])
     params = GENERATORS[s["modeling"]].parameter_count(config)
     imported = bool(s.get("generator_checkpoint"))
-    tokens = 0 if imported else s["generator_steps"] * s["generator_batch"] * training_tokens_per_sample(s["modeling"], config)
+    # positions, not sub-tokens: an AR sample runs N slots whatever K; an MLM one K (N + 1) (runners.generators)
+    tokens = 0 if imported else s["generator_steps"] * s["generator_batch"] * tokens_per_sample(s["modeling"], config)
     facts = {
         "parameter_count": params,
         "sequence_length": config.seq_len,

@@ -224,3 +224,42 @@ def test_a_labels_dataset_scores_imported_models_on_the_reference_file_alone(tmp
     raw["baseline"]["generator_checkpoint"] = ""  # a generator to train, but no images to train it on
     with pytest.raises(SpecError, match="dataset.name labels holds no images"):
         parse_spec(raw)
+
+
+def _fixture(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "fixtures" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def test_raw_released_files_are_imported_and_evaluated(tmp_path):
+    """Files in the authors' exact key layout (a BAE `binaryae_ema.th` with `ae.` keys, an AR `.pth`), named in a
+    spec as the released ones are: imported through the parity converters, sampled and scored, nothing trained."""
+    bae = _fixture("authors_bae_layout").authors_bae_state(
+        nf=32, ch_mult=(1, 2, 2), res_blocks=2, attn_resolutions=(4,), emb_dim=64, code_dim=8, channels=1, img_size=16)
+    ar = _fixture("authors_layout").ar_state(width=64, layers=2, token_each=2, bits=4, classes=10)
+    (tmp_path / "bae" / "bae_8").mkdir(parents=True)
+    (tmp_path / "gpt").mkdir()
+    torch.save(bae, tmp_path / "bae" / "bae_8" / "binaryae_ema.th")
+    torch.save(ar, tmp_path / "gpt" / "tiny-2-4.pth")
+    raw = _spec(tmp_path)
+    raw["checkpoints"] = {
+        "bae-8": {"kind": "bae", "path": "bae/bae_8/binaryae_ema.th", "size": "tiny", "code_dim": 8},
+        "tiny-2-4": {"kind": "ar", "path": "gpt/tiny-2-4.pth", "size": "tiny", "vocab": "2-4", "tokenizer": "bae-8"},
+    }
+    raw["baseline"]["generator_checkpoint"] = "tiny-2-4"
+    raw["studies"] = [{"name": "released", "vary": {"cfg_schedule": ["linear"]}}]
+    summary = run_sweep(parse_spec(raw), tmp_path / "run", SerialExecutor(), Reporter(Console(file=io.StringIO())))
+    assert summary.failures == []
+    row = load_results(tmp_path / "run").evaluations().iloc[0]
+    assert row["fid"] > 0 and row["generator_file"] == str(tmp_path / "gpt" / "tiny-2-4.pth")
+    # the artifact holds the file's tensors under the project's names
+    from safetensors.torch import load_file
+
+    (artifact,) = (tmp_path / "run" / "stages" / "generator").iterdir()
+    weights = load_file(str(artifact / "model.safetensors"))
+    assert torch.equal(weights["norm.weight"], ar["norm.weight"])
+    assert torch.equal(weights["class_embedding.weight"], ar["cls_embedding.embedding_table.weight"])
