@@ -982,8 +982,20 @@ DEFAULT_MAX_TRIALS = 10_000
 
 def count_trials(spec: Spec) -> int:
     """How many trials `expand(spec)` gives, as a product of list lengths: nothing is expanded."""
-    return sum(math.prod(len(values) for values in study.vary.values()) * len(study.seeds or spec.seeds)
-               for study in spec.studies)
+    return sum(_grid_size(study) * len(study.seeds or spec.seeds) for study in spec.studies)
+
+
+def _grid_size(study: Study) -> int:
+    """Cells of a study's grid less its `exclude` cells, counted by inclusion-exclusion over the exclude maps
+    (a set of maps that agree on their shared axes matches the product of the axes none of them fixes)."""
+    total = 0
+    for size in range(len(study.exclude) + 1):
+        for chosen in itertools.combinations(study.exclude, size):
+            fixed: dict[str, Any] = {}
+            if any(fixed.setdefault(name, value) != value for cell in chosen for name, value in cell.items()):
+                continue  # contradictory maps match no cell together
+            total += (-1) ** size * math.prod(len(values) for name, values in study.vary.items() if name not in fixed)
+    return total
 
 
 def trial_count_problem(spec: Spec, max_trials: int) -> str:
@@ -991,8 +1003,7 @@ def trial_count_problem(spec: Spec, max_trials: int) -> str:
     total = count_trials(spec)
     if total <= max_trials:
         return ""
-    sizes = [(math.prod(len(v) for v in study.vary.values()) * len(study.seeds or spec.seeds), study)
-             for study in spec.studies]
+    sizes = [(_grid_size(study) * len(study.seeds or spec.seeds), study) for study in spec.studies]
     size, study = max(sizes, key=lambda pair: pair[0])
     shape = " x ".join(f"{len(values)} {name}" for name, values in study.vary.items())
     return (f"studies expand to {total:,} trials, above --max-trials {max_trials:,} (largest: study {study.name!r}, "

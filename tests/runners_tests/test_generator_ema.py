@@ -26,7 +26,7 @@ def train(steps: int, checkpointer: Checkpointer | None = None):
 def test_a_resumed_run_has_the_uninterrupted_runs_ema_weights(tmp_path):
     uninterrupted = train(10)
     train(6, Checkpointer(tmp_path, every_steps=4))  # "killed" after step 6; its last checkpoint holds step 4
-    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 4
+    assert Checkpointer(tmp_path, every_steps=4).restore()["step"] == 4
     resumed = train(10, Checkpointer(tmp_path, every_steps=4))
     assert resumed.losses == uninterrupted.losses
     for (name, a), b in zip(resumed.model.state_dict().items(), uninterrupted.model.state_dict().values()):
