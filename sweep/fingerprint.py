@@ -111,7 +111,7 @@ _SCANS: dict[int, tuple[Dataset, Listing]] = {}  # id(spec.dataset) -> (that obj
 
 def dataset_root(dataset: Dataset) -> str | None:
     """The folder a dataset's files live in (None for the bundled digits)."""
-    if dataset.name == "digits":
+    if dataset.name in ("digits", "labels"):  # bundled, or no images at all
         return None
     if dataset.name == "fashion-mnist":
         return os.path.abspath(dataset.root or FASHION_MNIST_ROOT)

@@ -22,6 +22,7 @@ study) is planned once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from space.schema import AXES_OF_STAGE, STAGE_KINDS, Resources, Settings, Spec, Trial, expand
@@ -135,8 +136,12 @@ def sampling_seed_of(seed: int) -> int:
     return derive_seed("sampling", seed)
 
 
-def make_plan(spec: Spec) -> Plan:
-    """Expand `spec` into its stage DAG; identical stages are planned once."""
+def make_plan(spec: Spec, missing_ok: bool = False) -> Plan:
+    """Expand `spec` into its stage DAG; identical stages are planned once.
+
+    Files a stage reads (LPIPS weights, the ADM reference batch, imported checkpoints) enter its key as their
+    sha256. missing_ok: plan before the files arrive, an absent file hashing as "absent" (`sweep plan` shows such
+    keys; `sweep run` refuses them)."""
     stages: dict[str, Stage] = {}
     planned: list[PlannedTrial] = []
 
@@ -150,11 +155,44 @@ def make_plan(spec: Spec) -> Plan:
 
     def add_reference(settings: Settings, classifier: str | None) -> tuple[str, dict[str, str]]:
         """The reference stage of `settings.feature_extractor`, and the inputs of a stage that scores in it."""
-        extractor = {"classifier": classifier} if settings.feature_extractor == "classifier" else {}
+        extractor = {"classifier": classifier} if settings.feature_extractor == "classifier" else {}  # type: ignore[dict-item]
         columns = {name: getattr(settings, name) for name in AXES_OF_STAGE["reference"]}
-        weights_sha, weights_path = spec.assets.reference_inputs(settings.feature_extractor)  # Inception file: sha hashed
-        key = add("reference", settings, weights_sha, extractor, columns, weights_path)
+        own, runtime = inception_inputs(settings.feature_extractor)  # Inception file: sha hashed, path not
+        if settings.reference == "adm_npz":  # the file's sha256 is hashed, its path is not
+            path = spec.adm_reference_path()
+            own["adm_reference_sha256"] = spec.file_digest(path, missing_ok)
+            runtime["adm_reference"] = str(path)
+        key = add("reference", settings, own, extractor, columns, runtime)
         return key, {**extractor, "reference": key}
+
+    def imported(name: str, settings: Settings) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """(what an imported stage hashes, its runtime, its row columns) for `checkpoints` entry `name`."""
+        from sweep.stages.common import latent_grid
+
+        entry, path = spec.checkpoints[name], spec.checkpoint_path(name)
+        digest = spec.file_digest(path, missing_ok)
+        record: dict[str, Any] = {"kind": entry.kind, "sha256": digest, "size": entry.size}
+        if entry.vocab:  # a generator: its token grid is the tokenizer's (an AR file does not say it)
+            grid = latent_grid({"tokenizer_size": settings.tokenizer_size}, spec.dataset.image_size)
+            record.update(vocab=entry.vocab, grid=list(grid))
+        else:
+            record.update(code_dim=entry.code_dim, bernoulli=entry.bernoulli)
+        role = "generator" if entry.kind in ("ar", "mlm") else "tokenizer"
+        return ({"checkpoint": record}, {"checkpoint_path": str(path)},
+                {f"{role}_file": str(path), f"{role}_sha256": digest})
+
+    def inception_inputs(extractor: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        weights = spec.assets.inception_weights
+        if extractor == "inception" and missing_ok and weights and not Path(weights).expanduser().is_file():
+            return {"inception_weights_sha256": "absent"}, {}
+        own, runtime = spec.assets.reference_inputs(extractor)
+        return dict(own), dict(runtime)
+
+    def perceptual_inputs(weight: float) -> tuple[dict[str, str], dict[str, str]]:
+        if weight > 0 and missing_ok and spec.assets.perceptual_weights \
+                and not Path(spec.assets.perceptual_weights).expanduser().is_file():
+            return {"perceptual_weights_sha256": "absent"}, {}
+        return spec.assets.tokenizer_inputs(weight)
 
     studies = {study.name: study for study in spec.studies}
     for trial in expand(spec):
@@ -162,16 +200,32 @@ def make_plan(spec: Spec) -> Plan:
         study = studies[trial.study]
         axes = lambda kind: {name: getattr(s, name) for name in AXES_OF_STAGE[kind]}  # noqa: E731
         keys: dict[str, str] = {}
-        classifier = spec.needs_classifier(s) or spec.needs_classifier(spec.baseline) and bool(s.intermediate_every)
-        if classifier:  # only when a metric needs it: the feature space, or class accuracy
+        images = spec.dataset.name != "labels"  # labels: imported models scored on a reference file, no image stage
+        # the dataset classifier only when a metric needs it: the feature space, or class accuracy
+        if images and (spec.needs_classifier(s) or spec.needs_classifier(spec.baseline) and bool(s.intermediate_every)):
             keys["classifier"] = add("classifier", s, {}, {}, axes("classifier"))
-        judge = {"classifier": keys["classifier"]} if spec.needs_classifier(s) else {}
-        weights_sha, weights_path = spec.assets.tokenizer_inputs(s.perceptual_weight)  # LPIPS file: sha hashed, path not
-        keys["tokenizer"] = add("tokenizer", s, weights_sha, {}, axes("tokenizer"), weights_path)
+        judge = {"classifier": keys["classifier"]} if images and spec.needs_classifier(s) else {}
+        files: dict[str, Any] = {}  # where imported weights came from: columns of every row downstream
+        if s.tokenizer_checkpoint:
+            own, runtime, columns = imported(s.tokenizer_checkpoint, s)
+            files.update(columns)
+            keys["tokenizer"] = add("tokenizer", s, own, {}, {**axes("tokenizer"), **columns}, runtime)
+        else:
+            weights_sha, weights_path = perceptual_inputs(s.perceptual_weight)  # LPIPS file: sha hashed, path not
+            keys["tokenizer"] = add("tokenizer", s, weights_sha, {}, axes("tokenizer"), weights_path)
         keys["reference"], scoring = add_reference(s, keys.get("classifier"))
-        keys["reconstruction"] = add(
-            "reconstruction", s, {}, {"tokenizer": keys["tokenizer"], **scoring}, {**axes("tokenizer"), **axes("reference")}
-        )
+        if images:  # rFID pairs reconstructions with their originals: always the held-out images' reference
+            heldout = s.model_copy(update={"reference": "heldout"})
+            paired = scoring if s.reference == "heldout" else add_reference(heldout, keys.get("classifier"))[1]
+            keys["reconstruction"] = add(
+                "reconstruction", s, {}, {"tokenizer": keys["tokenizer"], **paired},
+                {**axes("tokenizer"), **{n: getattr(heldout, n) for n in AXES_OF_STAGE["reference"]}, **files},
+            )
+        if s.generator_checkpoint:  # imported: no training, no seed; its key is the file's sha256
+            own, runtime, columns = imported(s.generator_checkpoint, s)
+            files.update(columns)
+            keys["generator"] = add("generator", s, own, {}, {**axes("tokenizer"), **axes("generator"), "vocab": s.vocab,
+                                                              **files}, runtime)
         generator_own: dict[str, Any] = {"seed": trial.seed}
         generator_inputs = {"tokenizer": keys["tokenizer"]}
         if s.intermediate_every:  # scored while it trains: the baseline's feature space and sampling knobs
@@ -184,14 +238,15 @@ def make_plan(spec: Spec) -> Plan:
         if study.early_stopping is not None:  # a stage that may stop early is not the one that always finishes
             generator_own["early_stopping"] = study.early_stopping.model_dump()
             bracket = {"early_stopping_bracket": content_key("bracket", {"study": study.name, **generator_own["early_stopping"]}, {}, {})}
-        keys["generator"] = add(
-            "generator", s, generator_own, generator_inputs,
-            {**axes("tokenizer"), **axes("generator"), "vocab": s.vocab, "seed": trial.seed}, bracket,
-        )
+        if not s.generator_checkpoint:
+            keys["generator"] = add(
+                "generator", s, generator_own, generator_inputs,
+                {**axes("tokenizer"), **axes("generator"), "vocab": s.vocab, "seed": trial.seed, **files}, bracket,
+            )
         sampling_seed = sampling_seed_of(trial.seed)
         evaluation_inputs = {"generator": keys["generator"], "tokenizer": keys["tokenizer"], **judge,
                              "reference": keys["reference"]}
-        evaluation_columns = {**s.model_dump(), "seed": trial.seed, "sampling_seed": sampling_seed}
+        evaluation_columns = {**s.model_dump(), "seed": trial.seed, "sampling_seed": sampling_seed, **files}
         if study.search is None:
             keys["evaluation"] = add("evaluation", s, {"sampling_seed": sampling_seed}, evaluation_inputs, evaluation_columns)
         else:  # the evaluation is chosen at run time: the search's best point, evaluated again on a fresh seed

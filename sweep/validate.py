@@ -5,22 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from space.schema import Spec, SpecError, compose, study_points
+from space.schema import Spec, SpecError, study_points, trial_settings
 from sweep.fingerprint import IMAGE_EXTENSIONS
 
 
-def check_spec(spec: Spec, source: str = "spec") -> None:
-    """Raise SpecError naming the study, the axis, the value and the fix for the first registry miss."""
+def check_spec(spec: Spec, source: str = "spec", files: bool = True) -> None:
+    """Raise SpecError naming the study, the axis, the value and the fix for the first registry miss; with
+    `files`, also every missing file the settings read (`sweep plan` plans without them)."""
     from sweep.stages import check_settings, ignored_axes
 
-    spec.check_assets(source)  # files the settings read exist (perceptual weights)
+    if files:
+        spec.check_assets(source)  # files the settings read exist (weights, reference batch, checkpoints)
     problems = check_settings(spec.baseline, spec.dataset)
     if problems:
         axis, message = problems[0]
         raise SpecError(f"baseline.{axis}: {message}", source)
     for index, study in enumerate(spec.studies):
         for point in study_points(spec, study):
-            settings = compose(spec.baseline, study.fixed, point)
+            settings = trial_settings(spec, study, point)
             for axis, message in check_settings(settings, spec.dataset):
                 where = "vary" if axis in study.vary else "fixed" if axis in study.fixed else None
                 if where:
@@ -56,7 +58,7 @@ def check_dataset(dataset: Any, source: str = "spec", deep: bool = False) -> Non
     first that cannot be read."""
     from sweep.fingerprint import FASHION_MNIST_FILES, dataset_root, listing_of
 
-    if dataset.name == "digits":
+    if dataset.name in ("digits", "labels"):  # bundled, or no images at all (scoring imported models only)
         return
     root = dataset_root(dataset)
     if dataset.name == "fashion-mnist":

@@ -202,6 +202,13 @@ class ReferenceFeatures:
     extractor_weights: str | None = None
     """the Inception weights file the features came from (assets.inception_weights, or fid-helper's default_1.pt),
     so stages that score against them load the same file; None for the classifier (and older artifacts)"""
+    source_sha256: str | None = None
+    """sha256 of the file the reference images came from (the ADM batch), None for a dataset's held-out images"""
+
+    @property
+    def protocol_checksum(self) -> str:
+        """The protocol's reference checksum: the source file's sha256 when there is one, else the features'."""
+        return self.source_sha256 or self.checksum
 
     @functools.cached_property
     def features(self) -> Tensor:
@@ -328,9 +335,31 @@ def save_reference_features(
     features.npy. Returns the reference stage's row: reference, reference_checksum, reference_images,
     reference_extractor (feature space name), reference_extractor_sha256, feature_dim, reference_features.
     """
-    out = Path(out)
     source = image_batches(images, batch_size) if isinstance(images, Tensor) else images
-    stats, count, width = accumulate_features(extractor, source, out / FEATURES_FILE, batch_size)
+    return _write_reference(out, extractor, source, name=name, extractor_kind=extractor_kind, batch_size=batch_size)
+
+
+@torch.no_grad()
+def save_adm_reference_features(
+    out: str | Path, extractor: FeatureExtractor, path: str | Path, *, extractor_kind: str, batch_size: int = 250
+) -> dict[str, Any]:
+    """The reference stage's artifact of an ADM reference batch (`arr_0` uint8 (N, H, W, 3) images, e.g.
+    VIRTUAL_imagenet256_labeled.npz): its images featurised in `batch_size` slices (never the whole set as
+    float), streamed through the same accumulation as held-out images, named after the file and carrying its
+    sha256 (the protocol's reference checksum)."""
+    reference = load_reference(path)
+    if reference.images is None:
+        raise ValueError(f"{str(path)!r} holds no images (arr_0); the reference stage needs the ADM batch's images "
+                         f"to featurise them with the sweep's extractor, not only its statistics")
+    slices = (reference.image_tensor(start, start + batch_size) for start in range(0, len(reference.images), batch_size))
+    return _write_reference(out, extractor, slices, name=Path(path).name, extractor_kind=extractor_kind,
+                            batch_size=batch_size, source_sha256=reference.sha256)
+
+
+def _write_reference(out: str | Path, extractor: FeatureExtractor, batches: Any, *, name: str, extractor_kind: str,
+                     batch_size: int, source_sha256: str | None = None) -> dict[str, Any]:
+    out = Path(out)
+    stats, count, width = accumulate_features(extractor, batches, out / FEATURES_FILE, batch_size)
     record = {
         "reference": name,
         "reference_checksum": features_sha256(out / FEATURES_FILE),
@@ -339,6 +368,7 @@ def save_reference_features(
         "reference_extractor_sha256": extractor_sha256(extractor),
         "feature_dim": width,
         "reference_features": FEATURES_KEPT,
+        **({"reference_sha256": source_sha256} if source_sha256 else {}),
     }
     np.savez(out / STATISTICS_FILE, mu=stats["mu"], sigma=stats["sigma"])
     weights = getattr(extractor, "weights_path", None) if extractor_kind == "inception" else None
@@ -371,6 +401,7 @@ def load_reference_features(folder: str | Path) -> ReferenceFeatures:
         extractor_name=record["reference_extractor"], extractor_sha256=record["reference_extractor_sha256"],
         count=int(record["reference_images"]),
         extractor_weights=record.get("extractor_weights"),
+        source_sha256=record.get("reference_sha256"),
     )
 
 

@@ -125,7 +125,7 @@ def scoring_space(
     extractor = feature_extractor_for(reference.extractor, classifier, device, reference.extractor_weights)
     record = protocol(
         extractor=extractor, num_samples=num_samples, samples_per_class=samples_per_class, image_size=image_size,
-        reference=reference.name, reference_checksum=reference.checksum, k=PR_K, sampling_seed=sampling_seed,
+        reference=reference.name, reference_checksum=reference.protocol_checksum, k=PR_K, sampling_seed=sampling_seed,
     )
     reference.check_extractor(str(record["protocol_extractor_sha256"]))
     return reference, classifier, extractor, {**record, "protocol_id": protocol_id(record)}

@@ -24,7 +24,7 @@ def evaluation_stage(
 ) -> dict[str, Any]:
     s = stage.settings
     device = pick_device(stage.resources.gpus)
-    dataset = s["dataset"]  # classes and image size only: the images themselves are not read here
+    num_classes, image_size = s["dataset"]["num_classes"], s["dataset"]["image_size"]  # no images needed to sample
     tokenizer = load_tokenizer(inputs["tokenizer"], device)
     generator, config, saved = load_generator(inputs["generator"], device)
     vocab = vocabulary_for(tokenizer, config.token_each)
@@ -34,14 +34,14 @@ def evaluation_stage(
 
     # Class-balanced labels; fixed micro-batches, each drawing from its own generator seeded from
     # (sampling seed, batch index): the images do not depend on how the work is split.
-    labels = balanced_labels(dataset["num_classes"], s["samples_per_class"], device)
+    labels = balanced_labels(num_classes, s["samples_per_class"], device)
     blocks = range(math.ceil(len(labels) / SAMPLE_BATCH))
     sampled = sample_blocks(blocks, labels, s, tokenizer, vocab, generator, entry, order, grid, positions)
     fake = torch.cat([sampled[block] for block in blocks]).clamp(0, 1)
     # The held-out set's features and statistics come from the reference stage (computed once per extractor).
     reference, classifier, extractor, record = scoring_space(
         inputs, device, num_samples=len(labels), samples_per_class=s["samples_per_class"],
-        image_size=dataset["image_size"], sampling_seed=s["sampling_seed"],
+        image_size=image_size, sampling_seed=s["sampling_seed"],
     )
     metrics = image_metrics(classifier, None, fake, labels, real_features=reference.features,
                             real_statistics=reference.statistics, extractor=extractor, k=PR_K)

@@ -33,6 +33,10 @@ def generator_stage(
     stage: Any, inputs: dict[str, Path], out: Path, log: Log, checkpoints: Path | None = None
 ) -> dict[str, Any]:
     s = stage.settings
+    if "checkpoint" in s:  # an imported generator (released file or `sweep import` folder): no training
+        from sweep.stages.imported import import_generator
+
+        return import_generator(stage, out)
     workers = stage.resources.num_workers  # > 1: DDP on Ray Train workers that hold the GPUs; this process coordinates
     device = pick_device(stage.resources.gpus if workers == 1 else 0)
     data = dataset_of(stage)
@@ -108,7 +112,7 @@ def generator_stage(
         hooks.append(intermediate.hook())
     recipe = dict(
         steps=s["generator_steps"], lr=s["generator_lr"], seed=s["seed"], weight_decay=s["weight_decay"],
-        warmup_steps=s["generator_warmup"], precision=s["train_precision"],
+        warmup_steps=s["generator_warmup"], precision=s["train_precision"], ema_decay=s.get("generator_ema") or None,
         compile=bool(stage.runtime.get("compile", False)), positions=positions, checkpointer=checkpointer,
     )
     heldout_loss = None
@@ -133,7 +137,9 @@ def generator_stage(
         scratch.cleanup()
     else:
         shutil.rmtree(encoded_dir, ignore_errors=True)  # the weights are saved next: the cache has done its work
-    save_model(result.model, out, {"modeling": s["modeling"], "config": config.__dict__, "scan_order": s["scan_order"]})
+    # With generator_ema the trained model is the EMA copy: the artifact holds the weights every evaluation uses
+    save_model(result.model, out, {"modeling": s["modeling"], "config": config.__dict__, "scan_order": s["scan_order"],
+                                   "ema_decay": s.get("generator_ema", 0.0)})
     if intermediate is not None:
         intermediate.finish(len(result.losses), result.model, out)  # + the last step; intermediate.parquet
     if heldout_loss is None:

@@ -10,12 +10,30 @@ from runners.evaluation.intermediate import INTERMEDIATE_CODE_VERSION
 from runners.evaluation.metrics import METRICS_CODE_VERSION
 from runners.evaluation.reconstruction import RECONSTRUCTION_CODE_VERSION
 from runners.evaluation.reference import REFERENCE_CODE_VERSION
-from runners.generators import GENERATOR_SIZES, GENERATORS
+from runners.generators import GENERATOR_SIZES, GENERATORS, tokens_per_sample
 from runners.sampling import CFG_SCHEDULES, SAMPLING_CODE_VERSION
 from runners.scan import SCAN_ORDERS
 from runners.tokenizers import TOKENIZERS
 from runners.tokenizers.backbone import BACKBONE_SIZES
 from sweep.stages.common import generator_config, latent_grid
+
+IMPORT_CODE_VERSION = "import-1"
+"""Bumped when importing a checkpoint (sweep/stages/importing.py) changes what it writes (keys of imported stages)."""
+
+RELEASED_GENERATORS: dict[tuple[str, str, str], str] = {
+    **{("ar", size, vocab): f"gpt/{size}-{vocab}.pth" for size in ("L", "XL") for vocab in ("1-16", "2-8", "2-10", "2-12")},
+    **{("ar", "XXL", vocab): f"gpt/XXL-{vocab}.pth" for vocab in ("1-16", "2-10", "2-12")},
+    ("ar", "2B", "2-12"): "gpt/2B-2-12.pth",
+    **{("mlm", size, "1-16"): f"gpt/mlm{size}-1-16.pth" for size in ("L", "XL", "XXL")},
+}
+"""(modeling, size, vocab) -> the authors' released generator file (Hugging Face xuantonglll/ELM), 15 in all."""
+
+RELEASED_TOKENIZERS: dict[tuple[int, bool], str] = {
+    (16, True): "bae/bae_16/binaryae_ema.th", (16, False): "bae/bae_16_deter/binaryae_ema.th",
+    (20, True): "bae/bae_20/binaryae_ema.th", (24, True): "bae/bae_24/binaryae_ema.th",
+}
+"""(code_dim, bernoulli) -> the authors' released BAE file. A generator of vocab K-c reads the BAE of K*c bits
+(their sampling scripts pick bae_<K*c>; the deterministic 16-bit one only with their --deter-ae flag)."""
 
 # Bumped when a stage function changes what it computes (part of every key of that kind).
 STAGE_CODE_VERSIONS = {
@@ -28,6 +46,10 @@ STAGE_CODE_VERSIONS = {
 def code_versions(kind: str, settings: Any) -> dict[str, str]:
     """Code versions of the registry entries a stage of `kind` runs."""
     versions = {"stage": f"{kind}-{STAGE_CODE_VERSIONS[kind]}"}
+    if kind == "tokenizer" and settings.tokenizer_checkpoint:  # imported: the architecture's version, no training code
+        return {**versions, "tokenizer": TOKENIZERS[settings.tokenizer].code_version, "import": IMPORT_CODE_VERSION}
+    if kind == "generator" and settings.generator_checkpoint:
+        return {**versions, "generator": GENERATORS[settings.modeling].code_version, "import": IMPORT_CODE_VERSION}
     if kind == "classifier":
         versions["classifier"] = CLASSIFIER_CODE_VERSION
     elif kind == "tokenizer":
@@ -62,8 +84,19 @@ def ignored_axes(kind: str, settings: Any) -> set[str]:
     e.g. MLM evaluations differing only in top_k are one stage."""
     if kind == "evaluation" and settings.modeling in GENERATORS:
         return set(SAMPLING_AXES) - set(GENERATORS[settings.modeling].sample_knobs)
+    from space.schema import AXES_OF_STAGE
+
     ignored: set[str] = set()
+    if kind == "generator" and settings.generator_checkpoint:  # imported: the file's sha256 is the key, not the axes
+        return set(AXES_OF_STAGE["generator"])
+    if kind == "tokenizer" and settings.tokenizer_checkpoint:
+        return set(AXES_OF_STAGE["tokenizer"])
+    if kind == "reference" and settings.reference == "heldout":
+        ignored.add("reference")  # the default: keys of references made before the axis existed stay as they were
     if kind == "generator":
+        ignored.add("generator_checkpoint")  # "" here: a trained generator
+        if not settings.generator_ema:
+            ignored.add("generator_ema")  # off: keys of generators made before the axis existed stay as they were
         if settings.modeling != "mlm":
             ignored.add("mask_schedule_steps")
         if settings.tokenizer == "vq":
@@ -71,6 +104,7 @@ def ignored_axes(kind: str, settings: Any) -> set[str]:
         if not settings.intermediate_every:
             ignored |= {"intermediate_every", "intermediate_samples_per_class"}
     if kind == "tokenizer":
+        ignored.add("tokenizer_checkpoint")  # "" here: a trained tokenizer
         ignored |= {"restart_dead_codes"} if settings.tokenizer == "bae" else {"bernoulli", "bit_usage_weight"}
     return ignored
 
@@ -104,8 +138,9 @@ def check_settings(settings: Any, dataset: Any) -> list[tuple[str, str]]:
 
 def describe(stage: Any, tflops: float = 400.0) -> dict[str, Any]:
     """Facts about a planned generator computed without allocating anything (instant for 2B): parameter
-    count, and a cost estimate: training FLOPs ~ 6 x parameters x tokens seen, GPU-hours at `tflops`
-    sustained TFLOP/s per GPU."""
+    count, and a cost estimate: training FLOPs ~ 6 x parameters x tokens seen (positions, not sub-tokens),
+    GPU-hours at `tflops` sustained TFLOP/s per GPU (0 for an imported generator); `released` names the
+    authors' released file of the same configuration, when there is one."""
     if stage.kind != "generator":
         return {}
     s = {**stage.columns}
@@ -113,12 +148,17 @@ def describe(stage: Any, tflops: float = 400.0) -> dict[str, Any]:
     grid = latent_grid(s, dataset["image_size"])
     config = generator_config(s, s["code_dim"], grid, dataset["num_classes"])
     params = GENERATORS[s["modeling"]].parameter_count(config)
-    tokens = s["generator_steps"] * s["generator_batch"] * config.seq_len * config.token_each
-    return {
+    imported = bool(s.get("generator_checkpoint"))
+    # positions, not sub-tokens: an AR sample runs N slots whatever K; an MLM one K (N + 1) (runners.generators)
+    tokens = 0 if imported else s["generator_steps"] * s["generator_batch"] * tokens_per_sample(s["modeling"], config)
+    facts = {
         "parameter_count": params,
         "sequence_length": config.seq_len,
         "vocab": f"{config.token_each}-{config.bits_each}",
         "train_flops": 6.0 * params * tokens,
         "gpu_hours": 6.0 * params * tokens / (tflops * 1e12) / 3600.0,
+        "imported": imported,
     }
-
+    released = RELEASED_GENERATORS.get((s["modeling"], s["size"], facts["vocab"]))
+    authors = s["tokenizer"] == "bae" and s["bernoulli"] and s["scan_order"] == "raster" and grid == (16, 16)
+    return {**facts, "released": released} if released and authors else facts

@@ -19,6 +19,10 @@ def tokenizer_stage(
     stage: Any, inputs: dict[str, Path], out: Path, log: Log, checkpoints: Path | None = None
 ) -> dict[str, Any]:
     s = stage.settings
+    if "checkpoint" in s:  # an imported tokenizer (released BAE or `sweep import` folder): no training
+        from sweep.stages.imported import import_tokenizer
+
+        return import_tokenizer(stage, out)
     device = pick_device(stage.resources.gpus)
     data = dataset_of(stage)
     feed = loader_of(stage)  # the training and held-out images stream through a DataLoader

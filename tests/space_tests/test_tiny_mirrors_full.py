@@ -23,7 +23,7 @@ CPU_SIZES = {"tiny", "small"}
 def test_same_studies_and_axes_differing_only_in_scale():
     tiny, full = load_spec(SPACE / "tiny.yaml"), load_spec(SPACE / "full.yaml")
     assert [s.name for s in tiny.studies] == [s.name for s in full.studies]
-    assert len(tiny.studies) == 8
+    assert len(tiny.studies) == 9
     for small, big in zip(tiny.studies, full.studies):
         assert list(small.vary) == list(big.vary), small.name
         assert sorted(small.fixed) == sorted(big.fixed), small.name
@@ -48,7 +48,7 @@ def test_every_tiny_trial_runs_at_cpu_scale():
         assert s.generator_steps <= 400 and s.samples_per_class <= 20, trial.study
     seeds = {study.name: len(study.seeds or tiny.seeds) for study in tiny.studies}
     assert seeds["vocabulary-size"] == 2 and max(seeds.values()) == 2
-    assert sum(n == 1 for n in seeds.values()) == 7
+    assert sum(n == 1 for n in seeds.values()) == 8
 
 
 def test_tiny_validates_and_plans_within_the_demo_budget():
@@ -66,3 +66,6 @@ def test_tiny_validates_and_plans_within_the_demo_budget():
     baseline_generator = {t.keys["generator"] for t in plan.trials if t.trial.study == "cfg-schedule"}
     assert len(baseline_generator) == 1
     assert {t.keys["generator"] for t in plan.trials if t.trial.study == "top-k"} == baseline_generator
+    # so does the main-results miniature: its two cells are the vocabulary study's seed-0 runs
+    main = {t.keys["evaluation"] for t in plan.trials if t.trial.study == "main-results"}
+    assert len(main) == 2 and main <= {t.keys["evaluation"] for t in vocabulary}

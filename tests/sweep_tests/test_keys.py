@@ -76,11 +76,13 @@ def test_each_kind_hashes_exactly_its_own_settings():
     plan = make_plan(spec_with())
     expected = {
         "classifier": {"dataset", *AXES_OF_STAGE["classifier"]},
-        "tokenizer": {"dataset", *AXES_OF_STAGE["tokenizer"]} - {"restart_dead_codes"},  # a BAE has no codebook
+        # a BAE has no codebook; a trained tokenizer imports no checkpoint
+        "tokenizer": {"dataset", *AXES_OF_STAGE["tokenizer"]} - {"restart_dead_codes", "tokenizer_checkpoint"},
         # an AR generator reads neither the MLM mask schedule nor the MLM sampling knobs
-        # ... nor, without intermediate evaluations, their sample count
+        # ... nor, without intermediate evaluations, their sample count; EMA off and no import leave keys as they were
         "generator": {"dataset", "seed", *AXES_OF_STAGE["generator"]}
-        - {"mask_schedule_steps", "intermediate_every", "intermediate_samples_per_class"},
+        - {"mask_schedule_steps", "intermediate_every", "intermediate_samples_per_class", "generator_ema",
+           "generator_checkpoint"},
         "evaluation": {"dataset", "sampling_seed", *AXES_OF_STAGE["evaluation"]} - {"mlm_steps", "mlm_tau"},
         "reference": {"dataset", "feature_extractor"},
         "reconstruction": {"dataset"},  # everything else arrives through the tokenizer and reference keys

