@@ -297,6 +297,10 @@ class Runtime(BaseModel):
     checkpoint_every_steps: int = Field(100, description="Training stages checkpoint every this many steps (0 = off).", ge=0)
     checkpoint_every_minutes: float = Field(10.0, description="... and at least this often in wall time (0 = off).", ge=0)
     retries: int = Field(0, description="Extra attempts of a stage that raised (a lost worker is always run again).", ge=0)
+    compile: Literal["auto"] | bool = Field(
+        "auto", description="torch.compile of the whole model in training stages: 'auto' (on CUDA only), true "
+        "(also on a CPU with a C++ compiler, else eager), false. Results agree within float rounding: not hashed.",
+    )
 
 
 _SHA256_CACHE: dict[tuple[str, int, int], str] = {}

@@ -18,6 +18,7 @@ from runners.generators import GENERATORS
 from runners.scan import scan_positions, to_scan
 from runners.tokenizers import vocabulary_for
 from runners.train_generator import Hook, evaluate_loss, train_generator
+from runners.train_speed import generator_flops_per_position
 from sweep.stages.common import (
     SAMPLE_BATCH, Log, balanced_labels, checkpointer_of, dataset_of, generator_config, pick_device, sample_blocks,
     scoring_space,
@@ -88,7 +89,8 @@ def generator_stage(
     recipe = dict(
         steps=s["generator_steps"], lr=s["generator_lr"], seed=s["seed"], weight_decay=s["weight_decay"],
         warmup_steps=s["generator_warmup"], precision=s["train_precision"],
-        compile=bool(stage.runtime.get("compile", False)), positions=positions, checkpointer=checkpointer,
+        compile=stage.runtime.get("compile", "auto"), positions=positions, checkpointer=checkpointer,
+        flops_per_token=flops_per_position(s["modeling"], config),
     )
     heldout_loss = None
     if workers == 1:
@@ -117,10 +119,26 @@ def generator_stage(
         "final_loss": result.final_loss,
         "heldout_loss": heldout_loss,
         "steps_per_s": result.steps_per_s,
+        **throughput_row(result.throughput),
         "resumed_from_step": -1 if resumed is None else int(resumed["step"]),
         "workers": workers,
     }
 
+
+def flops_per_position(modeling: str, config: Any) -> float:
+    """Training FLOPs per sequence position (runners.perf's rule): the AR runs N slots per sample, the MLM
+    1 + N K (its K sub-tokens of a position are slots of their own)."""
+    N, K = config.seq_len, config.token_each
+    slots = N if modeling == "ar" else 1 + N * K
+    return generator_flops_per_position(GENERATORS[modeling].parameter_count(config), config.layers, config.width,
+                                        N, slots)
+
+
+def throughput_row(speed: Any) -> dict[str, Any]:
+    """tokens_per_s, achieved_tflops, mfu (None on devices without a known peak) of a training stage's row."""
+    if speed is None:
+        return {"tokens_per_s": None, "achieved_tflops": None, "mfu": None}
+    return speed.row()
 
 
 class StagePruned(Exception):
