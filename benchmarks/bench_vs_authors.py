@@ -87,7 +87,7 @@ def timed(fn: Callable[[], object]) -> float:
 
 def alternate(ours: Callable[[], object], theirs: Callable[[], object], reps: int) -> tuple[float, float, str]:
     """Median seconds of each side over `reps` alternating runs, and the load averages seen."""
-    ours(), theirs()  # warm-up (allocator, first-call setup)
+    ours()  # warm-up of our side (allocator, compiled graphs); theirs has no first-call setup worth a run
     times: dict[str, list[float]] = {"ours": [], "theirs": []}
     loads = []
     for _ in range(reps):
@@ -133,7 +133,7 @@ def bench_ar(ar_model: types.ModuleType, reps: int, label_counts: tuple[int, ...
         run_theirs = lambda: theirs.generate_cfg(None, labels, num_iter=GRID * GRID, top_k=TOP_K,  # noqa: E731
                                                  cfg_scale=CFG, cfg_schedule="linear")
         with torch.no_grad():
-            ours_s, theirs_s, loads = alternate(run_ours, run_theirs, reps if count <= 4 else 1)
+            ours_s, theirs_s, loads = alternate(run_ours, run_theirs, reps if count <= 4 else 1)  # theirs: minutes
         ok.append(report(f"AR sampling, {count} labels", "tokens/s", count * GRID * GRID, ours_s, theirs_s, loads,
                          f"ar{count}" if f"ar{count}" in TARGETS else "ar4"))
     return ok
@@ -141,9 +141,10 @@ def bench_ar(ar_model: types.ModuleType, reps: int, label_counts: tuple[int, ...
 
 def bench_mlm(mlm_model: types.ModuleType, reps: int, count: int = 32) -> bool:
     ours = randomise(MLMGenerator(our_config())).eval()
-    theirs = randomise(mlm_model.Transformer(mlm_model.ModelArgs(
-        dim=WIDTH, n_layer=LAYERS, n_head=HEADS, token_each=K, code_dim=BITS, num_classes=CLASSES,
-        block_size=GRID * GRID, cls_token_num=1))).eval()
+    args = mlm_model.ModelArgs(dim=WIDTH, n_layer=LAYERS, n_head=HEADS, token_each=K, code_dim=BITS,
+                               num_classes=CLASSES, block_size=GRID * GRID, cls_token_num=1)
+    args.model_type = "c2i"  # their MLM Transformer reads this attribute, which their MLM ModelArgs lacks
+    theirs = randomise(mlm_model.Transformer(args)).eval()
     labels = torch.arange(count) % CLASSES
     run_ours = lambda: sample_mlm(ours, labels, steps=MLM_STEPS, tau=MLM_TAU, cfg_scale=CFG,  # noqa: E731
                                   cfg_schedule="linear", generator=torch.Generator().manual_seed(0))
