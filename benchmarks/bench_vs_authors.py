@@ -10,8 +10,9 @@ Both sides build the same architecture: 4 layers, width 256, 4 heads, K = 2 sub-
 16 x 16 grid, 10 classes, eval mode. It prints, each with our/their ratio:
 
 - AR sampling tokens/s (a token = one latent position, CFG rows not counted) at 4 and 32 labels, CFG scale 4
-  with the linear schedule and top-k 32: ours `sample_ar` (KV cache; the static-cache decode step where the
-  model offers it), theirs `generate_cfg` (it recomputes the whole prefix at every position);
+  with the linear schedule and top-k 32: ours `sample_ar` with the model's KV cache (the CPU default), and on
+  a second line through the static-cache decoder with its step compiled (runners/fast_decode.py, when a C++
+  compiler exists), theirs `generate_cfg` (it recomputes the whole prefix at every position);
 - MLM sampling (10 steps, 32 labels, CFG 4 linear): images/s of `sample_mlm` against their `generate_cfg`;
 - one training step at batch 16 (forward, backward, gradient clipping at 1.0, AdamW, EMA): ours the pieces of
   runners/train_generator.py, compiled with torch.compile when a C++ compiler exists (else eager, said so),
@@ -39,6 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from runners.fast_decode import StaticDecoder  # noqa: E402
 from runners.generators import ARGenerator, GeneratorConfig, MLMGenerator  # noqa: E402
 from runners.sampling import sample_ar, sample_mlm  # noqa: E402
 from runners.train_generator import _ema_update, _optimizer  # noqa: E402
@@ -85,17 +87,23 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def alternate(ours: Callable[[], object], theirs: Callable[[], object], reps: int) -> tuple[float, float, str]:
-    """Median seconds of each side over `reps` alternating runs, and the load averages seen."""
+def alternate(ours: Callable[[], object], theirs: Callable[[], object], reps: int,
+              extra: Callable[[], object] | None = None) -> tuple[float, float, str, float | None]:
+    """Median seconds of each side over `reps` alternating runs, the load averages seen, and the median of an
+    optional second variant of ours (run in the same rotation)."""
     ours()  # warm-up of our side (allocator, compiled graphs); theirs has no first-call setup worth a run
-    times: dict[str, list[float]] = {"ours": [], "theirs": []}
+    if extra is not None:
+        extra()
+    times: dict[str, list[float]] = {"ours": [], "theirs": [], "extra": []}
     loads = []
     for _ in range(reps):
         times["ours"].append(timed(ours))
         times["theirs"].append(timed(theirs))
+        if extra is not None:
+            times["extra"].append(timed(extra))
         loads.append(os.getloadavg()[0])
     return statistics.median(times["ours"]), statistics.median(times["theirs"]), \
-        f"load {min(loads):.1f}-{max(loads):.1f}"
+        f"load {min(loads):.1f}-{max(loads):.1f}", statistics.median(times["extra"]) if extra is not None else None
 
 
 def report(name: str, unit: str, amount: float, ours_s: float, theirs_s: float, loads: str, target: str) -> bool:
@@ -120,11 +128,13 @@ def randomise(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def bench_ar(ar_model: types.ModuleType, reps: int, label_counts: tuple[int, ...]) -> list[bool]:
+def bench_ar(ar_model: types.ModuleType, reps: int, label_counts: tuple[int, ...], compile: bool) -> list[bool]:
     ours = randomise(ARGenerator(our_config())).eval()
     theirs = randomise(ar_model.Transformer(ar_model.ModelArgs(
         dim=WIDTH, n_layer=LAYERS, n_head=HEADS, token_each=K, code_dim=BITS, num_classes=CLASSES,
         block_size=GRID * GRID, cls_token_num=1))).eval()
+    # the static-cache decoder with its step compiled (what runtime.compile true gives on a CPU with a compiler)
+    static = StaticDecoder(ours, compile=True) if compile else None
     ok = []
     for count in label_counts:
         labels = torch.arange(count) % CLASSES
@@ -132,10 +142,17 @@ def bench_ar(ar_model: types.ModuleType, reps: int, label_counts: tuple[int, ...
                                      generator=torch.Generator().manual_seed(0))
         run_theirs = lambda: theirs.generate_cfg(None, labels, num_iter=GRID * GRID, top_k=TOP_K,  # noqa: E731
                                                  cfg_scale=CFG, cfg_schedule="linear")
+        run_static = None
+        if static is not None:
+            run_static = lambda: sample_ar(static, labels, cfg_scale=CFG, cfg_schedule="linear",  # noqa: E731
+                                           top_k=TOP_K, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
-            ours_s, theirs_s, loads = alternate(run_ours, run_theirs, reps if count <= 4 else 1)  # theirs: minutes
+            ours_s, theirs_s, loads, static_s = alternate(run_ours, run_theirs, reps if count <= 4 else 1, run_static)
+        target = f"ar{count}" if f"ar{count}" in TARGETS else "ar4"
         ok.append(report(f"AR sampling, {count} labels", "tokens/s", count * GRID * GRID, ours_s, theirs_s, loads,
-                         f"ar{count}" if f"ar{count}" in TARGETS else "ar4"))
+                         target))
+        if static_s is not None:
+            report(f"  static cache, compiled", "tokens/s", count * GRID * GRID, static_s, theirs_s, loads, target)
     return ok
 
 
@@ -226,7 +243,7 @@ def main() -> None:
           f"{CLASSES} classes; C++ compiler: {cxx_compiler() or 'none (training eager)'}", flush=True)
     ok = []
     if "ar" in parts:
-        ok += bench_ar(ar_model, args.reps, tuple(args.labels))
+        ok += bench_ar(ar_model, args.reps, tuple(args.labels), compile)
     if "mlm" in parts:
         ok.append(bench_mlm(mlm_model, args.reps))
     if "train" in parts:
