@@ -168,7 +168,7 @@ def bench_mlm(mlm_model: types.ModuleType, reps: int, count: int = 32) -> bool:
     run_theirs = lambda: theirs.generate_cfg(None, labels, num_iter=MLM_STEPS, temperature=MLM_TAU,  # noqa: E731
                                              cfg_scale=CFG, cfg_schedule="linear")
     with torch.no_grad():
-        ours_s, theirs_s, loads = alternate(run_ours, run_theirs, reps)
+        ours_s, theirs_s, loads, _ = alternate(run_ours, run_theirs, reps)
     return report(f"MLM sampling, {count} labels", "images/s", count, ours_s, theirs_s, loads, "mlm")
 
 
@@ -215,7 +215,7 @@ def bench_train(ar_model: types.ModuleType, reps: int, compile: bool) -> bool:
     if compile:
         for _ in range(2):  # compile (or load from the inductor cache) before timing
             step_ours()
-    ours_s, theirs_s, loads = alternate(step_ours, step_theirs, reps)
+    ours_s, theirs_s, loads, _ = alternate(step_ours, step_theirs, reps)
     how = "compiled" if compile else "eager"
     return report(f"training step, batch {TRAIN_BATCH} ({how})", "tokens/s", TRAIN_BATCH * GRID * GRID, ours_s,
                   theirs_s, loads, "train")
@@ -229,6 +229,7 @@ def main() -> None:
     parser.add_argument("--only", choices=("ar", "mlm", "train"), action="append",
                         help="run only these parts (repeatable; default all)")
     parser.add_argument("--labels", type=int, nargs="+", default=[4, 32], help="AR label counts (default 4 32)")
+    parser.add_argument("--mlm-labels", type=int, default=32, help="MLM label count (default 32)")
     parser.add_argument("--eager", action="store_true", help="train our side eager even where compile is possible")
     args = parser.parse_args()
     if args.checkout is None:
@@ -245,7 +246,7 @@ def main() -> None:
     if "ar" in parts:
         ok += bench_ar(ar_model, args.reps, tuple(args.labels), compile)
     if "mlm" in parts:
-        ok.append(bench_mlm(mlm_model, args.reps))
+        ok.append(bench_mlm(mlm_model, args.reps, args.mlm_labels))
     if "train" in parts:
         ok.append(bench_train(ar_model, args.reps, compile))
     print(f"{sum(ok)} of {len(ok)} targets met ({load_text()} at the end)")
