@@ -14,7 +14,7 @@ from runners.artifacts import load_tokenizer, save_model
 from runners.data import ImageDataset, stack
 from runners.encode import encode_dataset, token_batch
 from runners.evaluation.intermediate import INTERMEDIATE_LOG, IntermediateEvaluator, IntermediateLog
-from runners.generators import GENERATORS
+from runners.generators import GENERATORS, tokens_per_sample
 from runners.scan import scan_positions, to_scan
 from runners.tokenizers import vocabulary_for
 from runners.train_generator import Hook, evaluate_loss, train_generator
@@ -126,10 +126,9 @@ def generator_stage(
 
 
 def flops_per_position(modeling: str, config: Any) -> float:
-    """Training FLOPs per sequence position (runners.perf's rule): the AR runs N slots per sample, the MLM
-    1 + N K (its K sub-tokens of a position are slots of their own)."""
-    N, K = config.seq_len, config.token_each
-    slots = N if modeling == "ar" else 1 + N * K
+    """Training FLOPs per sequence position (runners.perf's rule) for the transformer slots a sample runs
+    (runners.generators.tokens_per_sample: the AR N, the MLM K + N K)."""
+    N, slots = config.seq_len, tokens_per_sample(modeling, config)
     return generator_flops_per_position(GENERATORS[modeling].parameter_count(config), config.layers, config.width,
                                         N, slots)
 
