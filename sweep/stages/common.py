@@ -101,7 +101,9 @@ def sample_blocks(
 def fast_decoder(model: Any, settings: dict[str, Any]) -> Any:
     """An AR generator on CUDA decodes through the static KV cache with its step compiled as a CUDA graph
     (runners/fast_decode.py; same tokens up to float rounding); elsewhere, and for other generators, the model
-    itself (the CPU path stays the reference one)."""
+    itself (the CPU path stays the reference one). The sampling batch stays one block (SAMPLE_BATCH labels,
+    doubled by CFG): sample_ar draws a whole batch from one generator, so several blocks per forward would need
+    per-block draws inside the sampler to keep each block's images independent of how blocks are grouped."""
     from runners.fast_decode import StaticDecoder
     from runners.generators import ARGenerator
 
