@@ -8,8 +8,12 @@ x K; MLM: cross-entropy on freshly masked positions), so the same loop trains bo
 
 GPU hooks: `precision="bf16"` runs the forward and loss under torch.autocast(bfloat16) on the
 model's device type (the recipe's bf16; weights, gradients, optimizer state and EMA stay float32,
-no loss scaling needed for bf16); on CPU it works but is slow. `compile=True` wraps `model.loss` in
-torch.compile (the model object itself is left unchanged, so its state_dict keys stay plain).
+no loss scaling needed for bf16); on CPU it works but is slow. `compile` (runtime.compile: "auto" = on
+for CUDA only, True, False) compiles the whole model's forward in place for the loop
+(runners/train_speed.py; state_dict keys stay plain) and returns it eager. On CUDA the loop also turns
+on TF32 matmuls, uses AdamW's fused kernel and draws the next batch while the current step runs
+(`prefetch`, same draws in the same order). `flops_per_token` (runners/perf.py) makes the live line
+and the result carry tokens/s, achieved TFLOP/s and MFU (None on devices without a known peak).
 `positions` (N, 2) trains in a scan order (runners/scan.py; ids from batch_fn must then be in that
 order too).
 
@@ -30,6 +34,10 @@ import torch
 from torch import Tensor, nn
 
 from runners.checkpoint import Checkpointer, rng_state, set_rng_state
+from runners.perf import Throughput, throughput
+from runners.train_speed import (
+    Prefetcher, adamw_fused, compile_model, configure_matmul, device_name, resolve_compile, uncompile_model,
+)
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -61,6 +69,12 @@ class TrainResult:
     steps_per_s: float = field(default=0.0)
     stopped_at: int | None = None
     """completed steps when a hook stopped training early (None: it ran all `steps`)"""
+    tokens: int = 0
+    """sequence positions trained on in this call (batch x N per step; a resumed run counts its own steps)"""
+    throughput: Throughput | None = None
+    """tokens/s, achieved TFLOP/s and MFU of this call (None unless flops_per_token was given)"""
+    compiled: bool = False
+    """whether the loop ran the compiled model"""
 
 
 def _optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]) -> torch.optim.AdamW:
@@ -68,7 +82,9 @@ def _optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[fl
     decay = [p for p in params if p.ndim >= 2]  # matrices: linear weights, embedding tables
     no_decay = [p for p in params if p.ndim < 2]  # RMSNorm gains (and any bias)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    device = params[0].device if params else torch.device("cpu")
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=adamw_fused(device) or None)
+
 
 
 @torch.no_grad()
@@ -94,19 +110,22 @@ def train_generator(
     log_every: int = 10,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     precision: Literal["fp32", "bf16"] = "fp32",
-    compile: bool = False,
+    compile: bool | Literal["auto"] = False,
     positions: Tensor | None = None,
     checkpointer: Checkpointer | None = None,
     loss_fn: Callable[..., Tensor] | None = None,
     hooks: Sequence[Hook] = (),
+    prefetch: bool | None = None,
+    flops_per_token: float | None = None,
 ) -> TrainResult:
     """Train `model` (in place) for `steps` optimizer steps on batches from `batch_fn`.
 
     model must provide `loss(ids, labels, *, positions, generator) -> scalar Tensor`. precision
-    "bf16" autocasts forward + loss to bfloat16 on the model's device; compile=True runs the loss
-    through torch.compile; positions (N, 2) is the scan order handed to every loss call (None =
-    raster). loss_fn, when given, computes the loss in place of `model.loss` (same arguments): data-
-    parallel training (runners/distributed.py) passes a DistributedDataParallel wrapper whose forward
+    "bf16" autocasts forward + loss to bfloat16 on the model's device; compile ("auto": CUDA only,
+    True, False; see runners.train_speed.resolve_compile) runs the whole model compiled during the
+    loop; prefetch (None: on CUDA only) draws batch s + 1 while step s runs; positions (N, 2) is the
+    scan order handed to every loss call (None = raster). loss_fn, when given, computes the loss in
+    place of `model.loss` (same arguments): data-parallel training (runners/distributed.py) passes a DistributedDataParallel wrapper whose forward
     is `model.loss`, so backward all-reduces the gradients while the optimizer, EMA and checkpoints
     keep working on the plain `model` (same parameter tensors, plain state_dict keys).
     checkpointer (runners.checkpoint) saves model, optimizer, EMA, losses and every RNG
@@ -114,6 +133,8 @@ def train_generator(
     is called every `log_every` steps and at the last step with metrics "loss" (mean since the
     last log), "lr" and "grad_norm". A non-finite loss raises FloatingPointError at once. hooks: see
     `Hook` (intermediate evaluations, early stopping); a stopped run returns with `stopped_at` set.
+    flops_per_token (runners.perf.train_flops_per_token, per sequence position): the live line and the
+    result then carry tokens/s, achieved TFLOP/s and MFU.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, but got steps={steps}")
@@ -135,11 +156,17 @@ def train_generator(
 
     torch.manual_seed(seed)  # dropout masks
     generator = torch.Generator().manual_seed(seed)  # label dropout and batch_fn draws (CPU: device-independent)
+    device = next(model.parameters()).device
+    device_type = device.type
+    configure_matmul(device)  # TF32 on CUDA
     optimizer = _optimizer(model, lr, weight_decay, betas)
     ema = copy.deepcopy(model).requires_grad_(False) if ema_decay is not None else None
-    device_type = next(model.parameters()).device.type
     loss_fn = loss_fn if loss_fn is not None else model.loss
-    loss_fn = torch.compile(loss_fn) if compile else loss_fn
+    compiled, _ = resolve_compile(compile, device)
+    if compiled:
+        compile_model(model)  # the loss (and a DDP wrapper's forward) call the compiled forward
+    prefetcher = Prefetcher(batch_fn, generator, device)
+    prefetch = device_type == "cuda" if prefetch is None else prefetch
 
     model.train()
     losses: list[tuple[int, float]] = []
@@ -155,35 +182,50 @@ def train_generator(
         losses, since_log, first_step = state["losses"], state["since_log"], state["step"]  # steps completed
 
     def snapshot() -> dict:
+        rng = rng_state(generator)
+        rng["generators"] = [prefetcher.generator_state()]  # as before a batch drawn ahead
         return {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None, "rng": rng_state(generator),
+            "ema": ema.state_dict() if ema is not None else None, "rng": rng,
             "losses": losses, "since_log": since_log,
         }
 
     start = time.perf_counter()
     stopped_at = None
+    tokens = 0
+    window_start, window_tokens = start, 0  # the live line's throughput: since the last log
     for step in range(first_step, steps):
         step_lr = lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps else lr  # linear warmup, then constant
         for group in optimizer.param_groups:
             group["lr"] = step_lr
-        ids, labels = batch_fn(step, generator)
+        ids, labels = prefetcher.take(step)
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss = loss_fn(ids, labels, positions=positions, generator=generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if prefetch and step < steps - 1:
+            prefetcher.ahead(step + 1)  # after this step's draws: the draw order is unchanged
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"loss is NaN at step {step} (got {loss_value}); lower lr or check inputs")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         if ema is not None:
             _ema_update(ema, model, ema_decay)  # type: ignore[arg-type]
         losses.append((step, loss_value))
         since_log.append(loss_value)
+        tokens += ids.shape[0] * ids.shape[1]
+        window_tokens += ids.shape[0] * ids.shape[1]
         if on_log is not None and ((step + 1) % log_every == 0 or step == steps - 1):
-            on_log(step, {"loss": sum(since_log) / len(since_log), "lr": step_lr, "grad_norm": float(grad_norm)})
+            metrics = {"loss": sum(since_log) / len(since_log), "lr": step_lr, "grad_norm": float(grad_norm)}
+            now = time.perf_counter()
+            if flops_per_token is not None and now > window_start:
+                speed = throughput(tokens=window_tokens, seconds=now - window_start,
+                                   flops_per_token=flops_per_token, device_name=device_name(device))
+                metrics.update({k: v for k, v in speed.row().items() if v is not None})
+            on_log(step, metrics)
             since_log = []
+            window_start, window_tokens = time.perf_counter(), 0
         if step < steps - 1:
             saved = checkpointer.maybe_save(step + 1, snapshot)  # counted in completed steps
             due = [fn for every, fn in hooks if (step + 1) % every == 0]
@@ -193,6 +235,8 @@ def train_generator(
                 stopped_at = step + 1
                 break
     wall_s = time.perf_counter() - start
+    if compiled:
+        uncompile_model(model)  # what follows (evaluation, saving) runs eager with any shapes
 
     done = len(losses)
     tail = max(1, done // 10)
@@ -207,6 +251,11 @@ def train_generator(
         wall_s=wall_s,
         steps_per_s=(done - first_step) / wall_s if wall_s > 0 else float("inf"),
         stopped_at=stopped_at,
+        tokens=tokens,
+        throughput=throughput(tokens=tokens, seconds=wall_s, flops_per_token=flops_per_token,
+                              device_name=device_name(device))
+        if flops_per_token is not None and wall_s > 0 and tokens else None,
+        compiled=compiled,
     )
 
 

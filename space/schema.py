@@ -324,6 +324,10 @@ class Runtime(BaseModel):
     retries: int = Field(0, description="Extra attempts of a stage that raised (a lost worker is always run again).", ge=0)
     loader_workers: int | None = Field(None, description="DataLoader worker processes per stage (default: the stage's "
                                        "cpus - 1).", ge=0)
+    compile: Literal["auto"] | bool = Field(
+        "auto", description="torch.compile of the whole model in training stages: 'auto' (on CUDA only), true "
+        "(also on a CPU with a C++ compiler, else eager), false. Results agree within float rounding: not hashed.",
+    )
 
 
 _SHA256_CACHE: dict[tuple[str, int, int], str] = {}

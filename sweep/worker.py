@@ -36,6 +36,10 @@ RUN_METADATA_COLUMNS: tuple[str, ...] = (
     "executor",
     "command",
     "workers",  # data-parallel workers: equal weights up to float rounding of the all-reduce, not bit for bit
+    "tokens_per_s",  # throughput of training stages (runners/perf.py)
+    "images_per_s",
+    "achieved_tflops",
+    "mfu",
 )
 
 

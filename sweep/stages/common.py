@@ -101,6 +101,7 @@ def sample_blocks(
     the same images (tested with 1 and 4 workers).
     """
     device = labels.device
+    generator = fast_decoder(generator, settings)
     out = {}
     for block in blocks:
         fault_point("evaluation")
@@ -109,6 +110,20 @@ def sample_blocks(
         ids = entry.sample(generator, chunk, settings, rng, positions)  # (B, N, K) in scan order
         out[block] = tokenizer.decode_ids(from_scan(ids, order, *grid), vocab)  # back to raster, then decode
     return out
+
+
+def fast_decoder(model: Any, settings: dict[str, Any]) -> Any:
+    """An AR generator on CUDA decodes through the static KV cache with its step compiled as a CUDA graph
+    (runners/fast_decode.py; same tokens up to float rounding); elsewhere, and for other generators, the model
+    itself (the CPU path stays the reference one). The sampling batch stays one block (SAMPLE_BATCH labels,
+    doubled by CFG): sample_ar draws a whole batch from one generator, so several blocks per forward would need
+    per-block draws inside the sampler to keep each block's images independent of how blocks are grouped."""
+    from runners.fast_decode import StaticDecoder
+    from runners.generators import ARGenerator
+
+    if not isinstance(model, ARGenerator) or next(model.parameters()).device.type != "cuda":
+        return model
+    return StaticDecoder(model, compile="auto")
 
 
 def scoring_space(

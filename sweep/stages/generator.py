@@ -16,11 +16,12 @@ from runners.artifacts import load_tokenizer, save_model
 from runners.data import ImageDataset, LoaderSettings, batches
 from runners.encode import EncodedFolder, encode_to_folder
 from runners.evaluation.intermediate import INTERMEDIATE_LOG, IntermediateEvaluator, IntermediateLog
-from runners.generators import GENERATORS
+from runners.generators import GENERATORS, tokens_per_sample
 from runners.scan import scan_positions, to_scan
 from runners.tokenizers import vocabulary_for
 from runners.train_generator import Hook, evaluate_loss, train_generator
 from sweep.faults import armed, fault_loss
+from runners.train_speed import generator_flops_per_position
 from sweep.stages.common import (
     SAMPLE_BATCH, Log, balanced_labels, checkpointer_of, dataset_of, generator_config, loader_of, pick_device,
     sample_blocks, scoring_space,
@@ -113,7 +114,8 @@ def generator_stage(
     recipe = dict(
         steps=s["generator_steps"], lr=s["generator_lr"], seed=s["seed"], weight_decay=s["weight_decay"],
         warmup_steps=s["generator_warmup"], precision=s["train_precision"], ema_decay=s.get("generator_ema") or None,
-        compile=bool(stage.runtime.get("compile", False)), positions=positions, checkpointer=checkpointer,
+        compile=stage.runtime.get("compile", "auto"), positions=positions, checkpointer=checkpointer,
+        flops_per_token=flops_per_position(s["modeling"], config),
     )
     heldout_loss = None
     if workers == 1:
@@ -151,11 +153,26 @@ def generator_stage(
         "final_loss": result.final_loss,
         "heldout_loss": heldout_loss,
         "steps_per_s": result.steps_per_s,
+        **throughput_row(result.throughput),
         "resumed_from_step": -1 if resumed is None else int(resumed["step"]),
         "checkpoint_discarded": checkpointer.discarded,  # why a checkpoint found was not used ('' if none)
         "workers": workers,
     }
 
+
+def flops_per_position(modeling: str, config: Any) -> float:
+    """Training FLOPs per sequence position (runners.perf's rule) for the transformer slots a sample runs
+    (runners.generators.tokens_per_sample: the AR N, the MLM K + N K)."""
+    N, slots = config.seq_len, tokens_per_sample(modeling, config)
+    return generator_flops_per_position(GENERATORS[modeling].parameter_count(config), config.layers, config.width,
+                                        N, slots)
+
+
+def throughput_row(speed: Any) -> dict[str, Any]:
+    """tokens_per_s, achieved_tflops, mfu (None on devices without a known peak) of a training stage's row."""
+    if speed is None:
+        return {"tokens_per_s": None, "achieved_tflops": None, "mfu": None}
+    return speed.row()
 
 
 class StagePruned(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ from runners.artifacts import save_model
 from runners.data import Batches
 from runners.tokenizers import TOKENIZERS, vocabulary_for
 from runners.tokenizers.losses import check_perceptual_weights
+from runners.perf import throughput
+from runners.train_speed import RateMeter, device_name, measured_train_flops
 from runners.train_tokenizer import reconstruction_metrics, train_tokenizer
 from sweep.stages.common import Log, checkpointer_of, dataset_of, loader_of, pick_device
 
@@ -38,16 +41,36 @@ def tokenizer_stage(
     resumed = checkpointer.restore()
     torch.manual_seed(s["tokenizer_seed"])
     model = TOKENIZERS[s["tokenizer"]].build(**kwargs).to(device)
+    first_step = 0 if resumed is None else int(resumed["step"])
+    flops = image_train_flops(model, data.channels, data.image_size, device)  # per image
+    meter = RateMeter(log, per_step=s["tokenizer_batch"], unit="images", device=device, flops_per_unit=flops,
+                      first_step=first_step)
+    started = time.perf_counter()
     model = train_tokenizer(
         model, data.train, steps=s["tokenizer_steps"], lr=s["tokenizer_lr"], batch_size=s["tokenizer_batch"],
-        seed=s["tokenizer_seed"], bit_usage_weight=s.get("bit_usage_weight", 0.0), on_log=log,
+        seed=s["tokenizer_seed"], bit_usage_weight=s.get("bit_usage_weight", 0.0), on_log=meter,
         gan_weight=s["gan_weight"], gan_start=s["gan_start"], perceptual_weight=s.get("perceptual_weight", 0.0),
         perceptual_weights=perceptual_weights, checkpointer=checkpointer, loader=feed, flip=data.flip,
     )
+    speed = throughput(tokens=(s["tokenizer_steps"] - first_step) * s["tokenizer_batch"],
+                       seconds=max(time.perf_counter() - started, 1e-9), flops_per_token=flops,
+                       device_name=device_name(device))
     save_model(model, out, {"tokenizer": s["tokenizer"], "kwargs": kwargs})
     vocab = vocabulary_for(model, 1) if s["tokenizer"] == "bae" else None  # ids of one whole latent position
     metrics = reconstruction_metrics(model, Batches(data.heldout, 256, feed), vocab=vocab)
     return {**{name: float(value) for name, value in metrics.items()},
             "resumed_from_step": -1 if resumed is None else int(resumed["step"]),
-            "checkpoint_discarded": checkpointer.discarded}  # why a checkpoint found was not used ('' if none)
+            "checkpoint_discarded": checkpointer.discarded,  # why a checkpoint found was not used ('' if none)
+            "images_per_s": speed.tokens_per_s, "achieved_tflops": speed.tflops, "mfu": speed.mfu}
+
+
+def image_train_flops(model: torch.nn.Module, channels: int, image_size: int, device: torch.device) -> float:
+    """Training FLOPs per image of a tokenizer: 3 x its forward's (encoder + decoder) on one image, counted."""
+    image = torch.zeros(1, channels, image_size, image_size, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        return measured_train_flops(lambda: model(image))
+    finally:
+        model.train(was_training)
 

@@ -159,3 +159,12 @@ def test_a_stage_no_node_can_fit_fails_with_the_reason(tmp_path):
     rows = load_results(tmp_path).rows
     assert "needs 99 CPUs" in rows["tokenizer"]["error"].iloc[0] and "lower resources.tokenizer" in rows["tokenizer"]["error"].iloc[0]
     assert set(rows["evaluation"]["status"]) == {"skipped"}
+
+
+def test_training_rows_carry_their_throughput(serial_run):
+    rows = load_results(serial_run).rows
+    generators, tokenizers = rows["generator"], rows["tokenizer"]
+    assert (generators["tokens_per_s"] > 0).all() and (generators["achieved_tflops"] > 0).all()
+    assert generators["mfu"].isna().all()  # a CPU has no bf16 peak in runners/perf.py: left empty, never guessed
+    assert (tokenizers["images_per_s"] > 0).all() and (tokenizers["achieved_tflops"] > 0).all()
+    assert tokenizers["mfu"].isna().all()
