@@ -17,7 +17,7 @@ hooks are removed afterwards.
 `locality` turns maps into numbers per layer on the 2D latent grid. Slot layout of the AR generator
 (runners/generators/ar.py): slot 0 is the class token, slot t >= 1 holds token t-1, which sits at grid
 cell positions[t-1] of the scan order. So for scan positions P (N, 2) the grid positions of the T = N
-slots are `P[:N-1]` with `class_token=True`.
+slots are `P[:N-1]` with `class_tokens=1`.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def locality(
     *,
     k: int = 3,
     causal: bool,
-    class_token: bool = True,
+    class_tokens: int = 1,
     max_queries: int | None = DEFAULT_MAX_QUERIES,
     seed: int = 0,
 ) -> list[dict[str, float | int]]:
@@ -95,18 +95,19 @@ def locality(
 
     Args:
         maps: attention probabilities (layers, B, heads, T, T) (`attention_maps`).
-        positions: grid (row, col) of the grid slots (T - 1, 2) with a class token in slot 0, else (T, 2).
+        positions: grid (row, col) of the grid slots (T - class_tokens, 2), in slot order after the class slots.
         k: neighbourhood side (odd): keys with |d_row| <= k // 2 and |d_col| <= k // 2 of the query
             cell (the query's own cell included) are local.
         causal: the maps come from causal attention; keys after the query are then out of sight:
             their mass is dropped and each row renormalised over the visible keys (a no-op on real
             causal maps, where that mass is already 0).
-        class_token: slot 0 is the class token (not a grid cell).
+        class_tokens: the first slots hold class tokens, not grid cells (AR: 1; the authors' MLM: K, one per
+            sub-token; 0: none).
         max_queries: at most this many grid query slots, drawn uniformly with `seed` (None: all).
 
     Returns one dict per layer: {"layer", "local_mass": share of the grid-key mass inside the k x k
-    neighbourhood (grid keys renormalised to 1), "class_mass": share of the whole row on the class token
-    (NaN without one), "mean_distance": attention-weighted mean Euclidean distance to the grid keys in
+    neighbourhood (grid keys renormalised to 1), "class_mass": share of the whole row on the class slots
+    (NaN without any), "mean_distance": attention-weighted mean Euclidean distance to the grid keys in
     cells, "uniform_local_mass" / "uniform_mean_distance": the same for uniform attention over the
     visible grid keys (the chance level), "queries": query slots averaged}.
     """
@@ -115,12 +116,12 @@ def locality(
     if k < 1 or k % 2 == 0:
         raise ValueError(f"k must be a positive odd neighbourhood side, but got k={k}; try 3 or 5")
     T = maps.shape[-1]
-    offset = 1 if class_token else 0
+    offset = class_tokens
     if positions.shape != (T - offset, 2):
         raise ValueError(
-            f"positions must be (T{' - 1' if class_token else ''}, 2) = ({T - offset}, 2) grid cells of the "
-            f"{'grid ' if class_token else ''}slots, but got {tuple(positions.shape)}; for an ARGenerator pass the "
-            f"scan positions [:T - 1] with class_token=True"
+            f"positions must be (T - class_tokens, 2) = ({T - offset}, 2) grid cells of the slots after the "
+            f"{class_tokens} class slot(s), but got {tuple(positions.shape)}; for an ARGenerator pass the scan "
+            f"positions [:T - 1] with class_tokens=1"
         )
     device = maps.device
     grid = positions.to(device, torch.float64)  # (G, 2), G = T - offset
@@ -149,7 +150,7 @@ def locality(
         results.append({
             "layer": layer,
             "local_mass": float((grid_rows * local).sum(-1).mean()),
-            "class_mass": float(rows[..., 0].mean()) if class_token else float("nan"),
+            "class_mass": float(rows[..., :offset].sum(-1).mean()) if offset else float("nan"),
             "mean_distance": float((grid_rows * distance).sum(-1).mean()),
             "uniform_local_mass": uniform_local,
             "uniform_mean_distance": uniform_distance,

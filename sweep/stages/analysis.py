@@ -55,8 +55,11 @@ def analysis_stage(
     ids = to_scan(tokenizer.encode_ids(images.to(device), mode="threshold", vocab=vocab), saved["scan_order"], *grid)
     maps = attention_maps(generator, ids, labels.to(device), positions=positions)  # (layers, B, H, T, T)
     causal = saved["modeling"] == "ar"
-    slots = positions[: maps.shape[-1] - 1] if causal else positions.repeat_interleave(maps.shape[-1] // len(positions), 0)
-    per_layer = locality(maps, slots[: maps.shape[-1] - 1], k=s["locality_k"], causal=causal)
+    # AR: one class slot, then a slot per position (the last position is predicted, never attended from);
+    # MLM (the authors' layout): K class slots, then the K sub-tokens of every position in turn
+    class_slots = 1 if causal else config.token_each
+    slots = positions.repeat_interleave(1 if causal else config.token_each, 0)[: maps.shape[-1] - class_slots]
+    per_layer = locality(maps, slots, k=s["locality_k"], causal=causal, class_tokens=class_slots)
     return {"rows": [{"analysis": "attention_locality", **layer} for layer in per_layer]}
 
 

@@ -30,12 +30,12 @@ def _grid_3x3() -> torch.Tensor:
 
 def test_all_mass_on_self_is_local_at_distance_zero() -> None:
     maps = torch.eye(9).expand(2, 1, 3, 9, 9)  # (layers, B, heads, T, T), no class token
-    for row in locality(maps, _grid_3x3(), k=3, causal=False, class_token=False):
+    for row in locality(maps, _grid_3x3(), k=3, causal=False, class_tokens=0):
         assert row["local_mass"] == 1.0
         assert row["mean_distance"] == 0.0
         assert math.isnan(row["class_mass"])
         assert row["queries"] == 9
-    assert [row["layer"] for row in locality(maps, _grid_3x3(), causal=False, class_token=False)] == [0, 1]
+    assert [row["layer"] for row in locality(maps, _grid_3x3(), causal=False, class_tokens=0)] == [0, 1]
 
 
 def test_uniform_bidirectional_on_3x3() -> None:
@@ -44,12 +44,12 @@ def test_uniform_bidirectional_on_3x3() -> None:
     # Mean distance: per axis, of the 9 ordered cell pairs 3 differ by 0, 4 by 1, 2 by 2; over both axes
     # sum n(a) n(b) sqrt(a^2 + b^2) = 24 + 24 + 16 sqrt2 + 16 sqrt5 + 4 sqrt8 = 117.718213 -> / 81 = 1.4533113.
     maps = torch.full((1, 1, 2, 9, 9), 1.0 / 9)
-    (row,) = locality(maps, _grid_3x3(), k=3, causal=False, class_token=False)
+    (row,) = locality(maps, _grid_3x3(), k=3, causal=False, class_tokens=0)
     assert row["local_mass"] == pytest.approx(49 / 81, abs=1e-12)
     assert row["mean_distance"] == pytest.approx(1.4533113, abs=1e-7)
     assert row["uniform_local_mass"] == pytest.approx(49 / 81, abs=1e-12)  # the chance level is this map
     assert row["uniform_mean_distance"] == pytest.approx(1.4533113, abs=1e-7)
-    (wide,) = locality(maps, _grid_3x3(), k=5, causal=False, class_token=False)
+    (wide,) = locality(maps, _grid_3x3(), k=5, causal=False, class_tokens=0)
     assert wide["local_mass"] == pytest.approx(1.0, abs=1e-12)  # 5 x 5 covers the whole 3 x 3 grid
 
 
@@ -61,7 +61,7 @@ def test_uniform_causal_with_class_token_on_a_row() -> None:
     # Means: class (1/2 + 1/3 + 1/4) / 3 = 13/36, local (1 + 1 + 2/3) / 3 = 8/9, distance 1/2.
     maps = torch.full((1, 1, 1, 4, 4), 0.25)
     positions = torch.tensor([[0, 0], [0, 1], [0, 2]])
-    (row,) = locality(maps, positions, k=3, causal=True, class_token=True)
+    (row,) = locality(maps, positions, k=3, causal=True, class_tokens=1)
     assert row["class_mass"] == pytest.approx(13 / 36, abs=1e-12)
     assert row["local_mass"] == pytest.approx(8 / 9, abs=1e-12)
     assert row["mean_distance"] == pytest.approx(0.5, abs=1e-12)
@@ -74,21 +74,31 @@ def test_far_attention_and_query_sampling() -> None:
     opposite = (3 - grid[:, 0]) * 4 + (3 - grid[:, 1])  # (16,) flat index of the opposite cell
     maps = torch.zeros(1, 1, 1, 16, 16)
     maps[0, 0, 0, torch.arange(16), opposite] = 1.0
-    (row,) = locality(maps, grid, k=3, causal=False, class_token=False)
+    (row,) = locality(maps, grid, k=3, causal=False, class_tokens=0)
     # |d| per axis is |3 - 2r|: 3 or 1 -> distances sqrt(9+9), sqrt(9+1) x2, sqrt(1+1), 4 cells each.
     expected = (4 * math.sqrt(18) + 8 * math.sqrt(10) + 4 * math.sqrt(2)) / 16
     assert row["mean_distance"] == pytest.approx(expected, abs=1e-12)
     assert row["local_mass"] == pytest.approx(4 / 16, abs=1e-12)  # only the 4 centre cells are 1 step away
-    sampled = locality(maps, grid, k=3, causal=False, class_token=False, max_queries=5, seed=1)
+    sampled = locality(maps, grid, k=3, causal=False, class_tokens=0, max_queries=5, seed=1)
     assert sampled[0]["queries"] == 5
-    again = locality(maps, grid, causal=False, class_token=False, max_queries=5, seed=1)
+    again = locality(maps, grid, causal=False, class_tokens=0, max_queries=5, seed=1)
     assert again[0]["mean_distance"] == sampled[0]["mean_distance"]  # seeded: the same 5 queries
     assert again[0]["local_mass"] == sampled[0]["local_mass"]
 
 
+def test_several_class_slots_as_the_authors_mlm_has_them() -> None:
+    # T = 2 class slots + 2 grid cells side by side, uniform bidirectional attention: half the mass on the class
+    # slots, the grid mass split evenly between the query's own cell (local) and its neighbour (local at k=3)
+    maps = torch.full((1, 1, 1, 4, 4), 0.25)
+    (row,) = locality(maps, torch.tensor([[0, 0], [0, 1]]), k=3, causal=False, class_tokens=2)
+    assert row["class_mass"] == pytest.approx(0.5)
+    assert row["local_mass"] == pytest.approx(1.0) and row["mean_distance"] == pytest.approx(0.5)
+    assert row["queries"] == 2
+
+
 def test_locality_rejects_bad_inputs() -> None:
     maps = torch.full((1, 1, 1, 4, 4), 0.25)
-    with pytest.raises(ValueError, match=r"positions must be \(T - 1, 2\) = \(3, 2\)"):
+    with pytest.raises(ValueError, match=r"positions must be \(T - class_tokens, 2\) = \(3, 2\)"):
         locality(maps, torch.zeros(4, 2), causal=True)
     with pytest.raises(ValueError, match="odd"):
         locality(maps, torch.zeros(3, 2), k=2, causal=True)
@@ -134,7 +144,7 @@ def test_attention_maps_of_a_tiny_generator_reproduce_the_module_output() -> Non
         y = (maps[layer] @ v).transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         assert torch.allclose(attention.proj(y), output, atol=1e-5), layer
 
-    rows = locality(maps, positions[: T - 1], k=3, causal=True, class_token=True)
+    rows = locality(maps, positions[: T - 1], k=3, causal=True, class_tokens=1)
     assert len(rows) == 2
     for row in rows:
         assert 0.0 < row["class_mass"] < 1.0
