@@ -57,6 +57,9 @@ def test_tiny_validates_and_plans_within_the_demo_budget():
     plan = make_plan(tiny)
     assert {kind: n for kind, n in plan.counts().items() if n} == {
         "classifier": 1, "reference": 1, "tokenizer": 4, "reconstruction": 4, "generator": 10, "evaluation": 21,
+        # the paper's analyses beyond FID: token randomness per tokenizer x vocab (6) and of the text baseline (1),
+        # attention locality per generator (10)
+        "analysis": 17,
     }
     # the vocabulary study trains one BAE per code size (8 and 12 bits) and one generator per vocab and seed
     vocabulary = [t for t in plan.trials if t.trial.study == "vocabulary-size"]
