@@ -33,7 +33,10 @@ def varied_columns(stages: Sequence[Stage]) -> list[str]:
 
     `vocab` restates token_each and code_dim: when it varies it stands for both."""
     names = list(dict.fromkeys(name for stage in stages for name in stage.columns))
-    varied = [name for name in names if len({repr(stage.columns.get(name)) for stage in stages}) > 1]
+    # among the stages that have the column: a stage without it (the text baseline of the token-randomness
+    # analysis has no axes) does not make every column of its kind "vary"
+    varied = [name for name in names
+              if len({repr(stage.columns[name]) for stage in stages if name in stage.columns}) > 1]
     if "vocab" in varied:
         varied = [name for name in varied if name not in ("token_each", "code_dim")]
     return varied
@@ -76,6 +79,8 @@ class Reporter:
         if columns.get("search_point"):  # a point of an Optuna search: its searched values and index
             names = [*names, "search_index"]
         shown = [f"{name}={_value(columns[name])}" for name in dict.fromkeys(names) if name in columns]
+        if stage.kind == "analysis":  # which analysis: token randomness (of images or of text), attention locality
+            shown.insert(0, str(stage.settings.get("analysis", "")))
         if columns.get("searched"):
             shown.append("(searched best)")
         return escape(" ".join([stage.kind, *shown, f"[{stage.key[:8]}]"]))  # rich would read [..] as markup

@@ -14,7 +14,7 @@ from runners.checkpoint import CHECKPOINT_STEP_FILE, Checkpointer
 from space.schema import load_spec
 from sweep.cli import main
 from sweep.plan import make_plan
-from sweep.progress import Reporter, terminal_console
+from sweep.progress import Reporter, terminal_console, varied_columns
 from sweep.status import stage_status
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
@@ -42,6 +42,18 @@ def test_live_lines_name_the_varied_settings_not_a_hash(e2e_run):
     evaluation = next(m for m in done if m[1] == "evaluation" and m[2] == "vocab=2-4")
     assert evaluation[5].startswith(" fid=")
     assert not re.search(r"[0-9a-f]{16}", "\n".join(m[0] for m in done))  # never a whole key
+
+
+def test_analysis_lines_name_the_analysis_and_only_what_varies():
+    # the text baseline has no axes at all: it must not make every column of the analysis stages look varied
+    spec = load_spec(FIXTURES.parent.parent / "space" / "tiny.yaml")
+    plan = make_plan(spec)
+    reporter = Reporter(terminal_console(file=io.StringIO()))
+    reporter.varied = {kind: varied_columns(plan.of_kind(kind)) for kind in ("analysis",)}
+    names = [reporter.name(stage) for stage in plan.of_kind("analysis")]
+    assert any(name.startswith("analysis token_randomness_text [") for name in names), names
+    assert any(name.startswith("analysis attention_locality ") for name in names), names
+    assert all("tokenizer_steps=" not in name and "generator_lr=" not in name for name in names), names
 
 
 def test_status_spends_the_time_the_live_lines_said(e2e_run):
