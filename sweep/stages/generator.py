@@ -115,14 +115,14 @@ def generator_stage(
         steps=s["generator_steps"], lr=s["generator_lr"], seed=s["seed"], weight_decay=s["weight_decay"],
         warmup_steps=s["generator_warmup"], precision=s["train_precision"], ema_decay=s.get("generator_ema") or None,
         compile=stage.runtime.get("compile", "auto"), positions=positions, checkpointer=checkpointer,
-        flops_per_token=flops_per_position(s["modeling"], config),
     )
     heldout_loss = None
     if workers == 1:
         loss_fn = None
         if armed("generator_loss"):  # SWEEP_FAULT=generator_loss:<n>:nan|raise|oom, at the n-th training loss
             loss_fn = lambda *args, **kwargs: fault_loss("generator_loss", model.loss(*args, **kwargs))  # noqa: E731
-        result = train_generator(model, batch_fn, on_log=log, hooks=hooks, loss_fn=loss_fn, **recipe)
+        result = train_generator(model, batch_fn, on_log=log, hooks=hooks, loss_fn=loss_fn,
+                                 flops_per_token=flops_per_position(s["modeling"], config), **recipe)
     else:  # same batches in every worker, losses logged after training, same checkpoint folder, rank 0's held-out loss
         assert not hooks, "training-time hooks need workers: 1"
         from runners.distributed import train_generator_data_parallel
