@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import os
 import re
 import shutil
@@ -29,6 +28,7 @@ from typing import Any
 from rich.console import Console
 
 from space.schema import SpecError
+from sweep.store import file_sha256
 
 GENERATOR_KINDS = ("ar", "mlm")
 TOKENIZER_KINDS = ("bae", "vq")
@@ -89,7 +89,7 @@ def import_checkpoint(
                             f"(a tokenizer's architecture is read from the file)")
 
     state = read_state_dict(file)
-    record: dict[str, Any] = {"kind": kind, "file": str(file.resolve()), "sha256": sha256_of(file),
+    record: dict[str, Any] = {"kind": kind, "file": str(file.resolve()), "sha256": file_sha256(file),
                               "bytes": file.stat().st_size, "source": SOURCE}
     if kind in GENERATOR_KINDS:
         model, config = _generator(kind, state, file, vocab=vocab, size=size, num_classes=num_classes, grid=grid)
@@ -137,14 +137,6 @@ def read_state_dict(file: Path) -> dict[str, Any]:
                         f"checkpoint with 'model'/'ema'/'opt' parts?); save the weights alone, e.g. "
                         f"torch.save(checkpoint['ema'], 'model.pth'), and import that")
     return state
-
-
-def sha256_of(file: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(file, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _generator(kind: str, state: dict[str, Any], file: Path, *, vocab: str | None, size: str | None,
