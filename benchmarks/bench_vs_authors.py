@@ -152,8 +152,34 @@ def bench_ar(ar_model: types.ModuleType, reps: int, label_counts: tuple[int, ...
         ok.append(report(f"AR sampling, {count} labels", "tokens/s", count * GRID * GRID, ours_s, theirs_s, loads,
                          target))
         if static_s is not None:
-            report(f"  static cache, compiled", "tokens/s", count * GRID * GRID, static_s, theirs_s, loads, target)
+            report("  static cache, compiled", "tokens/s", count * GRID * GRID, static_s, theirs_s, loads, target)
+        floor_s = weight_floor(ours, 2 * count)
+        steps = GRID * GRID
+        print(f"  per step: ours {ours_s / steps * 1e3:.2f} ms, theirs {theirs_s / steps * 1e3:.2f} ms; the target "
+              f"needs <= {theirs_s / TARGETS[target] / steps * 1e3:.2f} ms; the step's {len(matrices(ours))} weight "
+              f"matmuls alone at {2 * count} rows (nothing else): {floor_s * 1e3:.2f} ms", flush=True)
     return ok
+
+
+def matrices(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The weight matrices one decode step multiplies by (every Linear; embeddings are only gathered)."""
+    return [module.weight for module in model.modules() if isinstance(module, torch.nn.Linear)]
+
+
+@torch.no_grad()
+def weight_floor(model: torch.nn.Module, rows: int, steps: int = GRID * GRID) -> float:
+    """Seconds per decode step of only multiplying `rows` rows by every weight matrix of the model once: what a
+    step costs before attention, norms, rotary and sampling. At a few rows the product is bound by reading the
+    weights from memory, not by arithmetic."""
+    weights = matrices(model)
+    inputs = {w.shape[1]: torch.randn(rows, w.shape[1]) for w in weights}
+    for w in weights:  # warm-up
+        torch.nn.functional.linear(inputs[w.shape[1]], w)
+    start = time.perf_counter()
+    for _ in range(steps):
+        for w in weights:
+            torch.nn.functional.linear(inputs[w.shape[1]], w)
+    return (time.perf_counter() - start) / steps
 
 
 def bench_mlm(mlm_model: types.ModuleType, reps: int, count: int = 32) -> bool:

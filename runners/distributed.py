@@ -58,7 +58,9 @@ from safetensors.torch import save as save_safetensors
 from torch import Tensor, nn
 
 from runners.checkpoint import Checkpointer, rng_state
+from runners.perf import throughput
 from runners.train_generator import PRECISIONS, BatchFn, TrainResult, evaluate_loss, train_generator
+from runners.train_speed import device_name
 
 RANK_SEED_STRIDE = 1_000_003
 """rank r draws its in-loss randomness (dropout, label dropout, MLM masks) from seed + stride * r"""
@@ -86,6 +88,10 @@ class DistributedTrainResult:
     wall_s: float
     """wall-clock seconds of rank 0's training loop (without Ray start-up)"""
     steps_per_s: float
+    tokens: int = 0
+    """sequence positions of the global batches trained on in this run (all ranks together)"""
+    device_name: str = ""
+    """rank 0's device as runners.perf names it (every rank runs on the same kind)"""
     logs: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     """what single-process training hands on_log, (step, {"loss", "lr", "grad_norm"}) every log_every steps and at
     the last, with "loss" the global batch's mean since the previous log; steps before a resume carry no grad_norm"""
@@ -348,6 +354,8 @@ def train_rank(
         "final_loss": sum(value for _, value in losses[-tail:]) / tail,
         "wall_s": result.wall_s,
         "steps_per_s": result.steps_per_s,
+        "tokens": result.tokens * world_size,  # equal shards: every rank trained on as many positions as rank 0
+        "device_name": device_name(device),
         "logs": log_records(losses, logged, steps=config["steps"], log_every=kwargs["log_every"], lr=config["lr"],
                             warmup_steps=kwargs["warmup_steps"]),
         "resumed_from_step": checkpointer.restored_step if checkpointer is not None else -1,
@@ -476,6 +484,8 @@ def train_generator_ddp(
         world_size=num_workers,
         wall_s=out["wall_s"],
         steps_per_s=out["steps_per_s"],
+        tokens=out["tokens"],
+        device_name=out["device_name"],
         logs=out["logs"],
         resumed_from_step=out["resumed_from_step"],
         heldout_loss=out["heldout_loss"],
@@ -491,6 +501,7 @@ def train_generator_data_parallel(
     num_workers: int,
     heldout: Callable[[torch.device], tuple[Tensor, Tensor]] | None = None,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
+    flops_per_token: float | None = None,
     **kwargs: Any,
 ) -> tuple[TrainResult, float | None]:
     """`train_generator`'s contract on `num_workers` DDP workers, for a stage that trains either way.
@@ -498,8 +509,9 @@ def train_generator_data_parallel(
     Each worker prepares its batches with make_batch_fn(its device). `model` (a fresh build in this process, e.g.
     on the CPU) receives rank 0's trained weights and comes back in eval mode inside a TrainResult, with the
     held-out loss rank 0 computed on `heldout`'s data (None without heldout); on_log receives, after training,
-    what single-process training would have logged (`log_records`: global-batch losses). kwargs go to
-    `train_generator_ddp` (steps, lr, seed, use_gpu, checkpointer, ...).
+    what single-process training would have logged (`log_records`: global-batch losses). With flops_per_token the
+    result carries the throughput of the global batches (tokens/s, TFLOP/s, MFU against num_workers devices' peak),
+    as one process's training does. kwargs go to `train_generator_ddp` (steps, lr, seed, use_gpu, checkpointer, ...).
     """
     trained = train_generator_ddp(build_model, None, make_batch_fn=make_batch_fn, heldout=heldout,
                                   num_workers=num_workers, **kwargs)
@@ -509,6 +521,9 @@ def train_generator_data_parallel(
     model.load_state_dict(trained.state_dict)
     result = TrainResult(
         model=model.eval(), losses=trained.losses, initial_loss=trained.initial_loss, final_loss=trained.final_loss,
-        wall_s=trained.wall_s, steps_per_s=trained.steps_per_s,
+        wall_s=trained.wall_s, steps_per_s=trained.steps_per_s, tokens=trained.tokens,
+        throughput=throughput(tokens=trained.tokens, seconds=trained.wall_s, flops_per_token=flops_per_token,
+                              device_name=trained.device_name, devices=trained.world_size)
+        if flops_per_token is not None and trained.wall_s > 0 and trained.tokens else None,
     )
     return result, trained.heldout_loss

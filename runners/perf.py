@@ -52,17 +52,20 @@ class Throughput:
     tflops: float
     """achieved TFLOP/s from the model's FLOPs per step"""
     mfu: float | None
-    """tflops / the device's bf16 dense peak; None for devices not in PEAK_BF16_TFLOPS"""
+    """tflops / (the devices' bf16 dense peak x their count); None for devices not in PEAK_BF16_TFLOPS"""
 
     def row(self) -> dict[str, float | None]:
         return {"tokens_per_s": self.tokens_per_s, "achieved_tflops": self.tflops, "mfu": self.mfu}
 
 
-def throughput(*, tokens: int, seconds: float, flops_per_token: float, device_name: str) -> Throughput:
-    """Throughput of `tokens` trained on in `seconds` on the named device."""
+def throughput(*, tokens: int, seconds: float, flops_per_token: float, device_name: str, devices: int = 1) -> Throughput:
+    """Throughput of `tokens` trained on in `seconds` by `devices` devices of the named kind (data-parallel
+    workers: tokens of the global batches, MFU against their summed peak)."""
     if seconds <= 0:
         raise ValueError(f"seconds must be > 0, but got {seconds}")
+    if devices < 1:
+        raise ValueError(f"devices must be >= 1, but got {devices}")
     tokens_per_s = tokens / seconds
     tflops = tokens_per_s * flops_per_token / 1e12
     peak = peak_bf16_tflops(device_name)
-    return Throughput(tokens_per_s=tokens_per_s, tflops=tflops, mfu=None if peak is None else tflops / peak)
+    return Throughput(tokens_per_s=tokens_per_s, tflops=tflops, mfu=None if peak is None else tflops / (peak * devices))

@@ -130,6 +130,7 @@ def generator_stage(
         result, heldout_loss = train_generator_data_parallel(
             model, lambda: GENERATORS[s["modeling"]].build(config), token_batches, heldout=heldout_tokens,
             num_workers=workers, on_log=log, use_gpu=stage.resources.gpus > 0,
+            flops_per_token=flops_per_position(s["modeling"], config),
             cpus_per_worker=stage.resources.cpus_per_worker,
             storage_path=checkpoints / "ray-train" if checkpoints is not None else None, **recipe,
         )

@@ -40,6 +40,17 @@ def test_throughput_and_mfu():
     assert set(result.row()) == {"tokens_per_s", "achieved_tflops", "mfu"}
 
 
+def test_data_parallel_mfu_divides_by_the_summed_peak():
+    # 8 H100s training 8 x 32 x 256 tokens in 0.05 s at 2e9 FLOPs per token: 2,621.44 TFLOP/s, 33.1% of 8 peaks
+    result = throughput(tokens=8 * 32 * 256, seconds=0.05, flops_per_token=2e9, device_name="NVIDIA H100 80GB HBM3",
+                        devices=8)
+    assert result.tokens_per_s == pytest.approx(1_310_720.0)
+    assert result.tflops == pytest.approx(2621.44)
+    assert result.mfu == pytest.approx(0.33119, abs=1e-5)
+    with pytest.raises(ValueError, match="devices must be >= 1"):
+        throughput(tokens=1, seconds=1.0, flops_per_token=1.0, device_name="cpu", devices=0)
+
+
 def test_zero_seconds_is_refused():
     with pytest.raises(ValueError, match="seconds must be > 0"):
         throughput(tokens=1, seconds=0.0, flops_per_token=1.0, device_name="cpu")

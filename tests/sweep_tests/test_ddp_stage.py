@@ -77,6 +77,11 @@ def test_two_workers_in_a_tune_trial_equal_one_process(tmp_path: Path, monkeypat
     assert (rows["ddp"]["workers"], rows["single"]["workers"]) == (2, 1)
     assert rows["ddp"]["executor"] == "ray" and rows["single"]["executor"] == "serial"
     assert not Store(ray_store).checkpoint_folder("generator", generator.key).exists()  # published: checkpoints gone
+    # both rows carry their throughput, counted the same way (global-batch positions x the same FLOPs per position)
+    for name in ("ddp", "single"):
+        assert rows[name]["tokens_per_s"] > 0 and pd.isna(rows[name]["mfu"]), name  # a CPU has no known peak
+    assert rows["ddp"]["achieved_tflops"] / rows["ddp"]["tokens_per_s"] == pytest.approx(
+        rows["single"]["achieved_tflops"] / rows["single"]["tokens_per_s"], rel=1e-9)
 
     assert set(weights["ddp"]) == set(weights["single"])
     for name, value in weights["single"].items():
