@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import copy
 import json
+import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -34,8 +36,9 @@ import torch
 from torch import Tensor, nn
 
 from runners.evaluation.classifier import DatasetClassifier
-from runners.evaluation.metrics import FeatureExtractor, image_metrics
+from runners.evaluation.metrics import FeatureExtractor
 from runners.evaluation.reference import ReferenceFeatures
+from runners.evaluation.streaming import StreamingScorer
 from runners.train_generator import Hook
 
 INTERMEDIATE_FILE = "intermediate.parquet"
@@ -48,8 +51,9 @@ INTERMEDIATE_COLUMNS: tuple[str, ...] = (
 )
 """Columns of every intermediate row, besides the protocol_* record (reports draw FID over training from them)."""
 
-Sampler = Callable[[nn.Module], Tensor]
-"""model (eval mode) -> images (M, C, H, W) in [0, 1], always from the same seed."""
+Sampler = Callable[[nn.Module], Iterable[Tensor]]
+"""model (eval mode) -> image batches (b, C, H, W) in [0, 1], M images in all in the order of `labels`, always
+from the same seed; each batch is scored before the next is asked for (one batch of images held at a time)."""
 
 
 class IntermediateLog:
@@ -105,11 +109,15 @@ class IntermediateEvaluator:
         """Score `model` after `completed` steps (unless that step is scored already); never stops training."""
         if completed in self.log:
             return None
-        images = self.sample(model).clamp(0, 1)  # (M, C, H, W)
-        metrics = image_metrics(
-            self.classifier, None, images, self.labels, real_features=self.reference.features,
-            real_statistics=self.reference.statistics, extractor=self.extractor,
-        )
+        with tempfile.TemporaryDirectory(prefix="intermediate-") as folder, \
+                StreamingScorer(self.extractor, self.classifier, folder) as scorer:
+            for images in self.sample(model):
+                start = scorer.count
+                scorer.add(images.clamp(0, 1), self.labels[start : start + len(images)])  # (b, C, H, W), (b,)
+            if scorer.count != len(self.labels):
+                raise ValueError(f"the sampler must give {len(self.labels)} images (one per label), but gave "
+                                 f"{scorer.count}")
+            metrics = scorer.metrics(self.reference.features, self.reference.statistics)
         self.log.append({
             "step": int(completed), "fid": metrics["fid"], "kid": metrics["kid"], "kid_std": metrics["kid_std"],
             "precision": metrics["precision"], "recall": metrics["recall"],

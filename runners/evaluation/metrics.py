@@ -228,7 +228,10 @@ def image_metrics(
     extractor: FeatureExtractor | None = None,
     real_statistics: dict[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
-    """FID, KID, precision / recall and class accuracy of generated images.
+    """FID, KID, precision / recall and class accuracy of generated images held in memory.
+
+    The in-memory entry point (tests, small sets); the evaluation stage streams its samples through
+    `runners.evaluation.streaming.StreamingScorer` instead, and both end in `scores_from_features`.
 
     Args:
         classifier: the trained dataset classifier (judge of classes; also the feature extractor unless
@@ -264,6 +267,43 @@ def image_metrics(
             raise ValueError("image_metrics needs real_images or real_features, but got neither; pass one of them")
         real_features = extract_features(extractor, real_images, batch_size)
     fake_features = extract_features(extractor, fake_images, batch_size)  # (M, F)
+    return scores_from_features(
+        real_features, fake_features,
+        real_statistics=real_statistics, fake_statistics=feature_statistics(fake_features),
+        # no dataset classifier (inception features, class accuracy not asked for): not scored
+        class_accuracy=accuracy(classifier, fake_images, fake_labels) if classifier is not None else float("nan"),
+        logits=extract_logits(extractor, fake_images, batch_size) if getattr(extractor, "has_logits", False) else None,
+        kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed, k=k,
+    )
+
+
+def scores_from_features(
+    real_features: Tensor,
+    fake_features: Tensor,
+    *,
+    real_statistics: dict[str, np.ndarray] | None,
+    fake_statistics: dict[str, np.ndarray],
+    class_accuracy: float,
+    logits: Tensor | None = None,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    seed: int = 0,
+    k: int = DEFAULT_K,
+) -> dict[str, float]:
+    """The metrics of `image_metrics` from what the images leave behind (the one place their formulas meet).
+
+    Args:
+        real_features, fake_features: `(N, F)` and `(M, F)` features in one feature space (any float dtype).
+        real_statistics: {"mu", "sigma"} of the real features, or None to compute them from `real_features`.
+        fake_statistics: {"mu", "sigma"} of the fake features (`feature_statistics`, or the running sums of
+            `reference.FeatureSums` when the images streamed through).
+        class_accuracy: share of fake images the dataset classifier labels as their class (NaN: not scored).
+        logits: `(M, C)` class logits of the fake images for the Inception Score, or None (no IS keys).
+        kid_subsets, kid_subset_size, seed, k: as in `image_metrics`.
+
+    Returns:
+        METRIC_KEYS (+ INCEPTION_SCORE_KEYS with logits) as floats.
+    """
     kid_mean, kid_std = kid_from_features(
         real_features, fake_features, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed
     )
@@ -271,16 +311,14 @@ def image_metrics(
     if real_statistics is None:
         real_statistics = feature_statistics(real_features)
     metrics = {
-        "fid": fid_from_statistics(real_statistics, feature_statistics(fake_features)),
+        "fid": fid_from_statistics(real_statistics, fake_statistics),
         "kid": kid_mean,
         "kid_std": kid_std,
         "precision": precision,
         "recall": recall,
-        # no dataset classifier (inception features, class accuracy not asked for): not scored
-        "class_accuracy": accuracy(classifier, fake_images, fake_labels) if classifier is not None else float("nan"),
+        "class_accuracy": float(class_accuracy),
     }
-    if getattr(extractor, "has_logits", False):
-        logits = extract_logits(extractor, fake_images, batch_size)  # (M, 1008) for Inception
+    if logits is not None:
         score, score_std = inception_score(logits, splits=min(10, len(logits)))
         metrics.update(inception_score=score, inception_score_std=score_std)
     return metrics

@@ -271,6 +271,58 @@ class FeatureSums:
         return {"mu": (self.shift + mean_offset).numpy(), "sigma": sigma.numpy()}
 
 
+class FeatureFile:
+    """Feature rows appended batch by batch to a (N, F) float32 .npy, with their FID statistics in `FeatureSums`.
+
+    The rows go to `<path>.rows` as they come (raw little-endian float32); `close()` writes the .npy (its header,
+    then those bytes copied in blocks: file I/O, not a memory map, so the copy does not become resident memory)
+    and removes the raw file. With `path=None` only the statistics are kept. The statistics are those of the
+    float32 rows as stored, so FID from them equals FID from the .npy.
+    """
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = None if path is None else Path(path)
+        self.raw_path = None if path is None else Path(f"{path}.rows")
+        self.raw = open(self.raw_path, "wb") if self.raw_path is not None else None  # noqa: SIM115 - closed in close()
+        self.sums = FeatureSums()
+        self.width = 0
+
+    def add(self, features: Tensor) -> Tensor:
+        """Append features (b, F) (stored as float32); returns them as stored, float32 on CPU."""
+        rows = features.detach().to("cpu", torch.float32)  # (b, F): as stored
+        self.sums.add(rows)
+        self.width = rows.shape[1]
+        if self.raw is not None:
+            self.raw.write(rows.numpy().astype("<f4", copy=False).tobytes())
+        return rows
+
+    def close(self) -> tuple[dict[str, np.ndarray], int, int]:
+        """Write the .npy (if a path was given): (FID statistics {"mu", "sigma"}, N, F)."""
+        self.discard()
+        statistics = self.sums.statistics()
+        if self.path is not None and self.raw_path is not None:
+            with open(self.path, "wb") as stored, open(self.raw_path, "rb") as rows_on_disk:
+                np.lib.format.write_array_header_1_0(
+                    stored, {"descr": "<f4", "fortran_order": False, "shape": (self.sums.count, self.width)})
+                while block := rows_on_disk.read(1 << 24):
+                    stored.write(block)
+            os.remove(self.raw_path)
+        return statistics, self.sums.count, self.width
+
+    def discard(self) -> None:
+        """Close the raw file (idempotent); `close` still writes the .npy afterwards, `remove` deletes it."""
+        if self.raw is not None:
+            self.raw.close()
+            self.raw = None
+
+    def remove(self) -> None:
+        """Delete the raw rows and the .npy, whatever state they are in (a failed or finished scoring)."""
+        self.discard()
+        for path in (self.raw_path, self.path):
+            if path is not None and path.exists():
+                path.unlink()
+
+
 @torch.no_grad()
 def accumulate_features(
     extractor: FeatureExtractor, image_batches: Iterable[Any], features_file: str | Path | None = None,
@@ -280,32 +332,14 @@ def accumulate_features(
     features, N and F; with `features_file`, the (N, F) float32 features written there as .npy, appended batch
     by batch (the reusable part of the reference stage: any iterable of uint8 / float image batches, or of
     (images, labels) pairs, such as `runners.data.Batches` or the arr_0 of an ADM reference batch in slices)."""
-    sums = FeatureSums()
-    raw_path = Path(f"{features_file}.rows") if features_file is not None else None
-    raw = open(raw_path, "wb") if raw_path is not None else None  # noqa: SIM115 - closed below
-    width = 0
+    stored = FeatureFile(features_file)
     try:
         for item in image_batches:
             batch = as_float_images(item[0] if isinstance(item, (tuple, list)) else item)
-            rows = extract_features(extractor, batch, batch_size).to(torch.float32)  # (b, F): as stored
-            sums.add(rows)
-            width = rows.shape[1]
-            if raw is not None:
-                raw.write(rows.numpy().astype("<f4", copy=False).tobytes())
+            stored.add(extract_features(extractor, batch, batch_size))  # (b, F)
     finally:
-        if raw is not None:
-            raw.close()
-    statistics = sums.statistics()
-    if features_file is not None and raw_path is not None:
-        # the .npy: its header, then the rows' bytes copied in blocks (file I/O, not a memory map: the copy does
-        # not become this process's resident memory)
-        with open(features_file, "wb") as stored, open(raw_path, "rb") as rows_on_disk:
-            np.lib.format.write_array_header_1_0(
-                stored, {"descr": "<f4", "fortran_order": False, "shape": (sums.count, width)})
-            while block := rows_on_disk.read(1 << 24):
-                stored.write(block)
-        os.remove(raw_path)
-    return statistics, sums.count, width
+        stored.discard()
+    return stored.close()
 
 
 def features_sha256(path: str | Path, rows_per_chunk: int = 65536) -> str:

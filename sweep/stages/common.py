@@ -4,6 +4,7 @@ generator config of its settings, class-balanced labels, block-seeded sampling a
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import torch
@@ -90,11 +91,13 @@ def balanced_labels(num_classes: int, per_class: int, device: torch.device) -> T
 
 
 @torch.no_grad()
-def sample_blocks(
+def iter_sample_blocks(
     blocks: Any, labels: Tensor, settings: dict[str, Any], tokenizer: Any, vocab: Any, generator: Any, entry: Any,
     order: str, grid: tuple[int, int], positions: Tensor,
-) -> dict[int, Tensor]:
-    """Images of the given blocks of global sample indices, {block: (<=SAMPLE_BATCH, C, H, W)}.
+) -> Iterator[tuple[int, Tensor]]:
+    """(block, images (<=SAMPLE_BATCH, C, H, W)) of the given blocks of global sample indices, one block at a
+    time, as each is decoded: a consumer that scores and writes each block before asking for the next holds
+    one block of images, never all of them (the evaluation stage, intermediate evaluations).
 
     Block b holds global indices [b*SAMPLE_BATCH, (b+1)*SAMPLE_BATCH) and draws only from its own
     generator seeded from (sampling seed, b): any split of the blocks over workers, in any order, gives
@@ -102,14 +105,21 @@ def sample_blocks(
     """
     device = labels.device
     generator = fast_decoder(generator, settings)
-    out = {}
     for block in blocks:
         fault_point("evaluation")
         rng = torch.Generator(device=device).manual_seed(settings["sampling_seed"] * 1_000_003 + block)
         chunk = labels[block * SAMPLE_BATCH : (block + 1) * SAMPLE_BATCH]
         ids = entry.sample(generator, chunk, settings, rng, positions)  # (B, N, K) in scan order
-        out[block] = tokenizer.decode_ids(from_scan(ids, order, *grid), vocab)  # back to raster, then decode
-    return out
+        yield block, tokenizer.decode_ids(from_scan(ids, order, *grid), vocab)  # back to raster, then decode
+
+
+def sample_blocks(
+    blocks: Any, labels: Tensor, settings: dict[str, Any], tokenizer: Any, vocab: Any, generator: Any, entry: Any,
+    order: str, grid: tuple[int, int], positions: Tensor,
+) -> dict[int, Tensor]:
+    """All of `iter_sample_blocks` at once, {block: (<=SAMPLE_BATCH, C, H, W)}: for small sets and tests only
+    (it holds every image)."""
+    return dict(iter_sample_blocks(blocks, labels, settings, tokenizer, vocab, generator, entry, order, grid, positions))
 
 
 def fast_decoder(model: Any, settings: dict[str, Any]) -> Any:

@@ -6,16 +6,16 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from runners.artifacts import load_generator, load_tokenizer
-from runners.evaluation.metrics import feature_extractor_name, image_metrics
+from runners.evaluation.metrics import feature_extractor_name
 from runners.evaluation.reference import to_uint8_nhwc
+from runners.evaluation.streaming import SampleBatchWriter, StreamingScorer
 from runners.generators import GENERATORS
 from runners.scan import scan_positions
 from runners.tokenizers import vocabulary_for
-from sweep.stages.common import PR_K, SAMPLE_BATCH, Log, balanced_labels, pick_device, sample_blocks, scoring_space
+from sweep.stages.common import PR_K, SAMPLE_BATCH, Log, balanced_labels, iter_sample_blocks, pick_device, scoring_space
 
 
 @torch.no_grad()
@@ -36,17 +36,19 @@ def evaluation_stage(
     # (sampling seed, batch index): the images do not depend on how the work is split.
     labels = balanced_labels(num_classes, s["samples_per_class"], device)
     blocks = range(math.ceil(len(labels) / SAMPLE_BATCH))
-    sampled = sample_blocks(blocks, labels, s, tokenizer, vocab, generator, entry, order, grid, positions)
-    fake = torch.cat([sampled[block] for block in blocks]).clamp(0, 1)
     # The held-out set's features and statistics come from the reference stage (computed once per extractor).
     reference, classifier, extractor, record = scoring_space(
         inputs, device, num_samples=len(labels), samples_per_class=s["samples_per_class"],
         image_size=image_size, sampling_seed=s["sampling_seed"],
     )
-    metrics = image_metrics(classifier, None, fake, labels, real_features=reference.features,
-                            real_statistics=reference.statistics, extractor=extractor, k=PR_K)
-    # Samples as scored (uint8 by truncation, as torch-fidelity does), NHWC: the ADM evaluator reads arr_0;
-    # labels let reports draw per-class grids.
-    np.savez(out / "samples.npz", arr_0=to_uint8_nhwc(fake), labels=labels.cpu().numpy())
+    # One block of images at a time (runners/evaluation/streaming.py): written to samples.npz as scored (uint8
+    # by truncation, as torch-fidelity does, NHWC: the ADM evaluator reads arr_0; labels let reports draw
+    # per-class grids) and featurised; the scorer's temporary feature files are gone when the stage returns.
+    with StreamingScorer(extractor, classifier, out) as scorer, SampleBatchWriter(out / "samples.npz", len(labels)) as samples:
+        for block, images in iter_sample_blocks(blocks, labels, s, tokenizer, vocab, generator, entry, order, grid, positions):
+            images = images.clamp(0, 1)  # (b, C, H, W)
+            samples.add(to_uint8_nhwc(images))
+            scorer.add(images, labels[block * SAMPLE_BATCH : (block + 1) * SAMPLE_BATCH])
+        samples.finish(labels.cpu().numpy())
+        metrics = scorer.metrics(reference.features, reference.statistics, k=PR_K)
     return {**metrics, **record, "feature_extractor_name": feature_extractor_name(extractor), "num_samples": len(labels)}
-

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,7 +25,7 @@ from sweep.faults import armed, fault_loss
 from runners.train_speed import generator_flops_per_position
 from sweep.stages.common import (
     SAMPLE_BATCH, Log, balanced_labels, checkpointer_of, dataset_of, generator_config, loader_of, pick_device,
-    sample_blocks, scoring_space,
+    iter_sample_blocks, scoring_space,
 )
 
 ENCODED_DIR = "encoded"  # in the stage's checkpoint folder: kept for a resumed attempt, removed with the stage's end
@@ -232,9 +233,10 @@ def intermediate_evaluator(
     )
     entry, blocks = GENERATORS[s["modeling"]], range(math.ceil(len(labels) / SAMPLE_BATCH))
 
-    def sample(model: torch.nn.Module) -> Tensor:
-        images = sample_blocks(blocks, labels, knobs, tokenizer, vocab, model, entry, s["scan_order"], grid, positions)
-        return torch.cat([images[block] for block in blocks])  # (M, C, H, W)
+    def sample(model: torch.nn.Module) -> Iterator[Tensor]:
+        for _, images in iter_sample_blocks(blocks, labels, knobs, tokenizer, vocab, model, entry, s["scan_order"],
+                                            grid, positions):
+            yield images  # (<=SAMPLE_BATCH, C, H, W), blocks in order
 
     return IntermediateEvaluator(
         every=s["intermediate_every"], sample=sample, labels=labels, classifier=classifier, extractor=extractor,

@@ -1,0 +1,117 @@
+"""Scoring samples batch by batch (runners/evaluation/streaming.py) gives the in-memory `image_metrics` numbers,
+and samples.npz written batch by batch is the file np.savez writes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from runners.evaluation.classifier import DatasetClassifier
+from runners.evaluation.metrics import INCEPTION_SCORE_KEYS, METRIC_KEYS, extract_features, image_metrics
+from runners.evaluation.reference import to_uint8_nhwc
+from runners.evaluation.streaming import FEATURES_FILE, LOGITS_FILE, SampleBatchWriter, StreamingScorer
+
+torch.set_num_threads(1)
+
+
+class PixelsAndLogits(nn.Module):
+    """A stand-in for Inception with its head: features are a fixed projection of the pixels, logits another."""
+
+    has_logits = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(1)
+        self.project = nn.Parameter(torch.randn(64, 6, generator=generator))
+        self.head = nn.Parameter(torch.randn(64, 5, generator=generator))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return images.flatten(1) @ self.project  # (B, 6) float32
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        return images.flatten(1) @ self.head  # (B, 5)
+
+
+@pytest.fixture(scope="module")
+def images() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    real = torch.rand(50, 1, 8, 8, generator=generator)
+    fake = torch.rand(37, 1, 8, 8, generator=generator) ** 2  # another distribution: FID well above 0
+    return real, fake, torch.arange(37) % 3
+
+
+@pytest.mark.parametrize("with_logits", [False, True])
+def test_streaming_scores_equal_the_in_memory_ones(images, tmp_path, with_logits) -> None:
+    real, fake, labels = images
+    torch.manual_seed(0)
+    classifier = DatasetClassifier(channels=1, image_size=8, num_classes=3, feature_dim=4)
+    extractor = PixelsAndLogits() if with_logits else classifier
+    real_features = extract_features(extractor, real)  # (50, F)
+    in_memory = image_metrics(classifier, None, fake, labels, real_features=real_features, extractor=extractor,
+                              kid_subsets=7, kid_subset_size=20)
+    with StreamingScorer(extractor, classifier, tmp_path, batch_size=4) as scorer:
+        for start in range(0, len(fake), 10):  # batches of 10, the last one of 7
+            scorer.add(fake[start : start + 10], labels[start : start + 10])
+        streamed = scorer.metrics(real_features, kid_subsets=7, kid_subset_size=20)
+        assert (tmp_path / FEATURES_FILE).is_file() and (tmp_path / LOGITS_FILE).is_file() == with_logits
+    assert list(tmp_path.iterdir()) == []  # the temporary features are gone
+
+    keys = METRIC_KEYS + (INCEPTION_SCORE_KEYS if with_logits else ())
+    assert tuple(streamed) == tuple(in_memory) == keys
+    print(f"\nin memory {in_memory}\nstreamed  {streamed}")
+    assert in_memory["fid"] > 1e-3
+    # FID: the one-pass shifted covariance of the running sums against numpy's two-pass one; rounding only
+    assert streamed["fid"] == pytest.approx(in_memory["fid"], rel=1e-9, abs=1e-12)
+    # KID and IS: the same float32 features / logits, up to the extractor's rounding in batches of 4 vs 512
+    for key in ("kid", "kid_std") + (INCEPTION_SCORE_KEYS if with_logits else ()):
+        assert streamed[key] == pytest.approx(in_memory[key], rel=1e-6), key
+    # counts: the same neighbours and the same predictions
+    for key in ("precision", "recall", "class_accuracy"):
+        assert streamed[key] == in_memory[key], key
+
+
+def test_no_classifier_leaves_class_accuracy_unscored(images, tmp_path) -> None:
+    real, fake, labels = images
+    extractor = PixelsAndLogits()
+    with StreamingScorer(extractor, None, tmp_path) as scorer:
+        scorer.add(fake, labels)
+        metrics = scorer.metrics(extract_features(extractor, real), kid_subsets=2, kid_subset_size=10)
+    assert np.isnan(metrics["class_accuracy"]) and metrics["fid"] > 0
+
+
+def test_sample_batch_writer_streams_the_npz_np_savez_writes(images, tmp_path) -> None:
+    _, fake, labels = images
+    rgb = to_uint8_nhwc(fake)  # (37, 8, 8, 3)
+    with SampleBatchWriter(tmp_path / "samples.npz", len(rgb)) as writer:
+        for start in range(0, len(rgb), 10):
+            writer.add(rgb[start : start + 10])
+        writer.finish(labels.numpy())
+    np.savez(tmp_path / "whole.npz", arr_0=rgb, labels=labels.numpy())
+    with np.load(tmp_path / "samples.npz", allow_pickle=False) as streamed, np.load(tmp_path / "whole.npz") as whole:
+        assert streamed.files == whole.files == ["arr_0", "labels"]
+        for name in whole.files:
+            assert streamed[name].dtype == whole[name].dtype and np.array_equal(streamed[name], whole[name])
+    # the same bytes for each entry (only the zip's timestamps may differ)
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "samples.npz") as a, zipfile.ZipFile(tmp_path / "whole.npz") as b:
+        for name in ("arr_0.npy", "labels.npy"):
+            assert a.read(name) == b.read(name)
+            assert a.getinfo(name).compress_type == b.getinfo(name).compress_type == zipfile.ZIP_STORED
+
+
+def test_sample_batch_writer_leaves_nothing_half_written(images, tmp_path) -> None:
+    _, fake, _ = images
+    rgb = to_uint8_nhwc(fake)
+    with pytest.raises(RuntimeError, match="sampler died"):
+        with SampleBatchWriter(tmp_path / "samples.npz", len(rgb)) as writer:
+            writer.add(rgb[:10])
+            raise RuntimeError("sampler died")
+    assert not (tmp_path / "samples.npz").exists()
+    with SampleBatchWriter(tmp_path / "samples.npz", len(rgb)) as writer:
+        writer.add(rgb[:10])
+        with pytest.raises(ValueError, match="samples.npz expects 37 images and labels, but got 10 images"):
+            writer.finish(np.zeros(37, dtype=np.int64))
+    assert not (tmp_path / "samples.npz").exists()
