@@ -15,13 +15,15 @@ What counts as the same protocol (decided deliberately, as `protocol_id` decides
   seeds already holds that noise. Rows that differ only in `protocol_sampling_seed` are comparable.
 - Library versions (`protocol_versions`) are not part of it: they move numbers at rounding level and
   would split every comparison at an upgrade; the protocol note lists them for audit.
-- A study that varies an axis that sets the protocol (`samples_per_class`; `feature_extractor`; an
-  axis of the classifier stage, which trains the feature space) compares protocols on purpose: the
+- A study that varies an axis that sets the protocol (`samples_per_class`; `feature_extractor`;
+  `sampling_precision`; an axis of the classifier stage, which trains the feature space) compares protocols on purpose: the
   fields that axis determines may differ between its grid points. Rows of one grid point, and every
   other field, must still agree.
 - Rows compare field by field: `protocol_id` is compared only when some field column is absent (it
   is a hash of the fields). A row that does not record a field ("not recorded", e.g. from an older
   version) differs from one that does: old and new rows are compared only with --mix-protocols.
+  Exception: `protocol_sampling_precision` came later and every row before it sampled in fp32, so a row
+  without it reads fp32 (`space.protocol.PROTOCOL_DEFAULTS`; `protocol_id` agrees: fp32 is not hashed).
 
 Pure pandas; never imports torch (the field list mirrors `runners.evaluation.protocol.PROTOCOL_ID_KEYS`,
 and a test keeps the two equal).
@@ -37,7 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from space.protocol import PROTOCOL_ID_KEYS
+from space.protocol import PROTOCOL_DEFAULTS, PROTOCOL_ID_KEYS
 
 PROTOCOL_ID = "protocol_id"
 MIX_FLAG = "--mix-protocols"
@@ -63,12 +65,14 @@ FIELD_LABELS: dict[str, str] = {
     "protocol_reference": "reference",
     "protocol_reference_sha256": "reference sha256",
     "protocol_pr_k": "precision/recall k",
+    "protocol_sampling_precision": "sampling precision",
 }
 
 # Axes that set protocol fields: a study varying one compares those fields on purpose.
 PROTOCOL_AXES: dict[str, tuple[str, ...]] = {
     "samples_per_class": ("protocol_samples_per_class", "protocol_samples"),
     "feature_extractor": ("protocol_extractor", "protocol_extractor_sha256", "protocol_reference_sha256"),
+    "sampling_precision": ("protocol_sampling_precision",),
 }
 # A classifier-stage axis changes the classifier, i.e. the feature space of the metrics.
 CLASSIFIER_FIELDS: tuple[str, ...] = ("protocol_extractor", "protocol_extractor_sha256", "protocol_reference_sha256")
@@ -99,15 +103,20 @@ def value_text(value: Any) -> str:
 
 def protocol_fields(rows: pd.DataFrame) -> pd.DataFrame:
     """Per row, the protocol as text: one column per comparable field the rows record (a protocol_*
-    column, or its older unprefixed name), plus `protocol_id` when some field is not recorded at all."""
+    column, or its older unprefixed name), plus `protocol_id` when some field is not recorded at all. A field
+    added later (PROTOCOL_DEFAULTS: protocol_sampling_precision) reads as its default where a row predates it."""
     out = pd.DataFrame(index=rows.index)
     for field in COMPARABLE_FIELDS:
         sources = [c for c in (field, *FIELD_FALLBACKS.get(field, ())) if c in rows]
         if not sources:
+            if field in PROTOCOL_DEFAULTS:
+                out[field] = PROTOCOL_DEFAULTS[field]
             continue
         values = rows[sources[0]]
         for fallback in sources[1:]:
             values = values.where(values.notna(), rows[fallback])
+        if field in PROTOCOL_DEFAULTS:
+            values = values.where(values.notna(), PROTOCOL_DEFAULTS[field])
         out[field] = values.map(value_text)
     if PROTOCOL_ID in rows and len(out.columns) < len(COMPARABLE_FIELDS):
         out[PROTOCOL_ID] = rows[PROTOCOL_ID].map(value_text)

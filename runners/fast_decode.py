@@ -16,7 +16,9 @@ heads run as one matmul. The logits are those of the model's own paths up to flo
 and without a cache under the same seed.
 
 `precision="bf16"` runs the trunk under bfloat16 autocast (an evaluation-protocol setting: it changes the
-tokens); the logits come back in float32 either way.
+tokens); the logits come back in float32 either way. `sampling_model(model, device, precision)` picks what a
+sampler runs on: this decoder for an AR generator on CUDA or in bf16, `AutocastMasked` for an MLM generator in
+bf16, else the model itself (the fp32 CPU path stays the reference one).
 """
 
 from __future__ import annotations
@@ -151,3 +153,42 @@ class StaticDecoder:
             x = x + block.mlp(block.mlp_norm(x))
         hidden = model.norm(x[:, 0])  # (B, C)
         return (hidden @ heads.to(hidden.dtype).t()).view(B, self.config.token_each, -1)  # (B, K, V)
+
+
+class AutocastMasked:
+    """An MLM generator whose forward runs under bfloat16 autocast, logits back in float32: what
+    `runners.sampling.sample_mlm` needs (config, mask_id, training / train, a call ids (B, N, K), labels (B,) ->
+    logits (B, N, K, V)); the weights stay float32."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.config, self.mask_id = model, model.config, model.mask_id
+        self.device_type = next(model.parameters()).device.type
+
+    @property
+    def training(self) -> bool:
+        return self.model.training
+
+    def train(self, mode: bool = True) -> AutocastMasked:
+        self.model.train(mode)
+        return self
+
+    def __call__(self, ids: Tensor, labels: Tensor, *, positions: Tensor | None = None) -> Tensor:
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            logits = self.model(ids, labels, positions=positions)
+        return logits.float()
+
+
+def sampling_model(model: nn.Module, precision: str = "fp32", *, compile: bool | str = "auto") -> Any:
+    """What a sampler runs on for `sampling_precision` `precision`: an AR generator through `StaticDecoder` on
+    CUDA (compiled per `compile`) or whenever precision is bf16 (on any device); an MLM generator under bf16
+    autocast (`AutocastMasked`) when precision is bf16; otherwise the model itself."""
+    from runners.generators import ARGenerator, MLMGenerator
+
+    if precision not in SAMPLING_PRECISIONS:
+        raise ValueError(f"sampling_precision must be one of {list(SAMPLING_PRECISIONS)}, but got {precision!r}")
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    if isinstance(model, ARGenerator) and (on_cuda or precision == "bf16"):
+        return StaticDecoder(model, compile=compile, precision=precision)
+    if isinstance(model, MLMGenerator) and precision == "bf16":
+        return AutocastMasked(model)
+    return model

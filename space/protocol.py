@@ -14,6 +14,7 @@ PROTOCOL_KEYS: tuple[str, ...] = (
     "protocol_pr_k",
     "protocol_versions",
     "protocol_sampling_seed",
+    "protocol_sampling_precision",
 )
 """Keys of the dict `protocol` returns, in order (flat columns of a result row)."""
 
@@ -21,3 +22,8 @@ PROTOCOL_ID_KEYS: tuple[str, ...] = tuple(
     key for key in PROTOCOL_KEYS if key not in ("protocol_sampling_seed", "protocol_versions")
 )
 """The keys `protocol_id` hashes: what makes two numbers comparable."""
+
+PROTOCOL_DEFAULTS: dict[str, str] = {"protocol_sampling_precision": "fp32"}
+"""Fields added after rows were first recorded, with the value every row before them had: `protocol_id` leaves a
+field out of its hash while it holds this value (ids of rows recorded before the field existed stay valid), and
+reports read a row without the field as holding it."""

@@ -136,6 +136,11 @@ class Settings(BaseModel):
     temperature: float = axis(1.0, "evaluation", "AR: logit temperature (> 0).", gt=0)
     mlm_steps: int = axis(10, "evaluation", "MLM: decoding steps.", ge=1)
     mlm_tau: float = axis(4.5, "evaluation", "MLM: Gumbel temperature of confidence re-masking.", ge=0)
+    sampling_precision: Literal["fp32", "bf16"] = axis(
+        "fp32", "evaluation", "Precision of the generator's forward passes while sampling: fp32, or bf16 autocast "
+        "(faster on GPUs). bf16 changes the sampled tokens, so it is part of the evaluation protocol "
+        "(protocol_sampling_precision): fp32 and bf16 numbers never compare.",
+    )
     samples_per_class: int = axis(20, "evaluation", "Generated images per class for the metrics.", ge=1)
     # feature_extractor determines the reference stage (held-out features, computed once per extractor) and,
     # through it, every evaluation and reconstruction FID
@@ -563,7 +568,7 @@ class Search(BaseModel):
         for name, space in self.axes.items():
             if name not in AXES:
                 raise ValueError(f"axes.{name}: unknown axis {name!r}; {_did_you_mean(name, AXES)}")
-            if stage_of(name) != "evaluation" or name in ("samples_per_class", "feature_extractor"):
+            if stage_of(name) != "evaluation" or name in ("samples_per_class", "feature_extractor", "sampling_precision"):
                 raise ValueError(
                     f"axes.{name}: only sampling axes can be searched (they only need a new evaluation), but "
                     f"{name} is not one; vary it with `vary: {{{name}: [...]}}` instead"

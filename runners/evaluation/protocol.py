@@ -14,11 +14,15 @@ by more than many ablation effects, so every result row carries a flat protocol 
     protocol_pr_k                k of precision / recall
     protocol_versions            "torch-fidelity=X;torch=Y"
     protocol_sampling_seed       seed of the sampler that produced the samples
+    protocol_sampling_precision  fp32 or bf16: the precision of the generator's forward passes while sampling
+                                 (bf16 changes the sampled tokens, so fp32 and bf16 numbers never compare)
 
 `protocol_id(record)` hashes the fields that decide whether two numbers are comparable: all of the
 above except the sampling seed (a seed is a repeat of the same protocol) and the library versions
 (recorded for audit; they move numbers at rounding level, and would split every comparison at an
-upgrade).
+upgrade). A field whose value is its `PROTOCOL_DEFAULTS` entry (protocol_sampling_precision fp32) is left out
+of the hash, so the ids of records made before the field existed, all fp32, are unchanged; a record without it
+counts as holding that default.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import torch_fidelity
 from torch import Tensor
 
 from runners.evaluation.metrics import FeatureExtractor, feature_extractor_name
-from space.protocol import PROTOCOL_ID_KEYS, PROTOCOL_KEYS  # torch-free: reports read them too
+from space.protocol import PROTOCOL_DEFAULTS, PROTOCOL_ID_KEYS, PROTOCOL_KEYS  # torch-free: reports read them too
 
 
 def array_sha256(array: np.ndarray | Tensor) -> str:
@@ -88,8 +92,11 @@ def protocol(
     reference_checksum: str,
     k: int,
     sampling_seed: int,
+    sampling_precision: str = "fp32",
 ) -> dict[str, str | int]:
     """The flat protocol record (PROTOCOL_KEYS, in order) of one evaluation."""
+    if sampling_precision not in ("fp32", "bf16"):
+        raise ValueError(f"sampling_precision must be one of ['fp32', 'bf16'], but got {sampling_precision!r}")
     for name, value in (("num_samples", num_samples), ("image_size", image_size), ("k", k)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, but got {name}={value!r}")
@@ -113,15 +120,19 @@ def protocol(
         "protocol_pr_k": k,
         "protocol_versions": f"torch-fidelity={torch_fidelity.__version__};torch={torch.__version__}",
         "protocol_sampling_seed": int(sampling_seed),
+        "protocol_sampling_precision": sampling_precision,
     }
 
 
 def protocol_id(record: dict[str, str | int]) -> str:
-    """12-hex-digit id of the comparable part of a protocol record (PROTOCOL_ID_KEYS; no seed, no versions)."""
+    """12-hex-digit id of the comparable part of a protocol record (PROTOCOL_ID_KEYS; no seed, no versions; a
+    field at its PROTOCOL_DEFAULTS value, or absent, is left out)."""
+    record = {**PROTOCOL_DEFAULTS, **record}
     missing = [key for key in PROTOCOL_ID_KEYS if key not in record]
     if missing:
         raise ValueError(
             f"a protocol record must hold {list(PROTOCOL_ID_KEYS)}, but it lacks {missing}; build it with protocol()"
         )
-    canonical = json.dumps({key: record[key] for key in PROTOCOL_ID_KEYS}, sort_keys=True)
+    hashed = [key for key in PROTOCOL_ID_KEYS if key not in PROTOCOL_DEFAULTS or record[key] != PROTOCOL_DEFAULTS[key]]
+    canonical = json.dumps({key: record[key] for key in hashed}, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]

@@ -123,22 +123,21 @@ def sample_blocks(
 
 
 def fast_decoder(model: Any, settings: dict[str, Any]) -> Any:
-    """An AR generator on CUDA decodes through the static KV cache with its step compiled as a CUDA graph
-    (runners/fast_decode.py; same tokens up to float rounding); elsewhere, and for other generators, the model
-    itself (the CPU path stays the reference one). The sampling batch stays one block (SAMPLE_BATCH labels,
-    doubled by CFG): sample_ar draws a whole batch from one generator, so several blocks per forward would need
-    per-block draws inside the sampler to keep each block's images independent of how blocks are grouped."""
-    from runners.fast_decode import StaticDecoder
-    from runners.generators import ARGenerator
+    """What the sampler runs on (runners/fast_decode.py `sampling_model`): an AR generator on CUDA decodes through
+    the static KV cache with its step compiled as a CUDA graph (same tokens up to float rounding); with
+    `sampling_precision: bf16` AR decodes through that cache under bf16 autocast and MLM runs its forward under
+    bf16 autocast, on any device; otherwise the model itself (the fp32 CPU path stays the reference one).
+    The sampling batch stays one block (SAMPLE_BATCH labels, doubled by CFG): sample_ar draws a whole batch from
+    one generator, so several blocks per forward would need per-block draws inside the sampler to keep each
+    block's images independent of how blocks are grouped."""
+    from runners.fast_decode import sampling_model
 
-    if not isinstance(model, ARGenerator) or next(model.parameters()).device.type != "cuda":
-        return model
-    return StaticDecoder(model, compile="auto")
+    return sampling_model(model, settings.get("sampling_precision", "fp32"), compile="auto")
 
 
 def scoring_space(
     inputs: dict[str, Path], device: torch.device, *, num_samples: int, samples_per_class: int, image_size: int,
-    sampling_seed: int,
+    sampling_seed: int, sampling_precision: str = "fp32",
 ) -> tuple[Any, torch.nn.Module | None, Any, dict[str, Any]]:
     """What every score against the reference needs: (reference features, the dataset classifier if an input,
     the extractor that made the features, the protocol record of the score with its `protocol_id`).
@@ -151,6 +150,7 @@ def scoring_space(
     record = protocol(
         extractor=extractor, num_samples=num_samples, samples_per_class=samples_per_class, image_size=image_size,
         reference=reference.name, reference_checksum=reference.protocol_checksum, k=PR_K, sampling_seed=sampling_seed,
+        sampling_precision=sampling_precision,
     )
     reference.check_extractor(str(record["protocol_extractor_sha256"]))
     return reference, classifier, extractor, {**record, "protocol_id": protocol_id(record)}

@@ -40,6 +40,7 @@ def evaluation_stage(
     reference, classifier, extractor, record = scoring_space(
         inputs, device, num_samples=len(labels), samples_per_class=s["samples_per_class"],
         image_size=image_size, sampling_seed=s["sampling_seed"],
+        sampling_precision=s.get("sampling_precision", "fp32"),  # not in the settings (key) when fp32
     )
     # One block of images at a time (runners/evaluation/streaming.py): written to samples.npz as scored (uint8
     # by truncation, as torch-fidelity does, NHWC: the ADM evaluator reads arr_0; labels let reports draw

@@ -83,7 +83,10 @@ def ignored_axes(kind: str, settings: Any) -> set[str]:
     """Axes of a stage kind that the chosen registry entries do not read: left out of its key, so that
     e.g. MLM evaluations differing only in top_k are one stage."""
     if kind == "evaluation" and settings.modeling in GENERATORS:
-        return set(SAMPLING_AXES) - set(GENERATORS[settings.modeling].sample_knobs)
+        ignored = set(SAMPLING_AXES) - set(GENERATORS[settings.modeling].sample_knobs)
+        if settings.sampling_precision == "fp32":
+            ignored.add("sampling_precision")  # the default: keys of evaluations made before the axis existed stay
+        return ignored
     from space.schema import AXES_OF_STAGE
 
     ignored: set[str] = set()

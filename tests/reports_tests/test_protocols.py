@@ -178,3 +178,15 @@ def test_sweep_report_exits_0_prints_the_refusal_and_compares_on_request(tmp_pat
     assert "not compared" not in capsys.readouterr().out
     markdown = (tmp_path / "b" / "report.md").read_text()
     assert "| 1.0 | 12.00 ± 2.00 |" in markdown and "_⚠ Mixed protocols, compared on request (--mix-protocols): generated samples 20 (7 rows) vs 50 (1 row)" in markdown
+
+
+def test_rows_before_the_sampling_precision_field_read_fp32_and_bf16_rows_are_another_protocol():
+    # PROTOCOL has no protocol_sampling_precision: rows recorded before the field existed (all fp32)
+    old_and_new = pd.DataFrame(guidance_rows({"protocol_sampling_precision": "fp32"}))
+    check = check_protocols(old_and_new, "study guidance")
+    assert not check.mixed and check.protocols == 1 and check.rows == 4
+    with_bf16 = pd.DataFrame(guidance_rows({"protocol_sampling_precision": "bf16", "protocol_id": "cccccccccccc"}))
+    check = check_protocols(with_bf16, "study guidance")
+    assert check.mixed and check.protocols == 2
+    # the rows without the field count as fp32
+    assert [(d.field, d.counts) for d in check.differences] == [("protocol_sampling_precision", (("fp32", 3), ("bf16", 1)))]

@@ -315,7 +315,9 @@ def test_protocol_record_and_id(classifier, tmp_path) -> None:
     base = protocol_id(record)
     assert len(base) == 12 and int(base, 16) >= 0
     assert protocol_id({**record, "protocol_sampling_seed": 8, "protocol_versions": "x"}) == base
-    for key, value in (("protocol_pr_k", 5), ("protocol_samples", 999), ("protocol_reference_sha256", "cd" * 32)):
+    assert record["protocol_sampling_precision"] == "fp32"
+    for key, value in (("protocol_pr_k", 5), ("protocol_samples", 999), ("protocol_reference_sha256", "cd" * 32),
+                       ("protocol_sampling_precision", "bf16")):
         assert protocol_id({**record, key: value}) != base, key
     # Golden: the id of a fixed record never changes (stored results are grouped by it).
     fixed = {"protocol_extractor": "inception_v3_fid/pool3", "protocol_extractor_sha256": "0" * 64,

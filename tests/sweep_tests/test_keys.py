@@ -83,7 +83,8 @@ def test_each_kind_hashes_exactly_its_own_settings():
         "generator": {"dataset", "seed", *AXES_OF_STAGE["generator"]}
         - {"mask_schedule_steps", "intermediate_every", "intermediate_samples_per_class", "generator_ema",
            "generator_checkpoint"},
-        "evaluation": {"dataset", "sampling_seed", *AXES_OF_STAGE["evaluation"]} - {"mlm_steps", "mlm_tau"},
+        # ... and sampling in fp32 (the default) leaves evaluation keys as they were before the axis existed
+        "evaluation": {"dataset", "sampling_seed", *AXES_OF_STAGE["evaluation"]} - {"mlm_steps", "mlm_tau", "sampling_precision"},
         "reference": {"dataset", "feature_extractor"},
         "reconstruction": {"dataset"},  # everything else arrives through the tokenizer and reference keys
     }

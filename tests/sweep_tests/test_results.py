@@ -33,7 +33,7 @@ FROZEN_COLUMNS = (
     "scan_order", "encode", "mask_schedule_steps", "generator_steps", "generator_lr", "generator_batch",
     "generator_warmup", "weight_decay", "dropout", "class_dropout", "train_precision", "intermediate_every",
     "intermediate_samples_per_class", "generator_ema", "generator_checkpoint", "cfg_scale", "cfg_schedule", "top_k", "top_p", "temperature", "mlm_steps",
-    "mlm_tau", "samples_per_class", "feature_extractor", "reference", "vocab",
+    "mlm_tau", "sampling_precision", "samples_per_class", "feature_extractor", "reference", "vocab",
     "seed", "sampling_seed",
     "status", "failure_kind", "error",
     "fid", "kid", "kid_std", "precision", "recall", "class_accuracy", "inception_score", "inception_score_std",
