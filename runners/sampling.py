@@ -6,12 +6,19 @@ sub-token head, then each sub-token sampled independently. MLM (`sample_mlm`): M
 with CFG and a Gumbel temperature tau on the confidences only (no top-k, no logit temperature).
 Every random draw comes from the `generator` argument; the device comes from the inputs (labels),
 never hard-coded.
+
+`generator` is one torch.Generator for the whole batch, or a sequence of G generators each owning a
+consecutive slice of B / G rows: then every draw is made slice by slice, each from its own generator, in
+the order the sampler makes it when that slice runs alone. A slice's random stream therefore does not
+depend on which other slices share its forward pass, and its tokens equal those of the slice sampled alone
+up to float rounding of the batched matmuls (the evaluation stage groups blocks of SAMPLE_BATCH samples this
+way, sweep/stages/common.py).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -144,14 +151,41 @@ def filter_logits(logits: Tensor, *, temperature: float = 1.0, top_k: int = 0, t
     return logits
 
 
-def _sample_categorical(logits: Tensor, generator: torch.Generator) -> Tensor:
-    """One draw per row of (..., V) logits -> (...) int64, from `generator` only."""
+Generators = torch.Generator | Sequence[torch.Generator]
+"""One generator for every row, or G generators each owning a consecutive slice of B / G rows."""
+
+
+def row_slices(batch_size: int, generator: Generators) -> list[tuple[slice, torch.Generator]]:
+    """(rows, generator) pairs: the whole batch with one generator, or B / G consecutive rows per generator."""
+    if isinstance(generator, torch.Generator):
+        return [(slice(0, batch_size), generator)]
+    generators = list(generator)
+    if not generators or batch_size % len(generators):
+        raise ValueError(f"a sequence of generators splits the batch evenly, one slice each, but got "
+                         f"{len(generators)} generators for {batch_size} rows; pass a multiple of their count")
+    rows = batch_size // len(generators)
+    return [(slice(i * rows, (i + 1) * rows), g) for i, g in enumerate(generators)]
+
+
+def _sample_categorical(logits: Tensor, generator: Generators) -> Tensor:
+    """One draw per row of (B, ..., V) logits -> (B, ...) int64; each slice of rows from its own generator only."""
     probs = torch.softmax(logits.float(), dim=-1)
-    flat = probs.reshape(-1, probs.shape[-1])  # (rows, V)
-    return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+    draws = []
+    for rows, g in row_slices(probs.shape[0], generator):
+        part = probs[rows]
+        flat = part.reshape(-1, part.shape[-1])  # (rows * ..., V)
+        draws.append(torch.multinomial(flat, 1, generator=g).view(part.shape[:-1]))
+    return draws[0] if len(draws) == 1 else torch.cat(draws)
 
 
-def _check_labels_and_generator(labels: Tensor, num_classes: int, generator: torch.Generator) -> None:
+def _uniform(shape: tuple[int, ...], generator: Generators, device: torch.device) -> Tensor:
+    """Uniform [0, 1) draws of `shape` (B, ...), each slice of rows from its own generator, on `device`."""
+    parts = [torch.rand(rows.stop - rows.start, *shape[1:], generator=g, device=g.device)
+             for rows, g in row_slices(shape[0], generator)]
+    return (parts[0] if len(parts) == 1 else torch.cat(parts)).to(device)
+
+
+def _check_labels_and_generator(labels: Tensor, num_classes: int, generator: Generators) -> None:
     if labels.ndim != 1:
         raise ValueError(f"labels must have shape (B,), but got {tuple(labels.shape)}")
     if labels.numel() and (labels.min() < 0 or labels.max() > num_classes):
@@ -159,11 +193,12 @@ def _check_labels_and_generator(labels: Tensor, num_classes: int, generator: tor
             f"labels must lie in [0, num_classes={num_classes}] (num_classes = null class), "
             f"but got range [{int(labels.min())}, {int(labels.max())}]"
         )
-    if generator.device.type != labels.device.type:
-        raise ValueError(
-            f"generator must live on the labels' device ({labels.device}), but got {generator.device}; "
-            f"create it with torch.Generator(device=labels.device)"
-        )
+    for _, g in row_slices(labels.shape[0], generator):
+        if g.device.type != labels.device.type:
+            raise ValueError(
+                f"generator must live on the labels' device ({labels.device}), but got {g.device}; "
+                f"create it with torch.Generator(device=labels.device)"
+            )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -181,7 +216,7 @@ def sample_ar(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
-    generator: torch.Generator,
+    generator: Generators,
     positions: Tensor | None = None,
     kv_cache: bool = True,
 ) -> Tensor:
@@ -270,7 +305,7 @@ def sample_mlm(
     cfg_scale: float = 1.0,
     cfg_schedule: str = "constant",
     cfg_power: float = DEFAULT_CFG_POWER,
-    generator: torch.Generator,
+    generator: Generators,
     positions: Tensor | None = None,
 ) -> Tensor:
     """MaskGIT decoding of token ids (B, N, K) for class labels (B,) in `steps` steps, as the authors decode.
@@ -315,7 +350,7 @@ def sample_mlm(
                 logits = cfg_logits(logits[:B], logits[B:], scale)
             sampled = _sample_categorical(logits, generator)  # (B, N, K)
             log_p = torch.log_softmax(logits, dim=-1).gather(-1, sampled[..., None])[..., 0]  # (B, N, K)
-            uniform = torch.rand(B, N, K, generator=generator, device=generator.device).to(device)
+            uniform = _uniform((B, N, K), generator, device)  # (B, N, K), after the token draws of each slice
             gumbel = -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))  # (B, N, K)
             confidence = mlm_confidence(log_p, gumbel, tau, r)  # (B, N)
             confidence = confidence.masked_fill(~masked, float("inf"))  # fixed positions are never re-masked

@@ -333,6 +333,20 @@ class Runtime(BaseModel):
         "auto", description="torch.compile of the whole model in training stages: 'auto' (on CUDA only), true "
         "(also on a CPU with a C++ compiler, else eager), false. Results agree within float rounding: not hashed.",
     )
+    sample_batch: int | None = Field(
+        None, description="Images per sampling forward of evaluation stages: a positive multiple of 100 (the block "
+        "of labels each seeded generator owns). Default: on a GPU as many blocks as its free memory holds (at most "
+        "all of the stage's), on a CPU one block. The images do not depend on it: not hashed.",
+    )
+
+    @field_validator("sample_batch")
+    @classmethod
+    def _whole_blocks(cls, value: int | None) -> int | None:
+        if value is not None and (value < 100 or value % 100):
+            fix = max(100, round(value / 100) * 100)
+            raise ValueError(f"sample_batch must be a positive multiple of 100 (blocks of 100 labels, each from its "
+                             f"own seeded generator), but got {value}; try {fix}, or remove it (sized to the device)")
+        return value
 
 
 _SHA256_CACHE: dict[tuple[str, int, int], str] = {}

@@ -141,7 +141,8 @@ KEY_COLUMNS: tuple[str, ...] = (
     "search_id",
 )
 PROVENANCE_COLUMNS: tuple[str, ...] = (
-    "protocol_id", "feature_extractor_name", "started_at", "ended_at", "wall_s", "device", "node", "executor", "code",
+    "protocol_id", "feature_extractor_name", "started_at", "ended_at", "wall_s", "device", "sample_batch", "node",
+    "executor", "code",
     "git_commit", "git_dirty", "versions", "python", "command", "spec_hash",
 )
 RESULT_COLUMNS: tuple[str, ...] = (
@@ -153,7 +154,7 @@ TRIAL_STATUSES: tuple[str, ...] = ("finished", "failed", "skipped", "pruned", "r
 its generator was pruned by early stopping, it is running now, or it has not run (yet)."""
 
 _TIMESTAMP = pa.timestamp("ns", tz="UTC")
-_INTEGERS = {"seed", "sampling_seed", "num_samples", "parameter_count"}
+_INTEGERS = {"seed", "sampling_seed", "num_samples", "parameter_count", "sample_batch"}
 _BOOLEANS = {"searched", "git_dirty"}
 _TIMESTAMPS = {"started_at", "ended_at"}
 

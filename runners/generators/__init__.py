@@ -45,7 +45,8 @@ from runners.generators.mlm import sequence_slots as mlm_sequence_slots
 from runners.sampling import DEFAULT_CFG_POWER, sample_ar, sample_mlm
 
 SampleFn = Callable[[nn.Module, Tensor, Mapping[str, Any], torch.Generator, "Tensor | None"], Tensor]
-"""(model, labels (B,), knobs, generator, positions (N, 2) or None) -> ids (B, N, K)"""
+"""(model, labels (B,), knobs, generator, positions (N, 2) or None) -> ids (B, N, K); generator may also be a
+sequence of G generators, each owning B / G consecutive rows (runners/sampling.py)"""
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,7 @@ def balanced_labels(num_classes: int, per_class: int, device: torch.device) -> T
 @torch.no_grad()
 def iter_sample_blocks(
     blocks: Any, labels: Tensor, settings: dict[str, Any], tokenizer: Any, vocab: Any, generator: Any, entry: Any,
-    order: str, grid: tuple[int, int], positions: Tensor,
+    order: str, grid: tuple[int, int], positions: Tensor, group: int = 1,
 ) -> Iterator[tuple[int, Tensor]]:
     """(block, images (<=SAMPLE_BATCH, C, H, W)) of the given blocks of global sample indices, one block at a
     time, as each is decoded: a consumer that scores and writes each block before asking for the next holds
@@ -101,16 +101,40 @@ def iter_sample_blocks(
 
     Block b holds global indices [b*SAMPLE_BATCH, (b+1)*SAMPLE_BATCH) and draws only from its own
     generator seeded from (sampling seed, b): any split of the blocks over workers, in any order, gives
-    the same images (tested with 1 and 4 workers).
+    the same images (tested with 1 and 4 workers). `group` full blocks, taken in the given order, share one
+    sampler forward (G x SAMPLE_BATCH labels, each block's rows drawing from its own generator: the same
+    images as one block at a time, tested); a partial last block runs alone. Each block's tokens are decoded
+    on their own, so the decoder holds one block whatever `group` is.
     """
+    if group < 1:
+        raise ValueError(f"group must be >= 1 block per forward, but got group={group}")
     device = labels.device
     generator = fast_decoder(generator, settings)
+    pending: list[int] = []
+
+    def run(members: list[int]) -> Iterator[tuple[int, Tensor]]:
+        for _ in members:
+            fault_point("evaluation")
+        rngs = [torch.Generator(device=device).manual_seed(settings["sampling_seed"] * 1_000_003 + b) for b in members]
+        chunk = torch.cat([labels[b * SAMPLE_BATCH : (b + 1) * SAMPLE_BATCH] for b in members])  # (G B,)
+        ids = entry.sample(generator, chunk, settings, rngs[0] if len(rngs) == 1 else rngs, positions)  # (G B, N, K)
+        for i, block in enumerate(members):
+            rows = ids[i * SAMPLE_BATCH : (i + 1) * SAMPLE_BATCH]  # (B, N, K) in scan order
+            yield block, tokenizer.decode_ids(from_scan(rows, order, *grid), vocab)  # back to raster, then decode
+
     for block in blocks:
-        fault_point("evaluation")
-        rng = torch.Generator(device=device).manual_seed(settings["sampling_seed"] * 1_000_003 + block)
-        chunk = labels[block * SAMPLE_BATCH : (block + 1) * SAMPLE_BATCH]
-        ids = entry.sample(generator, chunk, settings, rng, positions)  # (B, N, K) in scan order
-        yield block, tokenizer.decode_ids(from_scan(ids, order, *grid), vocab)  # back to raster, then decode
+        if len(labels[block * SAMPLE_BATCH : (block + 1) * SAMPLE_BATCH]) < SAMPLE_BATCH:  # a partial last block
+            if pending:
+                yield from run(pending)
+                pending = []
+            yield from run([block])
+            continue
+        pending.append(block)
+        if len(pending) == group:
+            yield from run(pending)
+            pending = []
+    if pending:
+        yield from run(pending)
 
 
 def sample_blocks(
@@ -127,12 +151,38 @@ def fast_decoder(model: Any, settings: dict[str, Any]) -> Any:
     the static KV cache with its step compiled as a CUDA graph (same tokens up to float rounding); with
     `sampling_precision: bf16` AR decodes through that cache under bf16 autocast and MLM runs its forward under
     bf16 autocast, on any device; otherwise the model itself (the fp32 CPU path stays the reference one).
-    The sampling batch stays one block (SAMPLE_BATCH labels, doubled by CFG): sample_ar draws a whole batch from
-    one generator, so several blocks per forward would need per-block draws inside the sampler to keep each
-    block's images independent of how blocks are grouped."""
+    Several blocks may share one forward (`iter_sample_blocks` group, `sampling_group`): the samplers draw each
+    block's rows from that block's own generator, so the images do not depend on the grouping."""
     from runners.fast_decode import sampling_model
 
     return sampling_model(model, settings.get("sampling_precision", "fp32"), compile="auto")
+
+
+def sampling_group(
+    runtime: dict[str, Any], device: torch.device, *, modeling: str, config: GeneratorConfig, tokenizer: Any,
+    image_size: int, guided: bool, precision: str, num_blocks: int,
+) -> int:
+    """G, the SAMPLE_BATCH blocks one sampler forward holds: `runtime.sample_batch` / SAMPLE_BATCH when the spec
+    fixes it; else on CUDA what the free memory holds by runners/sampling_memory.py's estimate; on a CPU 1 (the
+    reference path). At most `num_blocks` (every block of the stage)."""
+    from runners.sampling_memory import blocks_per_forward, bytes_per_sample, decode_bytes_per_image
+
+    fixed = runtime.get("sample_batch")
+    if fixed is not None:
+        return max(1, min(num_blocks, int(fixed) // SAMPLE_BATCH))
+    if device.type != "cuda":
+        return 1
+    free, _ = torch.cuda.mem_get_info(device)
+    backbone = getattr(tokenizer, "config", None)
+    # the decoder's full-resolution width; a tokenizer without a backbone config: the paper's (the widest rung)
+    backbone = backbone if hasattr(backbone, "base_channels") else BACKBONE_SIZES["imagenet"]
+    per_sample = bytes_per_sample(
+        modeling, layers=config.layers, width=config.width, heads=config.heads, seq_len=config.seq_len,
+        token_each=config.token_each, vocab_size=config.vocab_size, guided=guided, precision=precision,
+    )
+    decode = decode_bytes_per_image(image_size, backbone.base_channels * backbone.channel_multipliers[0])
+    return blocks_per_forward(free, per_sample=per_sample, decode_per_image=decode, block=SAMPLE_BATCH,
+                              max_blocks=num_blocks)
 
 
 def scoring_space(

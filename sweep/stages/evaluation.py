@@ -15,7 +15,7 @@ from runners.evaluation.streaming import SampleBatchWriter, StreamingScorer
 from runners.generators import GENERATORS
 from runners.scan import scan_positions
 from runners.tokenizers import vocabulary_for
-from sweep.stages.common import PR_K, SAMPLE_BATCH, Log, balanced_labels, iter_sample_blocks, pick_device, scoring_space
+from sweep.stages.common import PR_K, SAMPLE_BATCH, Log, balanced_labels, iter_sample_blocks, pick_device, sampling_group, scoring_space
 
 
 @torch.no_grad()
@@ -45,11 +45,20 @@ def evaluation_stage(
     # One block of images at a time (runners/evaluation/streaming.py): written to samples.npz as scored (uint8
     # by truncation, as torch-fidelity does, NHWC: the ADM evaluator reads arr_0; labels let reports draw
     # per-class grids) and featurised; the scorer's temporary feature files are gone when the stage returns.
+    # G blocks per sampler forward (runtime.sample_batch, else what the GPU's free memory holds; 1 on a CPU): the
+    # images do not depend on G, each block drawing from its own generator
+    group = sampling_group(
+        stage.runtime, device, modeling=saved["modeling"], config=config, tokenizer=tokenizer, image_size=image_size,
+        guided=float(s.get("cfg_scale", 1.0)) != 1.0, precision=s.get("sampling_precision", "fp32"),
+        num_blocks=len(blocks),
+    )
     with StreamingScorer(extractor, classifier, out) as scorer, SampleBatchWriter(out / "samples.npz", len(labels)) as samples:
-        for block, images in iter_sample_blocks(blocks, labels, s, tokenizer, vocab, generator, entry, order, grid, positions):
+        for block, images in iter_sample_blocks(blocks, labels, s, tokenizer, vocab, generator, entry, order, grid,
+                                                positions, group=group):
             images = images.clamp(0, 1)  # (b, C, H, W)
             samples.add(to_uint8_nhwc(images))
             scorer.add(images, labels[block * SAMPLE_BATCH : (block + 1) * SAMPLE_BATCH])
         samples.finish(labels.cpu().numpy())
         metrics = scorer.metrics(reference.features, reference.statistics, k=PR_K)
-    return {**metrics, **record, "feature_extractor_name": feature_extractor_name(extractor), "num_samples": len(labels)}
+    return {**metrics, **record, "feature_extractor_name": feature_extractor_name(extractor), "num_samples": len(labels),
+            "sample_batch": min(group * SAMPLE_BATCH, len(labels))}  # images per sampler forward: run metadata

@@ -41,7 +41,7 @@ FROZEN_COLUMNS = (
     "rfid", "psnr_db", "bit_usage", "parameter_count", "final_loss", "heldout_loss",
     "classifier_key", "reference_key", "tokenizer_key", "reconstruction_key", "generator_key", "evaluation_key",
     "search_id",
-    "protocol_id", "feature_extractor_name", "started_at", "ended_at", "wall_s", "device", "node", "executor", "code",
+    "protocol_id", "feature_extractor_name", "started_at", "ended_at", "wall_s", "device", "sample_batch", "node", "executor", "code",
     "git_commit", "git_dirty", "versions", "python", "command", "spec_hash",
 )
 

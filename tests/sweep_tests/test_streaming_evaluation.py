@@ -6,6 +6,7 @@ with SAMPLE_BATCH made 10, so the 40 samples come in 4 blocks."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +87,68 @@ def test_evaluation_streams_one_block_at_a_time_with_the_in_memory_numbers(e2e_r
     with np.load(out / "samples.npz", allow_pickle=False) as samples:
         assert np.array_equal(samples["arr_0"], to_uint8_nhwc(fake)) and samples["arr_0"].shape == (40, 16, 16, 3)
         assert np.array_equal(samples["labels"], labels.numpy())
+
+
+def run_stage(e2e_run, out: Path, monkeypatch, runtime: dict) -> tuple[dict, list[int]]:
+    """The e2e evaluation with SAMPLE_BATCH 10 and `runtime` over the plan's: (row, rows of every generator
+    forward pass); samples.npz in `out`."""
+    plan_stage = make_plan(load_spec(FIXTURES / "e2e.yaml")).of_kind("evaluation")[0]
+    stage = dataclasses.replace(plan_stage, runtime={**plan_stage.runtime, **runtime})
+    inputs = {role: e2e_run.out / "stages" / role / key for role, key in stage.inputs.items()}
+    monkeypatch.setattr(common, "SAMPLE_BATCH", BLOCK)
+    monkeypatch.setattr(evaluation, "SAMPLE_BATCH", BLOCK)
+    forwards: list[int] = []
+
+    def recording_load_generator(folder, device):
+        model, config, saved = load_generator(folder, device)
+        first = next(m for m in model.blocks[0].modules() if isinstance(m, torch.nn.Linear))
+        first.register_forward_pre_hook(lambda module, args: forwards.append(len(args[0])))
+        return model, config, saved
+
+    monkeypatch.setattr(evaluation, "load_generator", recording_load_generator)
+    out.mkdir()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return evaluation.evaluation_stage(stage, inputs, out, lambda *_: None), forwards
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_blocks_grouped_in_one_forward_give_the_same_samples_and_numbers(e2e_run, tmp_path, monkeypatch):
+    one, one_forwards = run_stage(e2e_run, tmp_path / "one", monkeypatch, {"sample_batch": None})  # CPU: G = 1
+    three, three_forwards = run_stage(e2e_run, tmp_path / "three", monkeypatch, {"sample_batch": 3 * BLOCK})
+    assert set(one_forwards) == {BLOCK} and one["sample_batch"] == BLOCK
+    assert set(three_forwards) == {3 * BLOCK, BLOCK} and three["sample_batch"] == 3 * BLOCK  # blocks 0-2, then 3
+    with np.load(tmp_path / "one" / "samples.npz") as a, np.load(tmp_path / "three" / "samples.npz") as b:
+        assert np.array_equal(a["arr_0"], b["arr_0"])  # measured: equal to the last byte on this CPU
+    for key in ("fid", "kid", "precision", "recall", "class_accuracy", "protocol_id"):
+        assert one[key] == three[key], key
+
+
+def test_the_group_is_sized_to_the_free_gpu_memory_unless_the_spec_fixes_it(monkeypatch):
+    from runners.generators import GeneratorConfig
+    from runners.tokenizers.backbone import BACKBONE_SIZES
+
+    config = GeneratorConfig("XL", token_each=2, bits_each=10, grid_height=16, grid_width=16, num_classes=1000)
+    tokenizer = type("Tokenizer", (), {"config": BACKBONE_SIZES["imagenet"]})()
+    knobs = dict(modeling="ar", config=config, tokenizer=tokenizer, image_size=256, guided=True, precision="bf16")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (80_000_000_000, 85_000_000_000))
+    # 80 GB free, an XL AR 2-10 in bf16 with guidance at 256 px: 5 blocks (test_grouped_sampling.py's numbers)
+    assert common.sampling_group({}, torch.device("cuda"), **knobs, num_blocks=500) == 5
+    assert common.sampling_group({}, torch.device("cuda"), **knobs, num_blocks=3) == 3  # at most every block
+    assert common.sampling_group({"sample_batch": None}, torch.device("cpu"), **knobs, num_blocks=500) == 1
+    assert common.sampling_group({"sample_batch": 700}, torch.device("cuda"), **knobs, num_blocks=500) == 7
+    assert common.sampling_group({"sample_batch": 700}, torch.device("cpu"), **knobs, num_blocks=4) == 4
+
+
+def test_a_sample_batch_that_is_not_whole_blocks_exits_2(tmp_path, capsys):
+    from sweep.cli import main
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text((FIXTURES / "e2e.yaml").read_text() + "runtime:\n  sample_batch: 250\n")
+    code = main(["validate", str(spec)])
+    text = capsys.readouterr()
+    assert code == 2 and "Traceback" not in text.out + text.err
+    assert ("runtime.sample_batch: sample_batch must be a positive multiple of 100 (blocks of 100 labels, each from "
+            "its own seeded generator), but got 250; try 200, or remove it (sized to the device)") in text.out + text.err
