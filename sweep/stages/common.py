@@ -3,8 +3,8 @@ generator config of its settings, class-balanced labels, block-seeded sampling a
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -24,7 +24,7 @@ Log = Callable[[int, dict[str, float]], None]
 StageFunction = Callable[..., dict[str, Any]]  # (stage, inputs, out, log, *, checkpoints) -> metrics
 
 PR_K = 3  # k of precision / recall (ELM.md "Evaluation")
-SAMPLE_BATCH = 100  # fixed micro-batch of the sampler: samples do not depend on the worker's batch size
+SAMPLE_BATCH = 100  # labels per seeded generator (a block): samples do not depend on workers or on blocks per forward
 
 
 def generator_config(settings: dict[str, Any], code_dim: int, grid: tuple[int, int], num_classes: int) -> GeneratorConfig:
