@@ -42,16 +42,16 @@ def evaluation_stage(
         image_size=image_size, sampling_seed=s["sampling_seed"],
         sampling_precision=s.get("sampling_precision", "fp32"),  # not in the settings (key) when fp32
     )
-    # One block of images at a time (runners/evaluation/streaming.py): written to samples.npz as scored (uint8
-    # by truncation, as torch-fidelity does, NHWC: the ADM evaluator reads arr_0; labels let reports draw
-    # per-class grids) and featurised; the scorer's temporary feature files are gone when the stage returns.
-    # G blocks per sampler forward (runtime.sample_batch, else what the GPU's free memory holds; 1 on a CPU): the
-    # images do not depend on G, each block drawing from its own generator
+    # G blocks per sampler forward (runtime.sample_batch, else what the GPU's free memory holds with every model
+    # loaded; 1 on a CPU): the images do not depend on G, each block drawing from its own generator
     group = sampling_group(
-        stage.runtime, device, modeling=saved["modeling"], config=config, tokenizer=tokenizer, image_size=image_size,
+        getattr(stage, "runtime", {}), device, modeling=saved["modeling"], config=config, tokenizer=tokenizer, image_size=image_size,
         guided=float(s.get("cfg_scale", 1.0)) != 1.0, precision=s.get("sampling_precision", "fp32"),
         num_blocks=len(blocks),
     )
+    # One block of images at a time (runners/evaluation/streaming.py): written to samples.npz as scored (uint8
+    # by truncation, as torch-fidelity does, NHWC: the ADM evaluator reads arr_0; labels let reports draw
+    # per-class grids) and featurised; the scorer's temporary feature files are gone when the stage returns.
     with StreamingScorer(extractor, classifier, out) as scorer, SampleBatchWriter(out / "samples.npz", len(labels)) as samples:
         for block, images in iter_sample_blocks(blocks, labels, s, tokenizer, vocab, generator, entry, order, grid,
                                                 positions, group=group):
