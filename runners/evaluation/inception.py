@@ -32,8 +32,6 @@ feature_extractor="inception-v3-fid-torchscript")` runs fully offline on the sam
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import importlib.util
 import zipfile
 from pathlib import Path
@@ -44,6 +42,9 @@ from torch import Tensor
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+from runners.evaluation.metrics import to_uint8  # noqa: F401 - the extractors' conversion, also imported from here
+from runners.files import file_sha256  # noqa: F401 - imported from here by callers
 
 INCEPTION_FEATURE_DIM = 2048
 INCEPTION_INPUT_SIZE = 299
@@ -94,21 +95,6 @@ def resolve_inception_path(weights_path: str | Path | None = None) -> Path:
     return path
 
 
-@functools.lru_cache(maxsize=8)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes (cached per path, size and modification time)."""
-    stat = Path(path).stat()
-    return _file_sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
-
-
 def is_torchscript_file(path: str | Path) -> bool:
     """True for a TorchScript archive (a zip holding a `code/` folder); False for a plain state dict."""
     try:
@@ -120,17 +106,6 @@ def is_torchscript_file(path: str | Path) -> bool:
 
 # ----------------------------------------------------------------------------------------------------------------
 # input path (torch-fidelity's)
-
-
-def to_uint8(images: Tensor) -> Tensor:
-    """Images float `(B, C, H, W)` in [0, 1] -> uint8 `(B, C, H, W)`: `(255 * x.clamp(0, 1)).to(uint8)`.
-
-    Truncation, as torch-fidelity's examples and the ADM sampler convert float images. For images that
-    came from uint8 as `v / 255` in float32 the round trip is exact.
-    """
-    if images.dtype == torch.uint8:
-        return images
-    return (255 * images.float().clamp(0, 1)).to(torch.uint8)
 
 
 def to_rgb_uint8(images: Tensor) -> Tensor:

@@ -30,12 +30,20 @@ from typing import Protocol
 import numpy as np
 import torch
 from torch import Tensor
-from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
-from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
-from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 
 from runners.evaluation.classifier import CLASSIFIER_CODE_VERSION, DatasetClassifier, accuracy
 from runners.evaluation.precision_recall import DEFAULT_K, precision_recall
+
+def to_uint8(images: Tensor) -> Tensor:
+    """Images float `(B, C, H, W)` in [0, 1] -> uint8 `(B, C, H, W)`: `(255 * x.clamp(0, 1)).to(uint8)`.
+
+    Truncation, as torch-fidelity's examples and the ADM sampler convert float images. For images that
+    came from uint8 as `v / 255` in float32 the round trip is exact.
+    """
+    if images.dtype == torch.uint8:
+        return images
+    return (255 * images.float().clamp(0, 1)).to(torch.uint8)
+
 
 METRIC_KEYS: tuple[str, ...] = ("fid", "kid", "kid_std", "precision", "recall", "class_accuracy")
 """Keys of the dict `image_metrics` returns (flat floats, ready for a result row). One spelling everywhere:
@@ -108,6 +116,8 @@ def _check_features(features: Tensor, name: str) -> Tensor:
 
 def feature_statistics(features: Tensor) -> dict[str, np.ndarray]:
     """torch-fidelity's FID statistics of features `(N, F)`: {"mu": (F,), "sigma": (F, F)} float64 arrays."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics
+
     stats = fid_features_to_statistics(_check_features(features, "the"))
     # np.cov of a single feature is 0-d; torch-fidelity expects a (F, F) matrix.
     return {"mu": np.atleast_1d(stats["mu"]), "sigma": np.atleast_2d(stats["sigma"])}
@@ -127,6 +137,8 @@ def fid_from_statistics(stats_1: dict[str, np.ndarray], stats_2: dict[str, np.nd
             f"both statistics must come from the same feature space, but got feature widths "
             f"{stats_1['mu'].shape[0]} and {stats_2['mu'].shape[0]}; use one extractor for real and fake images"
         )
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+
     return float(fid_statistics_to_metric(stats_1, stats_2, verbose=False)[KEY_METRIC_FID])
 
 
@@ -159,6 +171,8 @@ def kid_from_features(
     size = min(subset_size, len(real), len(fake))
     if size < 2:
         raise ValueError(f"subset_size must be >= 2 for the unbiased MMD estimate, but got subset_size={subset_size}")
+    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+
     out = kid_features_to_metric(
         real, fake, kid_subsets=subsets, kid_subset_size=size, rng_seed=seed, verbose=False
     )
@@ -183,6 +197,8 @@ def inception_score(logits: Tensor, splits: int = 10) -> tuple[float, float]:
     logits = logits.detach().to("cpu", torch.float64)
     if not torch.isfinite(logits).all():
         raise ValueError("logits must be finite, but got NaN or inf")
+    from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
+
     out = isc_features_to_metric(logits, splits=splits, shuffle=False)
     return float(out[KEY_METRIC_ISC_MEAN]), float(out[KEY_METRIC_ISC_STD])
 

@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from importlib.metadata import version
 
 import numpy as np
 import torch
-import torch_fidelity
 from torch import Tensor
 
 from runners.evaluation.metrics import FeatureExtractor, feature_extractor_name
@@ -118,7 +118,7 @@ def protocol(
         "protocol_reference": reference,
         "protocol_reference_sha256": reference_checksum,
         "protocol_pr_k": k,
-        "protocol_versions": f"torch-fidelity={torch_fidelity.__version__};torch={torch.__version__}",
+        "protocol_versions": f"torch-fidelity={version('torch-fidelity')};torch={torch.__version__}",
         "protocol_sampling_seed": int(sampling_seed),
         "protocol_sampling_precision": sampling_precision,
     }

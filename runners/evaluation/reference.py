@@ -47,9 +47,9 @@ from torch import Tensor
 
 from runners.data import image_batches
 from runners.evaluation.classifier import DatasetClassifier
-from runners.evaluation.inception import InceptionFeatures, file_sha256, to_uint8
-from runners.evaluation.metrics import FeatureExtractor, extract_features, feature_extractor_name
+from runners.evaluation.metrics import FeatureExtractor, extract_features, feature_extractor_name, to_uint8
 from runners.evaluation.protocol import extractor_sha256
+from runners.files import file_sha256
 
 # Bumped when the reference artifact changes for the same images and extractor (part of its key).
 REFERENCE_CODE_VERSION = "reference-1"  # streaming accumulation: same numbers up to float64 rounding
@@ -175,6 +175,8 @@ def feature_extractor_for(
                              "pass the classifier stage's model")
         return classifier
     if kind == "inception":
+        from runners.evaluation.inception import InceptionFeatures  # torch-fidelity, torchvision: imported when used
+
         return InceptionFeatures(inception_weights).to(device)
     raise ValueError(f"feature_extractor must be one of {', '.join(FEATURE_EXTRACTORS)}, but got {kind!r}")
 
