@@ -68,9 +68,16 @@ class StreamingScorer:
         if images.ndim != 4 or labels.shape != (len(images),):
             raise ValueError(f"images must be (b, C, H, W) with labels (b,), but got {tuple(images.shape)} and "
                              f"{tuple(labels.shape)}")
-        self.features.add(extract_features(self.extractor, images, self.batch_size))  # (b, F)
-        if self.logits is not None:
-            self.logits.add(extract_logits(self.extractor, images, self.batch_size))  # (b, C)
+        both = getattr(self.extractor, "features_and_logits", None) if self.logits is not None else None
+        if both is not None:  # Inception with its classifier: one network pass gives pool3 and the logits
+            for start in range(0, len(images), self.batch_size):
+                features, logits = both(images[start : start + self.batch_size].float())  # (b', F), (b', C)
+                self.features.add(features.to("cpu", torch.float64))
+                self.logits.add(logits.to("cpu", torch.float64))
+        else:
+            self.features.add(extract_features(self.extractor, images, self.batch_size))  # (b, F)
+            if self.logits is not None:
+                self.logits.add(extract_logits(self.extractor, images, self.batch_size))  # (b, C)
         if self.classifier is not None:
             predicted = predict(self.classifier, images, self.batch_size)  # (b,)
             self.correct += int((predicted == labels.to(predicted.device)).sum())

@@ -34,6 +34,26 @@ class PixelsAndLogits(nn.Module):
         return images.flatten(1) @ self.head  # (B, 5)
 
 
+class OnePass(PixelsAndLogits):
+    """The same extractor offering both outputs from one network pass, as InceptionFeatures does; counts passes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.passes = 0
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        self.passes += 1
+        return super().features(images)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        self.passes += 1
+        return super().logits(images)
+
+    def features_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.passes += 1
+        return super().features(images), super().logits(images)
+
+
 @pytest.fixture(scope="module")
 def images() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
@@ -115,3 +135,18 @@ def test_sample_batch_writer_leaves_nothing_half_written(images, tmp_path) -> No
         with pytest.raises(ValueError, match="samples.npz expects 37 images and labels, but got 10 images"):
             writer.finish(np.zeros(37, dtype=np.int64))
     assert not (tmp_path / "samples.npz").exists()
+
+
+def test_an_extractor_with_both_outputs_runs_once_per_batch(images, tmp_path) -> None:
+    real, fake, labels = images
+    separate, joint = PixelsAndLogits(), OnePass()
+    joint.load_state_dict(separate.state_dict())
+    real_features = extract_features(separate, real)
+    scores = []
+    for extractor in (separate, joint):
+        with StreamingScorer(extractor, None, tmp_path, batch_size=4) as scorer:
+            for start in range(0, len(fake), 10):
+                scorer.add(fake[start : start + 10], labels[start : start + 10])
+            scores.append(scorer.metrics(real_features, kid_subsets=7, kid_subset_size=20))
+    assert joint.passes == 11  # batches of at most 4 within blocks of 10, 10, 10, 7: 3 + 3 + 3 + 2; not 22
+    assert scores[0] == pytest.approx(scores[1], rel=0, abs=0, nan_ok=True)  # the same numbers (IS too; no classifier: NaN)
