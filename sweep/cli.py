@@ -102,13 +102,11 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     """Exit 0 when every stage of the plan is finished, 1 when any failed, 130 when interrupted."""
-    import signal
-
-    from sweep.executors import RayExecutor, SerialExecutor, interrupt
+    from sweep.executors import RayExecutor, SerialExecutor, install_interrupt_handlers
     from sweep.progress import Reporter
     from sweep.run import run_sweep
 
-    signal.signal(signal.SIGTERM, interrupt)  # SIGTERM stops the run as Ctrl-C does: exit 130, resumable
+    install_interrupt_handlers()  # SIGINT and SIGTERM stop the run alike: exit 130, resumable
     _folder("--out", args.out)  # before anything is written or started
     _folder("--store", args.store)
     executor = (

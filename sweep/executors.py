@@ -16,6 +16,7 @@ import os
 import secrets
 import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -386,6 +387,8 @@ class RayExecutor:
         )
         if not ledger.done:
             tuner.fit()
+        if interrupted():  # the KeyboardInterrupt raised by the handler was lost inside Tune
+            raise KeyboardInterrupt("interrupted while Tune ran")
 
 
 # What the private Ray changes in this process's environment (restored when the run ends).
@@ -400,9 +403,28 @@ def _quiet_ray_environment() -> None:
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
 
 
+INTERRUPTED = threading.Event()
+"""Set by `interrupt`: once set, no new stage starts and the Ray run ends with KeyboardInterrupt even where a
+library swallowed the one the handler raised (cleared by `install_interrupt_handlers`). Read it through
+`interrupted()`: Tune pickles the searcher class by value, and an Event (a lock) does not pickle."""
+
+
+def interrupted() -> bool:
+    return INTERRUPTED.is_set()
+
+
 def interrupt(signum: int, frame: Any) -> None:
-    """SIGTERM handler: stop the run the way Ctrl-C does."""
+    """SIGINT / SIGTERM handler: remember the signal, then stop the run the way Ctrl-C does."""
+    INTERRUPTED.set()
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def install_interrupt_handlers() -> None:
+    """SIGINT and SIGTERM end a run alike: KeyboardInterrupt now, and no stage started after it (see INTERRUPTED).
+    Also where the process was started with SIGINT ignored (e.g. a background job of a script)."""
+    INTERRUPTED.clear()
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _cluster_host_port(address: str) -> tuple[str, int]:
@@ -512,6 +534,8 @@ def _stage_searcher_class() -> type:
             pass
 
         def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+            if interrupted():  # interrupted: nothing new starts; the run ends as soon as Tune returns
+                return Searcher.FINISHED
             stage = self.ledger.ready()
             if stage is None:
                 return Searcher.FINISHED if self.ledger.done else None

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from space.schema import load_spec
-from sweep.executors import Ledger
+from sweep.executors import INTERRUPTED, Ledger, _stage_searcher_class
 from sweep.plan import make_plan
 from sweep_tests.ray_cluster import FIXTURES, REPO, base_env, private_tmpdir, sweep
 
@@ -31,6 +31,24 @@ def test_a_lost_worker_uses_one_of_runtime_retries():
     assert ledger.attempts == {stage.key: 1}  # the next trial's execute starts counting at attempt 2
     assert ledger.ready() is stage and not ledger.retry_lost(stage.key)  # its one retry is spent
     assert ledger.attempts == {stage.key: 1}
+
+
+def test_once_interrupted_the_searcher_starts_no_stage(tmp_path):
+    """If Tune swallowed the KeyboardInterrupt of a signal, the flag the handler set still stops the run: no stage
+    is handed out after it (and RayExecutor raises KeyboardInterrupt when Tune returns)."""
+    from ray.tune.search import Searcher
+
+    from sweep.store import Store
+
+    stages = list(make_plan(load_spec(FIXTURES / "ops.yaml")).stages.values())
+    searcher = _stage_searcher_class()(Ledger(stages), Store(tmp_path), {}, lambda *_: None)
+    try:
+        INTERRUPTED.set()
+        assert searcher.suggest("t0") == Searcher.FINISHED
+        INTERRUPTED.clear()
+        assert searcher.suggest("t1")["stage"] == stages[0].to_json()  # the same searcher hands the stage out
+    finally:
+        INTERRUPTED.clear()
 
 
 @pytest.mark.slow
@@ -51,9 +69,12 @@ def test_a_run_whose_every_stage_failed_exits_1_and_says_how_to_retry(tmp_path):
 class Driver:
     """A `sweep run` subprocess whose output is read as it comes."""
 
-    def __init__(self, args: list[str], tmpdir: Path) -> None:
+    def __init__(self, args: list[str], tmpdir: Path, sigint_ignored: bool = False) -> None:
+        # sigint_ignored: started as a script's background job is, with SIGINT ignored (inherited by the process)
+        ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
         self.process = subprocess.Popen([sys.executable, "-m", "sweep.cli", "run", *args], env=base_env(tmpdir),
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                                        preexec_fn=ignore)
         self.lines: list[str] = []
         threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True).start()
 
@@ -74,10 +95,12 @@ class Driver:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_an_interrupted_run_exits_130_and_says_the_same_command_resumes(signum, tmp_path):
+@pytest.mark.parametrize("signum, sigint_ignored", [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)],
+                         ids=["SIGINT", "SIGTERM", "SIGINT-ignored-at-start"])
+def test_an_interrupted_run_exits_130_and_says_the_same_command_resumes(signum, sigint_ignored, tmp_path):
     with private_tmpdir() as tmpdir:
-        driver = Driver([str(FIXTURES / "ops.yaml"), "--out", str(tmp_path / "run"), "--num-cpus", "2"], tmpdir)
+        driver = Driver([str(FIXTURES / "ops.yaml"), "--out", str(tmp_path / "run"), "--num-cpus", "2"], tmpdir,
+                        sigint_ignored)
         try:
             driver.wait_for(lambda: "start   " in driver.output)  # stages handed to Ray workers
             ray_processes = psutil.Process(driver.process.pid).children(recursive=True)
