@@ -178,17 +178,32 @@ class AutocastMasked:
         return logits.float()
 
 
-def sampling_model(model: nn.Module, precision: str = "fp32", *, compile: bool | str = "auto") -> Any:
-    """What a sampler runs on for `sampling_precision` `precision`: an AR generator through `StaticDecoder` on
-    CUDA (compiled per `compile`) or whenever precision is bf16 (on any device); an MLM generator under bf16
-    autocast (`AutocastMasked`) when precision is bf16; otherwise the model itself."""
-    from runners.generators import ARGenerator, MLMGenerator
+def sampling_path(modeling: str, device_type: str, precision: str = "fp32", compile: bool | str = "auto") -> str:
+    """Which decoder a sampler runs on: "static" (`StaticDecoder`, compiled per `compile`), "autocast"
+    (`AutocastMasked`) or "model" (the generator itself; for AR its own KV cache, kernel by kernel).
 
+    AR: "static" whenever precision is bf16 (on any device), and on CUDA unless `compile` is False (the switch
+    back to the model's own cache, which reads only the slots filled so far where the static cache attends to
+    all N under a mask: at large batches on a GPU either may win, see docs/perf.md). MLM: "autocast" when
+    precision is bf16. Otherwise "model": the fp32 CPU path stays the reference one."""
     if precision not in SAMPLING_PRECISIONS:
         raise ValueError(f"sampling_precision must be one of {list(SAMPLING_PRECISIONS)}, but got {precision!r}")
-    on_cuda = next(model.parameters()).device.type == "cuda"
-    if isinstance(model, ARGenerator) and (on_cuda or precision == "bf16"):
+    if modeling == "ar" and (precision == "bf16" or device_type == "cuda" and compile is not False):
+        return "static"
+    if modeling == "mlm" and precision == "bf16":
+        return "autocast"
+    return "model"
+
+
+def sampling_model(model: nn.Module, precision: str = "fp32", *, compile: bool | str = "auto") -> Any:
+    """What a sampler runs on for `sampling_precision` `precision` and `runtime.compile` `compile`
+    (`sampling_path`): the model wrapped in `StaticDecoder` or `AutocastMasked`, or the model itself."""
+    from runners.generators import ARGenerator, MLMGenerator
+
+    modeling = "ar" if isinstance(model, ARGenerator) else "mlm" if isinstance(model, MLMGenerator) else ""
+    path = sampling_path(modeling, next(model.parameters()).device.type, precision, compile)
+    if path == "static":
         return StaticDecoder(model, compile=compile, precision=precision)
-    if isinstance(model, MLMGenerator) and precision == "bf16":
+    if path == "autocast":
         return AutocastMasked(model)
     return model

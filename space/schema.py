@@ -330,8 +330,10 @@ class Runtime(BaseModel):
     loader_workers: int | None = Field(None, description="DataLoader worker processes per stage (default: the stage's "
                                        "cpus - 1).", ge=0)
     compile: Literal["auto"] | bool = Field(
-        "auto", description="torch.compile of the whole model in training stages: 'auto' (on CUDA only), true "
-        "(also on a CPU with a C++ compiler, else eager), false. Results agree within float rounding: not hashed.",
+        "auto", description="torch.compile of the whole model in training stages and of the AR sampler's decode step "
+        "(a CUDA graph on CUDA): 'auto' (on CUDA only), true (also on a CPU with a C++ compiler, else eager), false "
+        "(on CUDA an fp32 AR generator then samples through its own KV cache). Results agree within float rounding: "
+        "not hashed.",
     )
     sample_batch: int | None = Field(
         None, description="Images per sampling forward of evaluation stages: a positive multiple of 100 (the block "

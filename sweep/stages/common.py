@@ -93,7 +93,7 @@ def balanced_labels(num_classes: int, per_class: int, device: torch.device) -> T
 @torch.no_grad()
 def iter_sample_blocks(
     blocks: Any, labels: Tensor, settings: dict[str, Any], tokenizer: Any, vocab: Any, generator: Any, entry: Any,
-    order: str, grid: tuple[int, int], positions: Tensor, group: int = 1,
+    order: str, grid: tuple[int, int], positions: Tensor, group: int = 1, compile: bool | str = "auto",
 ) -> Iterator[tuple[int, Tensor]]:
     """(block, images (<=SAMPLE_BATCH, C, H, W)) of the given blocks of global sample indices, one block at a
     time, as each is decoded: a consumer that scores and writes each block before asking for the next holds
@@ -104,12 +104,13 @@ def iter_sample_blocks(
     the same images (tested with 1 and 4 workers). `group` full blocks, taken in the given order, share one
     sampler forward (G x SAMPLE_BATCH labels, each block's rows drawing from its own generator: the same
     images as one block at a time, tested); a partial last block runs alone. Each block's tokens are decoded
-    on their own, so the decoder holds one block whatever `group` is.
+    on their own, so the decoder holds one block whatever `group` is. `compile` is the stage's runtime.compile
+    (`fast_decoder`).
     """
     if group < 1:
         raise ValueError(f"group must be >= 1 block per forward, but got group={group}")
     device = labels.device
-    generator = fast_decoder(generator, settings)
+    generator = fast_decoder(generator, settings, compile)
     pending: list[int] = []
 
     def run(members: list[int]) -> Iterator[tuple[int, Tensor]]:
@@ -146,16 +147,17 @@ def sample_blocks(
     return dict(iter_sample_blocks(blocks, labels, settings, tokenizer, vocab, generator, entry, order, grid, positions))
 
 
-def fast_decoder(model: Any, settings: dict[str, Any]) -> Any:
+def fast_decoder(model: Any, settings: dict[str, Any], compile: bool | str = "auto") -> Any:
     """What the sampler runs on (runners/fast_decode.py `sampling_model`): an AR generator on CUDA decodes through
     the static KV cache with its step compiled as a CUDA graph (same tokens up to float rounding); with
     `sampling_precision: bf16` AR decodes through that cache under bf16 autocast and MLM runs its forward under
-    bf16 autocast, on any device; otherwise the model itself (the fp32 CPU path stays the reference one).
+    bf16 autocast, on any device; otherwise the model itself (the fp32 CPU path stays the reference one). With
+    runtime.compile false an fp32 AR generator on CUDA samples through its own KV cache instead.
     Several blocks may share one forward (`iter_sample_blocks` group, `sampling_group`): the samplers draw each
     block's rows from that block's own generator, so the images do not depend on the grouping."""
     from runners.fast_decode import sampling_model
 
-    return sampling_model(model, settings.get("sampling_precision", "fp32"), compile="auto")
+    return sampling_model(model, settings.get("sampling_precision", "fp32"), compile=compile)
 
 
 def sampling_group(

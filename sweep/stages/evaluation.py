@@ -54,7 +54,8 @@ def evaluation_stage(
     # per-class grids) and featurised; the scorer's temporary feature files are gone when the stage returns.
     with StreamingScorer(extractor, classifier, out) as scorer, SampleBatchWriter(out / "samples.npz", len(labels)) as samples:
         for block, images in iter_sample_blocks(blocks, labels, s, tokenizer, vocab, generator, entry, order, grid,
-                                                positions, group=group):
+                                                positions, group=group,
+                                                compile=getattr(stage, "runtime", {}).get("compile", "auto")):
             images = images.clamp(0, 1)  # (b, C, H, W)
             samples.add(to_uint8_nhwc(images))
             scorer.add(images, labels[block * SAMPLE_BATCH : (block + 1) * SAMPLE_BATCH])

@@ -83,3 +83,19 @@ def test_compiled_static_step_gives_the_same_tokens() -> None:
     assert decoder.compiled
     compiled = sample(decoder, labels)
     assert torch.equal(compiled, dynamic) and torch.equal(compiled, full)
+
+
+@pytest.mark.parametrize("modeling, device, precision, compile, path", [
+    ("ar", "cpu", "fp32", "auto", "model"),  # the reference path
+    ("ar", "cpu", "fp32", True, "model"),
+    ("ar", "cpu", "bf16", "auto", "static"),  # bf16 needs the decoder's autocast trunk
+    ("ar", "cuda", "fp32", "auto", "static"),  # CUDA: the decode step as a CUDA graph
+    ("ar", "cuda", "fp32", False, "model"),  # runtime.compile false: the model's own KV cache
+    ("ar", "cuda", "bf16", False, "static"),  # bf16 still through the decoder, eager
+    ("mlm", "cuda", "fp32", "auto", "model"),
+    ("mlm", "cpu", "bf16", "auto", "autocast"),
+])
+def test_sampling_path_by_device_precision_and_compile(modeling, device, precision, compile, path) -> None:
+    from runners.fast_decode import sampling_path
+
+    assert sampling_path(modeling, device, precision, compile) == path
