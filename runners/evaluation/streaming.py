@@ -86,9 +86,11 @@ class StreamingScorer:
     def metrics(
         self, real_features: Tensor, real_statistics: dict[str, np.ndarray] | None = None, *,
         kid_subsets: int = 100, kid_subset_size: int = 1000, seed: int = 0, k: int = DEFAULT_K,
+        device: torch.device | str | None = None,
     ) -> dict[str, float]:
         """METRIC_KEYS (+ INCEPTION_SCORE_KEYS) of every batch added, against reference features `(N, F)` (and
-        their FID statistics, computed from them when None); the arguments as in `metrics.image_metrics`."""
+        their FID statistics, computed from them when None); the arguments as in `metrics.image_metrics`, and
+        `device` where precision / recall run (`metrics.scores_from_features`)."""
         if self.count == 0:
             raise ValueError("the scorer holds no images; add at least one batch before asking for metrics")
         fake_statistics, _, _ = self.features.close()
@@ -100,7 +102,7 @@ class StreamingScorer:
             real_features, _read(self.features.path), real_statistics=real_statistics,
             fake_statistics=fake_statistics,
             class_accuracy=self.correct / self.count if self.classifier is not None else float("nan"),
-            logits=logits, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed, k=k,
+            logits=logits, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed, k=k, device=device,
         )
 
     def remove(self) -> None:

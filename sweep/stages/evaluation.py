@@ -60,6 +60,6 @@ def evaluation_stage(
             samples.add(to_uint8_nhwc(images))
             scorer.add(images, labels[block * SAMPLE_BATCH : (block + 1) * SAMPLE_BATCH])
         samples.finish(labels.cpu().numpy())
-        metrics = scorer.metrics(reference.features, reference.statistics, k=PR_K)
+        metrics = scorer.metrics(reference.features, reference.statistics, k=PR_K, device=device)  # PR on the GPU
     return {**metrics, **record, "feature_extractor_name": feature_extractor_name(extractor), "num_samples": len(labels),
             "sample_batch": min(group * SAMPLE_BATCH, len(labels))}  # images per sampler forward: run metadata

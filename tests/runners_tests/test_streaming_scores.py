@@ -150,3 +150,25 @@ def test_an_extractor_with_both_outputs_runs_once_per_batch(images, tmp_path) ->
             scores.append(scorer.metrics(real_features, kid_subsets=7, kid_subset_size=20))
     assert joint.passes == 11  # batches of at most 4 within blocks of 10, 10, 10, 7: 3 + 3 + 3 + 2; not 22
     assert scores[0] == pytest.approx(scores[1], rel=0, abs=0, nan_ok=True)  # the same numbers (IS too; no classifier: NaN)
+
+
+def test_precision_recall_run_on_the_device_asked_for(images, monkeypatch) -> None:
+    import runners.evaluation.metrics as metrics_module
+
+    real, fake, labels = images
+    extractor = PixelsAndLogits()
+    real_features, fake_features = extract_features(extractor, real), extract_features(extractor, fake)
+    seen = []
+
+    def spy(real_on, fake_on, k):
+        seen.append(real_on.device.type)
+        return 0.5, 0.5
+
+    monkeypatch.setattr(metrics_module, "precision_recall", spy)
+    statistics = metrics_module.feature_statistics(fake_features)
+    for device in (None, "meta"):  # meta: a device other than the features' CPU, without computing anything
+        scores = metrics_module.scores_from_features(
+            real_features, fake_features, real_statistics=None, fake_statistics=statistics, class_accuracy=0.0,
+            kid_subsets=2, kid_subset_size=10, device=device)
+        assert scores["precision"] == 0.5
+    assert seen == ["cpu", "meta"]
