@@ -8,9 +8,10 @@ init_cache / prefill / decode_step, next_logits), so the sampler runs unchanged 
     ids = sample_ar(StaticDecoder(model, compile="auto"), labels, ..., generator=g)
 
 How it differs from the model's own cached path (ARGenerator.prefill / decode_step): the keys and values of
-all N slots live in preallocated buffers and each step attends to all N of them with a mask (slots after the
-current one are masked out, so they get probability exactly 0), the slot index is a tensor (not a Python int
-that would specialise a compiled graph), the rotary rows of every slot are computed once, and the K output
+all N slots live in preallocated buffers and, compiled, each step attends to all N of them with a mask (slots
+after the current one are masked out, so they get probability exactly 0: every step has the same shapes; eager,
+a step attends only to the slots filled so far), the slot index is a tensor (not a Python int that would
+specialise a compiled graph), the rotary rows of every slot are computed once, and the K output
 heads run as one matmul. The logits are those of the model's own paths up to float rounding (summation order);
 `tests/runners_tests/test_fast_decode.py` checks that the sampled tokens are the same as with the dynamic cache
 and without a cache under the same seed.
@@ -125,21 +126,23 @@ class StaticDecoder:
         inner = cache.inner
         rotary = getattr(inner, "rotation", None)
         rotary = inner.angles if rotary is None else rotary  # (N, D/2) angles or (N, D/2, 2) (cos, sin) rows
+        # compiled: every step attends to all N slots (one graph, one CUDA graph); eager: only to the filled ones
+        span = cache.capacity if self.compiled else cache.length + 1
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            logits = self._step(x, slot, rotary, inner.keys, inner.values, cache.heads)
+            logits = self._step(x, slot, rotary, inner.keys, inner.values, cache.heads, span)
         if self.compiled and self.device.type == "cuda":
             logits = logits.clone()  # a CUDA-graph output is overwritten by the next replay
         cache.length += 1
         return logits.float()
 
     def _trunk(self, x: Tensor, slot: Tensor, rotary: Tensor, keys: list[Tensor], values: list[Tensor],
-               heads: Tensor) -> Tensor:
-        """One slot x (B, 1, C) at index `slot` (0-dim tensor) through every block; logits (B, K, V)."""
+               heads: Tensor, span: int) -> Tensor:
+        """One slot x (B, 1, C) at index `slot` (0-dim tensor) through every block, attending to the first `span`
+        slots of the cache (slots after `slot` masked out); logits (B, K, V)."""
         model = self.model
         B, _, C = x.shape
-        N = keys[0].shape[2]
         row = rotary.index_select(0, slot.view(1))  # (1, D/2[, 2])
-        visible = (torch.arange(N, device=x.device) <= slot).view(1, N)  # (1, N): slots filled so far, this one included
+        visible = (torch.arange(span, device=x.device) <= slot).view(1, span)  # (1, span): filled slots, this one too
         for block, k_cache, v_cache in zip(model.blocks, keys, values):
             attention = block.attention
             H, D = attention.heads, attention.head_dim
@@ -148,7 +151,8 @@ class StaticDecoder:
             q, k = apply_rotary(q, row), apply_rotary(k, row)
             k_cache.index_copy_(2, slot.view(1), k.to(k_cache.dtype))
             v_cache.index_copy_(2, slot.view(1), v.to(v_cache.dtype))
-            y = F.scaled_dot_product_attention(q, k_cache.to(q.dtype), v_cache.to(q.dtype), attn_mask=visible)
+            keys_seen, values_seen = k_cache[:, :, :span].to(q.dtype), v_cache[:, :, :span].to(q.dtype)
+            y = F.scaled_dot_product_attention(q, keys_seen, values_seen, attn_mask=visible)
             x = x + attention.proj(y.transpose(1, 2).reshape(B, 1, C))  # eval: no residual dropout
             x = x + block.mlp(block.mlp_norm(x))
         hidden = model.norm(x[:, 0])  # (B, C)

@@ -99,3 +99,19 @@ def test_sampling_path_by_device_precision_and_compile(modeling, device, precisi
     from runners.fast_decode import sampling_path
 
     assert sampling_path(modeling, device, precision, compile) == path
+
+
+def test_eager_static_steps_attend_only_to_the_filled_slots(monkeypatch) -> None:
+    import runners.fast_decode as fast_decode
+
+    m, lengths = model(), []
+    attend = fast_decode.F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None):
+        lengths.append(k.shape[2])
+        return attend(q, k, v, attn_mask=attn_mask)
+
+    monkeypatch.setattr(fast_decode.F, "scaled_dot_product_attention", spy)
+    sample(StaticDecoder(m, compile=False), torch.tensor([0, 4]))
+    N, layers = m.config.seq_len, m.config.layers
+    assert lengths == [n for n in range(1, N + 1) for _ in range(layers)]  # step n: the n slots filled, per layer
