@@ -49,7 +49,7 @@ from runners.data import image_batches
 from runners.evaluation.classifier import DatasetClassifier
 from runners.evaluation.metrics import FeatureExtractor, extract_features, feature_extractor_name, to_uint8
 from runners.evaluation.protocol import extractor_sha256
-from runners.files import file_sha256
+from space.schema import file_sha256
 
 # Bumped when the reference artifact changes for the same images and extractor (part of its key).
 REFERENCE_CODE_VERSION = "reference-1"  # streaming accumulation: same numbers up to float64 rounding
@@ -131,7 +131,7 @@ def load_reference(path: str | Path) -> Reference:
 def to_uint8_nhwc(images: Tensor) -> np.ndarray:
     """Images float `(N, C, H, W)` in [0, 1] (or uint8) -> uint8 `(N, H, W, 3)` numpy, grayscale repeated to RGB.
 
-    The same truncating conversion as the feature extractors (`inception.to_uint8`).
+    The same truncating conversion as the feature extractors (`metrics.to_uint8`).
     """
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"images must be (N, C, H, W) with C = 1 or 3, but got shape {tuple(images.shape)}")

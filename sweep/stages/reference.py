@@ -9,8 +9,8 @@ import torch
 
 from runners.data import Batches
 from runners.evaluation.classifier import load_classifier
-from runners.files import file_sha256
 from runners.evaluation.reference import feature_extractor_for, save_adm_reference_features, save_reference_features
+from space.schema import file_sha256
 from sweep.stages.common import Log, dataset_of, loader_of, pick_device
 
 
