@@ -354,17 +354,22 @@ class Runtime(BaseModel):
 _SHA256_CACHE: dict[tuple[str, int, int], str] = {}
 
 
+def read_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read now in 1 MiB blocks (no cache: the store's checks of its artifacts)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def file_sha256(path: str | Path) -> str:
     """sha256 of a file's bytes (cached per path, size and modification time: planning hashes it once)."""
     path = Path(path)
     stat = path.stat()
     cache_key = (str(path), stat.st_size, stat.st_mtime_ns)
     if cache_key not in _SHA256_CACHE:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        _SHA256_CACHE[cache_key] = digest.hexdigest()
+        _SHA256_CACHE[cache_key] = read_sha256(path)
     return _SHA256_CACHE[cache_key]
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import pandas as pd
 
+from space.schema import read_sha256 as file_sha256  # uncached: the manifest checks re-read the bytes
 from sweep.faults import fault_point
 
 ROW_FILE = "row.parquet"
@@ -42,14 +43,6 @@ VERIFIED_DIR = ".verified"
 # Bookkeeping the worker writes beside a stage's output; dependants never read it, so it is left out of the
 # digest (the row holds timestamps: a bit-identical rebuild of an input must not look like other bytes).
 BOOKKEEPING_FILES = frozenset({ROW_FILE, LOSSES_FILE, STAGE_FILE, MANIFEST_FILE})
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class Store:
