@@ -23,6 +23,8 @@ def evaluation_stage(
     stage: Any, inputs: dict[str, Path], out: Path, log: Log, checkpoints: Path | None = None
 ) -> dict[str, Any]:
     s = stage.settings
+    runtime = getattr(stage, "runtime", {})
+    precision = s.get("sampling_precision", "fp32")  # not in the settings (key) when fp32
     device = pick_device(stage.resources.gpus)
     num_classes, image_size = s["dataset"]["num_classes"], s["dataset"]["image_size"]  # no images needed to sample
     tokenizer = load_tokenizer(inputs["tokenizer"], device)
@@ -40,13 +42,13 @@ def evaluation_stage(
     reference, classifier, extractor, record = scoring_space(
         inputs, device, num_samples=len(labels), samples_per_class=s["samples_per_class"],
         image_size=image_size, sampling_seed=s["sampling_seed"],
-        sampling_precision=s.get("sampling_precision", "fp32"),  # not in the settings (key) when fp32
+        sampling_precision=precision,
     )
     # G blocks per sampler forward (runtime.sample_batch, else what the GPU's free memory holds with every model
     # loaded; 1 on a CPU): the images do not depend on G, each block drawing from its own generator
     group = sampling_group(
-        getattr(stage, "runtime", {}), device, modeling=saved["modeling"], config=config, tokenizer=tokenizer, image_size=image_size,
-        guided=float(s.get("cfg_scale", 1.0)) != 1.0, precision=s.get("sampling_precision", "fp32"),
+        runtime, device, modeling=saved["modeling"], config=config, tokenizer=tokenizer, image_size=image_size,
+        guided=float(s.get("cfg_scale", 1.0)) != 1.0, precision=precision,
         num_blocks=len(blocks),
     )
     # One block of images at a time (runners/evaluation/streaming.py): written to samples.npz as scored (uint8
@@ -54,8 +56,7 @@ def evaluation_stage(
     # per-class grids) and featurised; the scorer's temporary feature files are gone when the stage returns.
     with StreamingScorer(extractor, classifier, out) as scorer, SampleBatchWriter(out / "samples.npz", len(labels)) as samples:
         for block, images in iter_sample_blocks(blocks, labels, s, tokenizer, vocab, generator, entry, order, grid,
-                                                positions, group=group,
-                                                compile=getattr(stage, "runtime", {}).get("compile", "auto")):
+                                                positions, group=group, compile=runtime.get("compile", "auto")):
             images = images.clamp(0, 1)  # (b, C, H, W)
             samples.add(to_uint8_nhwc(images))
             scorer.add(images, labels[block * SAMPLE_BATCH : (block + 1) * SAMPLE_BATCH])
