@@ -245,7 +245,7 @@ def loop_config(
     warmup_steps: int = 0, ema_decay: float | None = None, log_every: int = 10,
     precision: Literal["fp32", "bf16"] = "fp32", compile: bool = False, positions: Tensor | None = None,
     checkpointer: Checkpointer | None = None, make_batch_fn: Callable[[torch.device], BatchFn] | None = None,
-    heldout: Callable[[torch.device], tuple[Tensor, Tensor]] | None = None,
+    heldout: Callable[[torch.device], tuple[Tensor, Tensor]] | None = None, flops_per_token: float | None = None,
 ) -> dict[str, Any]:
     """What every worker's `train_rank` receives (Ray Train's train_loop_config); arguments as train_generator_ddp."""
     if (batch_fn is None) == (make_batch_fn is None):
@@ -264,6 +264,7 @@ def loop_config(
         "train_kwargs": {
             "weight_decay": weight_decay, "betas": betas, "grad_clip": grad_clip, "warmup_steps": warmup_steps,
             "ema_decay": ema_decay, "log_every": log_every, "precision": precision, "compile": compile,
+            "flops_per_token": flops_per_token,
         },
     }
 
@@ -327,7 +328,8 @@ def train_rank(
                                         data_generator=data_generator, seed=seed, device=device)
     result = train_generator(
         model, shard_batch, steps=config["steps"], lr=config["lr"], seed=seed + RANK_SEED_STRIDE * rank,
-        loss_fn=loss_module, on_log=on_log, positions=positions, checkpointer=checkpointer, **config["train_kwargs"],
+        loss_fn=loss_module, on_log=on_log, positions=positions, checkpointer=checkpointer, data_parallel=world_size,
+        **config["train_kwargs"],
     )
     # global-batch losses: the mean of the equal-size shards' mean losses (one collective for all steps)
     shard_losses = torch.tensor([value for _, value in result.losses], dtype=torch.float64, device=device)
@@ -400,6 +402,7 @@ def train_generator_ddp(
     checkpointer: Checkpointer | None = None,
     make_batch_fn: Callable[[torch.device], BatchFn] | None = None,
     heldout: Callable[[torch.device], tuple[Tensor, Tensor]] | None = None,
+    flops_per_token: float | None = None,
 ) -> DistributedTrainResult:
     """Train the model from `build_model()` data-parallel on `num_workers` Ray Train workers (DDP).
 
@@ -424,7 +427,8 @@ def train_generator_ddp(
     make_batch_fn: instead of batch_fn, device -> batch_fn, called once in each worker with its device (so that
     the data is prepared there, e.g. encoded on the worker's GPU; batches may then live on that device).
     heldout: device -> (ids (M, N, K), labels (M,)); rank 0 computes `evaluate_loss` of the trained model on
-    them after training, on its device (`heldout_loss`).
+    them after training, on its device (`heldout_loss`). flops_per_token: every log record then carries the
+    global batches' tokens/s, achieved TFLOP/s and MFU against num_workers devices' summed peak, measured by rank 0.
     """
     if not isinstance(num_workers, int) or num_workers < 1:
         raise ValueError(f"num_workers must be an int >= 1, but got num_workers={num_workers!r}")
@@ -453,6 +457,7 @@ def train_generator_ddp(
         build_model, batch_fn, steps=steps, lr=lr, seed=seed, weight_decay=weight_decay, betas=betas,
         grad_clip=grad_clip, warmup_steps=warmup_steps, ema_decay=ema_decay, log_every=log_every, precision=precision,
         compile=compile, positions=positions, checkpointer=checkpointer, make_batch_fn=make_batch_fn, heldout=heldout,
+        flops_per_token=flops_per_token,
     )
     started_here = not ray.is_initialized()
     if started_here:
@@ -510,11 +515,11 @@ def train_generator_data_parallel(
     on the CPU) receives rank 0's trained weights and comes back in eval mode inside a TrainResult, with the
     held-out loss rank 0 computed on `heldout`'s data (None without heldout); on_log receives, after training,
     what single-process training would have logged (`log_records`: global-batch losses). With flops_per_token the
-    result carries the throughput of the global batches (tokens/s, TFLOP/s, MFU against num_workers devices' peak),
-    as one process's training does. kwargs go to `train_generator_ddp` (steps, lr, seed, use_gpu, checkpointer, ...).
+    result, and every log record (since the previous one, measured by rank 0), carry the throughput of the global
+    batches (tokens/s, TFLOP/s, MFU against num_workers devices' peak), as one process's training does. kwargs go to `train_generator_ddp` (steps, lr, seed, use_gpu, checkpointer, ...).
     """
     trained = train_generator_ddp(build_model, None, make_batch_fn=make_batch_fn, heldout=heldout,
-                                  num_workers=num_workers, **kwargs)
+                                  num_workers=num_workers, flops_per_token=flops_per_token, **kwargs)
     if on_log is not None:
         for step, values in trained.logs:
             on_log(step, values)

@@ -117,6 +117,7 @@ def train_generator(
     hooks: Sequence[Hook] = (),
     prefetch: bool | None = None,
     flops_per_token: float | None = None,
+    data_parallel: int = 1,
 ) -> TrainResult:
     """Train `model` (in place) for `steps` optimizer steps on batches from `batch_fn`.
 
@@ -134,12 +135,16 @@ def train_generator(
     last log), "lr" and "grad_norm". A non-finite loss raises FloatingPointError at once. hooks: see
     `Hook` (intermediate evaluations, early stopping); a stopped run returns with `stopped_at` set.
     flops_per_token (runners.perf.train_flops_per_token, per sequence position): the live line and the
-    result then carry tokens/s, achieved TFLOP/s and MFU.
+    result then carry tokens/s, achieved TFLOP/s and MFU. data_parallel: how many ranks train on equal shards
+    of each global batch (runners/distributed.py); the throughput is then the global batch's, and MFU is against
+    that many devices' summed peak.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, but got steps={steps}")
     if not lr > 0:
         raise ValueError(f"lr must be > 0, but got lr={lr}")
+    if data_parallel < 1:
+        raise ValueError(f"data_parallel must be >= 1 (the ranks sharing each batch), but got {data_parallel}")
     if warmup_steps < 0:
         raise ValueError(f"warmup_steps must be >= 0, but got warmup_steps={warmup_steps}")
     if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
@@ -220,8 +225,9 @@ def train_generator(
             metrics = {"loss": sum(since_log) / len(since_log), "lr": step_lr, "grad_norm": float(grad_norm)}
             now = time.perf_counter()
             if flops_per_token is not None and now > window_start:
-                speed = throughput(tokens=window_tokens, seconds=now - window_start,
-                                   flops_per_token=flops_per_token, device_name=device_name(device))
+                speed = throughput(tokens=window_tokens * data_parallel, seconds=now - window_start,
+                                   flops_per_token=flops_per_token, device_name=device_name(device),
+                                   devices=data_parallel)
                 metrics.update({k: v for k, v in speed.row().items() if v is not None})
             on_log(step, metrics)
             since_log = []
@@ -252,8 +258,8 @@ def train_generator(
         steps_per_s=(done - first_step) / wall_s if wall_s > 0 else float("inf"),
         stopped_at=stopped_at,
         tokens=tokens,
-        throughput=throughput(tokens=tokens, seconds=wall_s, flops_per_token=flops_per_token,
-                              device_name=device_name(device))
+        throughput=throughput(tokens=tokens * data_parallel, seconds=wall_s, flops_per_token=flops_per_token,
+                              device_name=device_name(device), devices=data_parallel)
         if flops_per_token is not None and wall_s > 0 and tokens else None,
         compiled=compiled,
     )

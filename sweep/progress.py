@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -142,9 +143,9 @@ class Reporter:
             self.console.print(f"[red]{event:<7}[/] {label}: {escape(str(row.get('error', '')))}", highlight=False)
 
     def running(self, stage: Stage, values: dict[str, Any]) -> None:
-        """A running stage's latest training loss, on its kind's bar."""
+        """A running stage's latest training loss and throughput, on its kind's bar."""
         if self.progress is not None and "loss" in values and stage.kind in self.tasks:
-            self.progress.update(self.tasks[stage.kind], note=f"{self.name(stage)} step {values.get('step')} loss {values['loss']:.4g}")
+            self.progress.update(self.tasks[stage.kind], note=running_note(self.name(stage), values))
 
     def note(self, text: str) -> None:
         self.console.print(text, highlight=False)
@@ -166,11 +167,39 @@ class Reporter:
                                "stages again (and the stages behind them)", highlight=False)
 
 
+def running_note(name: str, values: dict[str, Any]) -> str:
+    """`name step S loss L` and, where the line carries them, the training throughput and MFU
+    (runners/perf.py: tokens_per_s of generators, images_per_s of tokenizers; mfu only on known devices)."""
+    note = f"{name} step {values.get('step')} loss {values['loss']:.4g}"
+    return note + _speed(values)
+
+
+def _speed(values: dict[str, Any]) -> str:
+    """` 12.3k tok/s 41% MFU`, ` 850 img/s`, or '' when no throughput was measured."""
+    text = ""
+    for key, unit in (("tokens_per_s", "tok/s"), ("images_per_s", "img/s")):
+        rate = values.get(key)
+        if isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0:
+            text += f" {_si(rate)} {unit}"
+    mfu = values.get("mfu")
+    if text and isinstance(mfu, (int, float)) and math.isfinite(mfu):
+        text += f" {100 * mfu:.0f}% MFU"
+    return text
+
+
+def _si(value: float) -> str:
+    """3 significant digits with a k / M suffix: 950, 12.3k, 1.25M."""
+    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
 def _headline(row: dict[str, Any]) -> str:
     """The one or two numbers worth seeing as a stage ends."""
     shown = [name for name in ("heldout_accuracy", "reference_images", "psnr_db", "bit_usage", "rfid", "final_loss", "fid",
                                "class_accuracy") if name in row]
-    return "".join(f" {name}={row[name]:.4g}" for name in shown if isinstance(row[name], (int, float)))
+    return "".join(f" {name}={row[name]:.4g}" for name in shown if isinstance(row[name], (int, float))) + _speed(row)
 
 
 def _value(value: Any) -> str:

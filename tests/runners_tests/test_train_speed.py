@@ -129,6 +129,30 @@ def test_training_reports_its_throughput() -> None:
     assert all(m["tokens_per_s"] > 0 for m in lines)
 
 
+def test_a_data_parallel_rank_reports_the_global_batch_throughput(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One of W ranks training on a shard of each global batch reports the global batch: its own positions
+    x W, and MFU against W devices' peak (runners/distributed.py passes data_parallel=world_size)."""
+    import runners.train_generator as loop
+
+    calls: list[dict] = []
+    real = loop.throughput
+
+    def recorded(**kwargs):
+        calls.append(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(loop, "throughput", recorded)
+    lines: list[dict[str, float]] = []
+    torch.manual_seed(0)
+    result = train_generator(GENERATORS["ar"].build(CONFIG), batch_fn, steps=4, lr=1e-3, seed=0, log_every=2,
+                             on_log=lambda step, metrics: lines.append(metrics), flops_per_token=1e6, data_parallel=2)
+    assert result.tokens == 4 * 6 * 9  # this rank's own positions
+    assert [(c["tokens"], c["devices"]) for c in calls] == [(2 * 2 * 6 * 9, 2), (2 * 2 * 6 * 9, 2), (2 * 4 * 6 * 9, 2)]
+    assert len(lines) == 2 and all(m["tokens_per_s"] > 0 for m in lines)
+    with pytest.raises(ValueError, match="data_parallel must be >= 1"):
+        train_generator(GENERATORS["ar"].build(CONFIG), batch_fn, steps=1, lr=1e-3, seed=0, data_parallel=0)
+
+
 def test_rate_meter_adds_images_per_second(monkeypatch: pytest.MonkeyPatch) -> None:
     lines: list[tuple[int, dict[str, float]]] = []
     meter = RateMeter(lambda step, m: lines.append((step, m)), per_step=8, unit="images", device="cpu",

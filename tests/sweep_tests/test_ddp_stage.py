@@ -98,6 +98,11 @@ def test_two_workers_in_a_tune_trial_equal_one_process(tmp_path: Path, monkeypat
     assert list(losses["ddp"]["step"]) == list(losses["single"]["step"])
     assert list(losses["ddp"]["loss"]) == pytest.approx(list(losses["single"]["loss"]), abs=1e-5)
     assert list(losses["ddp"]["grad_norm"]) == pytest.approx(list(losses["single"]["grad_norm"]), rel=1e-4)
+    # and every logged step of both curves carries its throughput, the data-parallel one the global batch's
+    for name in ("ddp", "single"):
+        assert (losses[name]["tokens_per_s"] > 0).all(), name
+    assert list(losses["ddp"]["achieved_tflops"] / losses["ddp"]["tokens_per_s"]) == pytest.approx(
+        list(losses["single"]["achieved_tflops"] / losses["single"]["tokens_per_s"]), rel=1e-9)
 
 
 def test_unschedulable_checks_each_worker_and_the_total(monkeypatch: pytest.MonkeyPatch) -> None:

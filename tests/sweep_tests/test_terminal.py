@@ -80,3 +80,20 @@ def test_a_resumed_stage_says_from_which_step(tmp_path):
     lines = stream.getvalue().splitlines()
     assert lines[1] == f"start   generator vocab=2-4 [{stage.key[:8]}] (resuming from the checkpoint of step 40)"
     assert lines[2] == f"done    generator vocab=2-4 [{stage.key[:8]}] in 1.2s (resumed from step 40) final_loss=2"
+
+
+def test_training_lines_say_the_throughput_they_measured(e2e_run):
+    from sweep.progress import running_note
+
+    values = {"step": 120, "loss": 4.1234, "tokens_per_s": 12_345.6, "achieved_tflops": 250.0, "mfu": 0.4129}
+    assert running_note("generator vocab=2-4 [abcd1234]", values) == (
+        "generator vocab=2-4 [abcd1234] step 120 loss 4.123 12.3k tok/s 41% MFU")
+    # a CPU: no known peak, so no MFU; a tokenizer counts images
+    assert running_note("tokenizer", {"step": 9, "loss": 0.5, "images_per_s": 850.0, "mfu": None}) == (
+        "tokenizer step 9 loss 0.5 850 img/s")
+    assert running_note("generator", {"step": 1, "loss": 2.0}) == "generator step 1 loss 2"  # nothing measured
+    # the done lines of the e2e run: training stages end with their rate, evaluations without one
+    done = [DONE.match(line) for line in e2e_run.log.splitlines() if line.startswith("done")]
+    assert all(re.search(r" \d[\d.]*[kM]? tok/s$", m[5]) for m in done if m[1] == "generator"), e2e_run.log
+    assert all(re.search(r" \d[\d.]*[kM]? img/s$", m[5]) for m in done if m[1] == "tokenizer"), e2e_run.log
+    assert not any("/s" in m[5] for m in done if m[1] == "evaluation"), e2e_run.log
