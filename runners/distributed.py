@@ -261,6 +261,7 @@ def loop_config(
         "lr": lr,
         "positions": positions.cpu() if positions is not None else None,
         "checkpointer": checkpointer,
+        "live": None,  # a ray.util.queue.Queue that rank 0 puts its log records in (train_generator_ddp's on_log)
         "train_kwargs": {
             "weight_decay": weight_decay, "betas": betas, "grad_clip": grad_clip, "warmup_steps": warmup_steps,
             "ema_decay": ema_decay, "log_every": log_every, "precision": precision, "compile": compile,
@@ -315,11 +316,19 @@ def train_rank(
 
     logged: dict[int, dict[str, float]] = {}
 
+    live = config.get("live")
+
     def on_log(step: int, metrics: dict[str, float]) -> None:
-        # every rank logs at the same steps, as ray.train.report (a barrier) requires; rank 0's metrics
-        # (its shard's loss) are the ones Ray Train keeps
+        # every rank logs at the same steps, as ray.train.report (a barrier) requires. The loss becomes the global
+        # batches' mean since the last log: the mean of the ranks' equal-shard means (one scalar all-reduce)
+        if world_size > 1:
+            loss = torch.tensor([metrics["loss"]], dtype=torch.float64, device=device)
+            dist.all_reduce(loss)
+            metrics = {**metrics, "loss": loss.item() / world_size}
         if rank == 0:
             logged[step] = dict(metrics)
+            if live is not None:
+                live.put((step, dict(metrics)))
         report({"step": step, **metrics})
 
     checkpointer = None
@@ -403,6 +412,7 @@ def train_generator_ddp(
     make_batch_fn: Callable[[torch.device], BatchFn] | None = None,
     heldout: Callable[[torch.device], tuple[Tensor, Tensor]] | None = None,
     flops_per_token: float | None = None,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
 ) -> DistributedTrainResult:
     """Train the model from `build_model()` data-parallel on `num_workers` Ray Train workers (DDP).
 
@@ -429,6 +439,9 @@ def train_generator_ddp(
     heldout: device -> (ids (M, N, K), labels (M,)); rank 0 computes `evaluate_loss` of the trained model on
     them after training, on its device (`heldout_loss`). flops_per_token: every log record then carries the
     global batches' tokens/s, achieved TFLOP/s and MFU against num_workers devices' summed peak, measured by rank 0.
+    on_log(step, metrics): called in this thread while the workers train, every log_every steps, with rank 0's
+    record ("loss": the global batches' mean since the previous log, "lr", "grad_norm", throughput); the workers
+    hand the records over through a zero-CPU Ray queue, and Ray Train's fit runs in a helper thread meanwhile.
     """
     if not isinstance(num_workers, int) or num_workers < 1:
         raise ValueError(f"num_workers must be an int >= 1, but got num_workers={num_workers!r}")
@@ -466,17 +479,24 @@ def train_generator_ddp(
     made_storage = storage_path is None
     storage = Path(tempfile.mkdtemp(prefix="elm-ddp-") if made_storage else storage_path).resolve()  # type: ignore[arg-type]
     resources = {"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    live = None
     try:
+        if on_log is not None:
+            from ray.util.queue import Queue
+
+            live = config["live"] = Queue(actor_options={"num_cpus": 0})  # needs no free CPU of the stage's
         trainer = TorchTrainer(
             _worker_loop,
             train_loop_config=config,
             scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources),
             run_config=RunConfig(name=f"generator-ddp-{uuid.uuid4().hex[:8]}", storage_path=str(storage)),
         )
-        out = trainer.fit().return_value
+        out = _fit(trainer, live, on_log)
     finally:
         if made_storage:
             shutil.rmtree(storage, ignore_errors=True)
+        if live is not None:
+            live.shutdown(force=True)
         if started_here:
             ray.shutdown()
     if out is None:
@@ -498,6 +518,42 @@ def train_generator_ddp(
     )
 
 
+def _fit(trainer: Any, live: Any, on_log: Callable[[int, dict[str, float]], None] | None) -> dict[str, Any] | None:
+    """trainer.fit()'s return value; with a live queue, fit runs in a daemon thread while this thread hands the
+    records rank 0 puts in the queue to on_log as they come (and the last ones after fit returns). An exception
+    here (Ctrl-C) leaves at once: the caller's Ray shutdown, or the end of the process owning the run, ends it."""
+    if live is None or on_log is None:
+        return trainer.fit().return_value
+    import threading
+    from queue import Empty
+
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as error:  # noqa: BLE001 - raised again in the caller's thread
+            outcome["error"] = error
+
+    def drain(timeout: float | None) -> None:
+        while True:
+            try:
+                step, metrics = live.get(block=timeout is not None, timeout=timeout)
+            except Empty:
+                return
+            on_log(step, metrics)
+            timeout = None if timeout is None else 0.0  # after one record, take what is there without waiting
+
+    fitting = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+    fitting.start()
+    while fitting.is_alive():
+        drain(0.5)
+    drain(None)  # what rank 0 put in before it returned
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"].return_value
+
+
 def train_generator_data_parallel(
     model: nn.Module,
     build_model: Callable[[], nn.Module],
@@ -513,16 +569,26 @@ def train_generator_data_parallel(
 
     Each worker prepares its batches with make_batch_fn(its device). `model` (a fresh build in this process, e.g.
     on the CPU) receives rank 0's trained weights and comes back in eval mode inside a TrainResult, with the
-    held-out loss rank 0 computed on `heldout`'s data (None without heldout); on_log receives, after training,
-    what single-process training would have logged (`log_records`: global-batch losses). With flops_per_token the
-    result, and every log record (since the previous one, measured by rank 0), carry the throughput of the global
-    batches (tokens/s, TFLOP/s, MFU against num_workers devices' peak), as one process's training does. kwargs go to `train_generator_ddp` (steps, lr, seed, use_gpu, checkpointer, ...).
+    held-out loss rank 0 computed on `heldout`'s data (None without heldout); on_log receives, while the workers
+    train, what single-process training would log (global-batch losses), and after training the records of steps
+    this run did not log (`log_records`: those before a resume). With flops_per_token the result, and every log
+    record (since the previous one, measured by rank 0), carry the throughput of the global batches (tokens/s,
+    TFLOP/s, MFU against num_workers devices' peak), as one process's training does. kwargs go to
+    `train_generator_ddp` (steps, lr, seed, use_gpu, checkpointer, ...).
     """
+    delivered: set[int] = set()
+
+    def live(step: int, values: dict[str, float]) -> None:
+        delivered.add(step)
+        on_log(step, values)  # type: ignore[misc]
+
     trained = train_generator_ddp(build_model, None, make_batch_fn=make_batch_fn, heldout=heldout,
-                                  num_workers=num_workers, flops_per_token=flops_per_token, **kwargs)
-    if on_log is not None:
+                                  num_workers=num_workers, flops_per_token=flops_per_token,
+                                  on_log=live if on_log is not None else None, **kwargs)
+    if on_log is not None:  # the records of steps this run did not log itself (before a resume)
         for step, values in trained.logs:
-            on_log(step, values)
+            if step not in delivered:
+                on_log(step, values)
     model.load_state_dict(trained.state_dict)
     result = TrainResult(
         model=model.eval(), losses=trained.losses, initial_loss=trained.initial_loss, final_loss=trained.final_loss,
