@@ -124,7 +124,7 @@ def generator_stage(
             loss_fn = lambda *args, **kwargs: fault_loss("generator_loss", model.loss(*args, **kwargs))  # noqa: E731
         result = train_generator(model, batch_fn, on_log=log, hooks=hooks, loss_fn=loss_fn,
                                  flops_per_token=flops_per_position(s["modeling"], config), **recipe)
-    else:  # same batches in every worker, losses logged after training, same checkpoint folder, rank 0's held-out loss
+    else:  # same batches in every worker, losses logged live by rank 0, same checkpoint folder, rank 0's held-out loss
         assert not hooks, "training-time hooks need workers: 1"
         from runners.distributed import train_generator_data_parallel
 
