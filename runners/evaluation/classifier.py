@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -154,6 +154,8 @@ def train_classifier(
     weight_decay: float = DEFAULT_WEIGHT_DECAY,
     loader: LoaderSettings | None = None,
     device: torch.device | str | None = None,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+    log_every: int = 50,
 ) -> DatasetClassifier:
     """Train a `DatasetClassifier` on `(train_images (N, C, H, W) in [0, 1], train_labels (N,) int64)`, or on a
     dataset of (image, label) items streamed through a DataLoader (`loader`: workers, pinned memory).
@@ -164,6 +166,8 @@ def train_classifier(
     Deterministic given `seed` (weights, batches and shifts come from seeded generators; the global RNG is
     left untouched) on a given device and thread count, whatever the loader's workers. Trains on `device`
     (default: the images' device, or the CPU for a dataset); returns the model in eval mode there.
+    on_log(step, {"loss": mean since the previous log, "lr"}) every `log_every` steps and at the last
+    (runners.train_speed.RateMeter adds the throughput).
     """
     if isinstance(train_images, Tensor):
         if train_images.ndim != 4:
@@ -227,6 +231,7 @@ def train_classifier(
             yield index.tolist()
 
     feed = stream(make_loader(dataset, loader or LoaderSettings(), batch_sampler=index_batches()))
+    since_log: list[Tensor] = []
     for step, (batch, batch_labels) in enumerate(feed):
         if int(batch_labels.min()) < 0 or int(batch_labels.max()) >= num_classes:
             raise ValueError(f"labels must lie in [0, num_classes) = [0, {num_classes}), but got "
@@ -242,8 +247,24 @@ def train_classifier(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if on_log is not None:
+            since_log.append(loss.detach())
+            if (step + 1) % log_every == 0 or step == steps - 1:  # one device sync per log, not per step
+                on_log(step, {"loss": torch.stack(since_log).mean().item(), "lr": optimizer.param_groups[0]["lr"]})
+                since_log = []
     model.eval()
     return model
+
+
+def classifier_train_flops(channels: int, image_size: int, num_classes: int, feature_dim: int = 64) -> float:
+    """Training FLOPs per image of the classifier `train_classifier` builds: 3 x its forward's counted
+    convolution and matmul FLOPs on one image (runners.train_speed.measured_train_flops)."""
+    from runners.train_speed import measured_train_flops
+
+    model = DatasetClassifier(channels=channels, image_size=image_size, num_classes=num_classes,
+                              feature_dim=feature_dim)
+    image = torch.zeros(1, channels, image_size, image_size)
+    return measured_train_flops(lambda: model(image))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ image_metrics, class accuracy, the protocol record and reference files."""
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import numpy as np
@@ -15,6 +16,7 @@ from runners.evaluation.classifier import (
     CLASSIFIER_CODE_VERSION,
     DatasetClassifier,
     accuracy,
+    classifier_train_flops,
     load_classifier,
     predict,
     random_shift,
@@ -117,6 +119,25 @@ def test_train_classifier_is_deterministic_given_seed(digits) -> None:
     for name, tensor in first.state_dict().items():
         assert torch.equal(tensor, second.state_dict()[name]), name
     assert not torch.equal(first.head.weight, other.head.weight)
+
+
+def test_train_classifier_logs_the_mean_loss_since_the_last_log(digits) -> None:
+    images, labels = digits["train_images"][:256], digits["train_labels"][:256]
+    lines: list[tuple[int, dict[str, float]]] = []
+    logged = train_classifier(images, labels, num_classes=10, steps=5, lr=3e-3, batch_size=16, seed=5, log_every=2,
+                              on_log=lambda step, metrics: lines.append((step, metrics)))
+    quiet = train_classifier(images, labels, num_classes=10, steps=5, lr=3e-3, batch_size=16, seed=5)
+    assert [step for step, _ in lines] == [1, 3, 4]  # every 2 steps and the last
+    assert all(set(metrics) == {"loss", "lr"} and 0 < metrics["loss"] < 10 for _, metrics in lines)
+    assert lines[0][1]["lr"] == pytest.approx(3e-3 * 0.5 * (1 + math.cos(math.pi / 5)))  # step 1 of the cosine
+    for name, tensor in quiet.state_dict().items():  # logging changes nothing of the run
+        assert torch.equal(tensor, logged.state_dict()[name]), name
+
+
+def test_classifier_train_flops_is_three_forwards() -> None:
+    # 16x16x1 digits: convolutions 2*(256*9*1*16 + 64*9*16*32 + 16*9*32*64 + 4*9*64*128) = 1,843,200 and
+    # linears 2*(128*64 + 64*10) = 17,664 FLOPs per forward; x3 for forward + backward
+    assert classifier_train_flops(1, 16, 10) == 3 * (1_843_200 + 17_664)
 
 
 def test_train_classifier_rejects_bad_labels(digits) -> None:

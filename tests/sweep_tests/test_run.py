@@ -168,3 +168,6 @@ def test_training_rows_carry_their_throughput(serial_run):
     assert generators["mfu"].isna().all()  # a CPU has no bf16 peak in runners/perf.py: left empty, never guessed
     assert (tokenizers["images_per_s"] > 0).all() and (tokenizers["achieved_tflops"] > 0).all()
     assert tokenizers["mfu"].isna().all()
+    classifiers = rows["classifier"]  # a training stage too: the FID feature extractor of small datasets
+    assert len(classifiers) == 1 and (classifiers["images_per_s"] > 0).all() and classifiers["mfu"].isna().all()
+    assert (classifiers["achieved_tflops"] > 0).all()
