@@ -138,15 +138,6 @@ def iter_sample_blocks(
         yield from run(pending)
 
 
-def sample_blocks(
-    blocks: Any, labels: Tensor, settings: dict[str, Any], tokenizer: Any, vocab: Any, generator: Any, entry: Any,
-    order: str, grid: tuple[int, int], positions: Tensor,
-) -> dict[int, Tensor]:
-    """All of `iter_sample_blocks` at once, {block: (<=SAMPLE_BATCH, C, H, W)}: for small sets and tests only
-    (it holds every image)."""
-    return dict(iter_sample_blocks(blocks, labels, settings, tokenizer, vocab, generator, entry, order, grid, positions))
-
-
 def fast_decoder(model: Any, settings: dict[str, Any], compile: bool | str = "auto") -> Any:
     """What the sampler runs on (runners/fast_decode.py `sampling_model`): an AR generator on CUDA decodes through
     the static KV cache with its step compiled as a CUDA graph (same tokens up to float rounding); with

@@ -118,7 +118,7 @@ def test_intermediate_rows_survive_a_kill(run, tmp_path, monkeypatch):
         if point == "evaluation" and calls.count("evaluation") == 2:
             raise Killed
 
-    monkeypatch.setattr(common, "fault_point", fault)  # sample_blocks' fault point
+    monkeypatch.setattr(common, "fault_point", fault)  # iter_sample_blocks' fault point
     (tmp_path / "first").mkdir()
     with pytest.raises(Killed):
         generator_stage(stage, inputs, tmp_path / "first", lambda *_: None, checkpoints=checkpoints)

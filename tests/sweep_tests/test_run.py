@@ -60,7 +60,7 @@ def test_serial_run_writes_one_row_per_evaluation_with_every_axis(serial_run):
         assert column in table.columns, column
     assert (table["fid"] > 0).all() and table["class_accuracy"].between(0, 1).all()
     # per-step training losses of every training stage
-    assert set(results.losses["kind"]) == {"tokenizer", "generator"}
+    assert set(results.losses["kind"]) == {"tokenizer", "generator", "classifier"}
     # artifacts: weights and config per trained stage, samples per evaluation
     store = serial_run / "stages"
     for kind in ("tokenizer", "generator"):
