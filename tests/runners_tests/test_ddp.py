@@ -248,32 +248,62 @@ def test_log_records_reach_the_caller_while_the_workers_train(monkeypatch: pytes
         fitting = any(thread.name.startswith("ray-train-fit") for thread in threading.enumerate())
         records.append((step, metrics, fitting))
 
-    def failing(step: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        if step == 3:
-            raise ValueError("no batch 3")
-        return batch_fn(step, generator)
-
-    import ray
-    from ray.train import TrainingFailedError
-
-    from runners.distributed import _start_local_ray
-
-    _start_local_ray(2, None)  # one Ray for both calls
-    try:
-        train_generator_data_parallel(build_model(), build_model, lambda device: batch_fn, num_workers=2,
-                                      steps=steps, lr=LR, seed=0, log_every=every, on_log=on_log,
-                                      flops_per_token=1e6, cpus_per_worker=0.5)
-        failed: list[int] = []
-        with pytest.raises(TrainingFailedError, match="no batch 3"):  # a worker's error reaches the caller
-            train_generator_data_parallel(build_model(), build_model, lambda device: failing, num_workers=2,
-                                          steps=steps, lr=LR, seed=0, log_every=every, cpus_per_worker=0.5,
-                                          on_log=lambda step, metrics: failed.append(step))
-        assert failed == [1]  # the record logged before the failure came through
-    finally:
-        ray.shutdown()
+    train_generator_data_parallel(build_model(), build_model, lambda device: batch_fn, num_workers=2, steps=steps,
+                                  lr=LR, seed=0, log_every=every, on_log=on_log, flops_per_token=1e6,
+                                  cpus_per_worker=0.5)
     assert [step for step, _, _ in records] == [step for step, _ in single] == [1, 3, 5]  # each once
     assert all(fitting for _, _, fitting in records), records  # delivered live, not replayed after fit
     for (_, got, _), (_, want) in zip(records, single):
         assert got["loss"] == pytest.approx(want["loss"], abs=1e-5)  # rank 0's half alone: 0.3 away
         assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-4)
         assert got["tokens_per_s"] > 0 and got["achieved_tflops"] == pytest.approx(got["tokens_per_s"] * 1e-6)
+
+
+class FakeQueue:
+    """ray.util.queue.Queue's get(block, timeout) on a local queue.Queue."""
+
+    def __init__(self) -> None:
+        import queue
+
+        self.items: queue.Queue = queue.Queue()
+
+    def put(self, item: object) -> None:
+        self.items.put(item)
+
+    def get(self, block: bool = True, timeout: float | None = None) -> object:
+        return self.items.get(block=block, timeout=timeout)
+
+
+class FakeTrainer:
+    """fit() puts records in the queue as rank 0 would, then returns or raises."""
+
+    def __init__(self, live: FakeQueue, steps: list[int], error: Exception | None = None) -> None:
+        self.live, self.steps, self.error = live, steps, error
+
+    def fit(self) -> object:
+        import time
+        import types
+
+        for step in self.steps:
+            self.live.put((step, {"loss": float(step)}))
+            time.sleep(0.05)
+        if self.error is not None:
+            raise self.error
+        return types.SimpleNamespace(return_value={"done": True})
+
+
+def test_fit_hands_over_every_record_and_raises_what_fit_raised() -> None:
+    from runners.distributed import _fit
+
+    live = FakeQueue()
+    seen: list[int] = []
+    assert _fit(FakeTrainer(live, [1, 3, 5]), live, lambda step, metrics: seen.append(step)) == {"done": True}
+    assert seen == [1, 3, 5]
+
+    live, seen = FakeQueue(), []
+    with pytest.raises(ValueError, match="no batch 3"):  # a worker's failure reaches the caller, in its thread
+        _fit(FakeTrainer(live, [1], ValueError("no batch 3")), live, lambda step, metrics: seen.append(step))
+    assert seen == [1]  # what was logged before the failure came through
+
+    live = FakeQueue()
+    assert _fit(FakeTrainer(live, [1]), None, None) == {"done": True}  # no queue: fit in this thread
