@@ -19,7 +19,8 @@ Both sides build the same architecture: 4 layers, width 256, 4 heads, K = 2 sub-
 - MLM sampling (10 steps, 32 labels, CFG 4 linear): images/s of `sample_mlm` against their `generate_cfg`;
 - one training step at batch 16 (forward, backward, gradient clipping at 1.0, AdamW, EMA): ours the pieces of
   runners/train_generator.py, compiled with torch.compile when a C++ compiler exists (else eager, said so),
-  theirs their forward with targets plus the same optimizer, clipping and EMA update.
+  theirs their forward with targets plus the same optimizer, clipping and EMA update; once in fp32 and once with
+  both forwards under CPU bf16 autocast (the paper's precision; --train-precision picks).
 
 The sides alternate (ours, theirs, ours, ...) and each figure is the median of --reps runs, with the machine's
 load average (1 min) when it was taken: on a shared machine the ratio is the figure to read.
@@ -214,7 +215,11 @@ def bench_mlm(mlm_model: types.ModuleType, reps: int, count: int = 32) -> bool:
     return report(f"MLM sampling, {count} labels", "images/s", count, ours_s, theirs_s, loads, "mlm")
 
 
-def bench_train(ar_model: types.ModuleType, reps: int, compile: bool) -> bool:
+def bench_train(ar_model: types.ModuleType, reps: int, compile: bool, precision: str = "fp32") -> bool:
+    """One training step on each side; precision "bf16" runs both forwards under torch.autocast("cpu", bfloat16)
+    (the paper's precision and the default of their train_ddp.py, whose torch.cuda.amp.autocast does nothing on a
+    CPU, so the bench applies the same CPU autocast to both sides)."""
+    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")  # noqa: E731
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 2**BITS, (TRAIN_BATCH, GRID * GRID, K), generator=generator)
     labels = torch.randint(0, CLASSES, (TRAIN_BATCH,), generator=generator)
@@ -227,7 +232,8 @@ def bench_train(ar_model: types.ModuleType, reps: int, compile: bool) -> bool:
         compile_model(ours)
 
     def step_ours() -> None:
-        loss = ours.loss(ids, labels, generator=generator)
+        with autocast():
+            loss = ours.loss(ids, labels, generator=generator)
         ours_opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(ours.parameters(), 1.0)
@@ -245,7 +251,8 @@ def bench_train(ar_model: types.ModuleType, reps: int, compile: bool) -> bool:
                                    lr=1e-4, betas=(0.9, 0.95))
 
     def step_theirs() -> None:
-        _, loss, _ = theirs(idx=ids[:, :-1], cond=labels, targets=ids)
+        with autocast():
+            _, loss, _ = theirs(idx=ids[:, :-1], cond=labels, targets=ids)
         theirs_opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(theirs.parameters(), 1.0)
@@ -258,7 +265,7 @@ def bench_train(ar_model: types.ModuleType, reps: int, compile: bool) -> bool:
         for _ in range(2):  # compile (or load from the inductor cache) before timing
             step_ours()
     ours_s, theirs_s, loads, _ = alternate(step_ours, step_theirs, reps)
-    how = "compiled" if compile else "eager"
+    how = f"{precision}, {'compiled' if compile else 'eager'}"
     return report(f"training step, batch {TRAIN_BATCH} ({how})", "tokens/s", TRAIN_BATCH * GRID * GRID, ours_s,
                   theirs_s, loads, "train")
 
@@ -273,6 +280,8 @@ def main() -> None:
     parser.add_argument("--labels", type=int, nargs="+", default=[4, 32], help="AR label counts (default 4 32)")
     parser.add_argument("--mlm-labels", type=int, default=32, help="MLM label count (default 32)")
     parser.add_argument("--eager", action="store_true", help="train our side eager even where compile is possible")
+    parser.add_argument("--train-precision", choices=("fp32", "bf16"), nargs="+", default=["fp32", "bf16"],
+                        help="training-step precisions, both sides alike (default fp32 bf16)")
     args = parser.parse_args()
     if args.checkout is None:
         print(HOW_TO_GET)
@@ -290,7 +299,8 @@ def main() -> None:
     if "mlm" in parts:
         ok.append(bench_mlm(mlm_model, args.reps, args.mlm_labels))
     if "train" in parts:
-        ok.append(bench_train(ar_model, args.reps, compile))
+        for precision in args.train_precision:
+            ok.append(bench_train(ar_model, args.reps, compile, precision))
     print(f"{sum(ok)} of {len(ok)} targets met ({load_text()} at the end)")
 
 
