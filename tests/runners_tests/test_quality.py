@@ -79,7 +79,7 @@ def test_samples_do_not_depend_on_how_blocks_are_split_over_workers(run):
     from runners.artifacts import load_generator, load_tokenizer
     from runners.scan import scan_positions
     from runners.tokenizers import vocabulary_for
-    from sweep.stages.common import SAMPLE_BATCH, balanced_labels, sample_blocks
+    from sweep.stages.common import SAMPLE_BATCH, balanced_labels, iter_sample_blocks
 
     out, plan = run
     stage = plan.of_kind("evaluation")[0]
@@ -92,10 +92,10 @@ def test_samples_do_not_depend_on_how_blocks_are_split_over_workers(run):
             grid, scan_positions(saved["scan_order"], *grid))
     labels = balanced_labels(10, 30, device)  # 300 images: 3 blocks of SAMPLE_BATCH
     blocks = range(len(labels) // SAMPLE_BATCH)
-    one_worker = sample_blocks(blocks, labels, stage.settings, tokenizer, *args)
+    one_worker = dict(iter_sample_blocks(blocks, labels, stage.settings, tokenizer, *args))
     four_workers = {}
     for worker in range(4):  # round-robin, in reverse order within each worker
-        four_workers.update(sample_blocks(list(blocks)[worker::4][::-1], labels, stage.settings, tokenizer, *args))
+        four_workers.update(iter_sample_blocks(list(blocks)[worker::4][::-1], labels, stage.settings, tokenizer, *args))
     assert sorted(four_workers) == list(blocks)
     for block in blocks:
         assert torch.equal(one_worker[block], four_workers[block])

@@ -23,7 +23,7 @@ from runners.scan import scan_positions
 from runners.tokenizers import vocabulary_for
 from space.schema import load_spec
 from sweep.plan import make_plan
-from sweep.stages.common import PR_K, balanced_labels, sample_blocks, scoring_space
+from sweep.stages.common import PR_K, balanced_labels, iter_sample_blocks, scoring_space
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 BLOCK = 10
@@ -71,9 +71,9 @@ def test_evaluation_streams_one_block_at_a_time_with_the_in_memory_numbers(e2e_r
     grid = (config.grid_height, config.grid_width)
     labels = balanced_labels(10, stage.settings["samples_per_class"], device)
     blocks = range(4)
-    sampled = sample_blocks(blocks, labels, stage.settings, tokenizer, vocabulary_for(tokenizer, config.token_each),
-                            model, GENERATORS[saved["modeling"]], saved["scan_order"], grid,
-                            scan_positions(saved["scan_order"], *grid))
+    sampled = dict(iter_sample_blocks(blocks, labels, stage.settings, tokenizer,
+                                      vocabulary_for(tokenizer, config.token_each), model, GENERATORS[saved["modeling"]],
+                                      saved["scan_order"], grid, scan_positions(saved["scan_order"], *grid)))
     fake = torch.cat([sampled[block] for block in blocks]).clamp(0, 1)  # (40, C, H, W)
     reference, classifier, extractor, _ = scoring_space(
         inputs, device, num_samples=40, samples_per_class=4, image_size=16, sampling_seed=stage.settings["sampling_seed"])
