@@ -54,8 +54,10 @@ class Throughput:
     mfu: float | None
     """tflops / (the devices' bf16 dense peak x their count); None for devices not in PEAK_BF16_TFLOPS"""
 
-    def row(self) -> dict[str, float | None]:
-        return {"tokens_per_s": self.tokens_per_s, "achieved_tflops": self.tflops, "mfu": self.mfu}
+    def row(self, unit: str = "tokens") -> dict[str, float | None]:
+        """The row's columns: `<unit>_per_s` (tokens of generators, images of tokenizers and classifiers),
+        achieved_tflops, mfu."""
+        return {f"{unit}_per_s": self.tokens_per_s, "achieved_tflops": self.tflops, "mfu": self.mfu}
 
 
 def throughput(*, tokens: int, seconds: float, flops_per_token: float, device_name: str, devices: int = 1) -> Throughput:

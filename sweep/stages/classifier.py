@@ -42,4 +42,4 @@ def classifier_stage(
                        device_name=device_name(device))
     save_classifier(model, out)
     return {"heldout_accuracy": accuracy_of_batches(model, batches(data.heldout, 512, feed)),
-            "images_per_s": speed.tokens_per_s, "achieved_tflops": speed.tflops, "mfu": speed.mfu}
+            **speed.row("images")}

@@ -61,7 +61,7 @@ def tokenizer_stage(
     return {**{name: float(value) for name, value in metrics.items()},
             "resumed_from_step": -1 if resumed is None else int(resumed["step"]),
             "checkpoint_discarded": checkpointer.discarded,  # why a checkpoint found was not used ('' if none)
-            "images_per_s": speed.tokens_per_s, "achieved_tflops": speed.tflops, "mfu": speed.mfu}
+            **speed.row("images")}
 
 
 def image_train_flops(model: torch.nn.Module, channels: int, image_size: int, device: torch.device) -> float:
