@@ -316,7 +316,7 @@ def train_rank(
 
     logged: dict[int, dict[str, float]] = {}
 
-    live = config.get("live")
+    live = config["live"]  # loop_config always sets it (None: no live hand-over)
 
     def on_log(step: int, metrics: dict[str, float]) -> None:
         # every rank logs at the same steps, as ray.train.report (a barrier) requires. The loss becomes the global

@@ -17,7 +17,7 @@ heads run as one matmul. The logits are those of the model's own paths up to flo
 and without a cache under the same seed.
 
 `precision="bf16"` runs the trunk under bfloat16 autocast (an evaluation-protocol setting: it changes the
-tokens); the logits come back in float32 either way. `sampling_model(model, device, precision)` picks what a
+tokens); the logits come back in float32 either way. `sampling_model(model, precision, compile=)` picks what a
 sampler runs on: this decoder for an AR generator on CUDA or in bf16, `AutocastMasked` for an MLM generator in
 bf16, else the model itself (the fp32 CPU path stays the reference one).
 """
@@ -53,7 +53,21 @@ class StaticCache:
         return self.inner.capacity
 
 
-class StaticDecoder:
+class _Wrapped:
+    """What a sampler reads of the generator beside its calls: `training` and `train(mode)`, the wrapped model's."""
+
+    model: nn.Module
+
+    @property
+    def training(self) -> bool:
+        return self.model.training
+
+    def train(self, mode: bool = True) -> Any:
+        self.model.train(mode)
+        return self
+
+
+class StaticDecoder(_Wrapped):
     """Static-cache, optionally compiled, decoding of an ARGenerator (see the module docstring).
 
     compile: "auto" (on CUDA only: torch.compile mode "reduce-overhead"), True (also on a CPU with a C++
@@ -72,15 +86,7 @@ class StaticDecoder:
             mode = "reduce-overhead" if device.type == "cuda" else None
             self._step = torch.compile(self._trunk, mode=mode, fullgraph=True, dynamic=False)
 
-    # what sample_ar reads besides the decoding calls
-    @property
-    def training(self) -> bool:
-        return self.model.training
-
-    def train(self, mode: bool = True) -> StaticDecoder:
-        self.model.train(mode)
-        return self
-
+    # what sample_ar reads besides the decoding calls (and `training` / `train`)
     def next_logits(self, prefix: Tensor, labels: Tensor, *, positions: Tensor | None = None) -> Tensor:
         return self.model.next_logits(prefix, labels, positions=positions)
 
@@ -159,7 +165,7 @@ class StaticDecoder:
         return (hidden @ heads.to(hidden.dtype).t()).view(B, self.config.token_each, -1)  # (B, K, V)
 
 
-class AutocastMasked:
+class AutocastMasked(_Wrapped):
     """An MLM generator whose forward runs under bfloat16 autocast, logits back in float32: what
     `runners.sampling.sample_mlm` needs (config, mask_id, training / train, a call ids (B, N, K), labels (B,) ->
     logits (B, N, K, V)); the weights stay float32."""
@@ -167,14 +173,6 @@ class AutocastMasked:
     def __init__(self, model: nn.Module) -> None:
         self.model, self.config, self.mask_id = model, model.config, model.mask_id
         self.device_type = next(model.parameters()).device.type
-
-    @property
-    def training(self) -> bool:
-        return self.model.training
-
-    def train(self, mode: bool = True) -> AutocastMasked:
-        self.model.train(mode)
-        return self
 
     def __call__(self, ids: Tensor, labels: Tensor, *, positions: Tensor | None = None) -> Tensor:
         with torch.autocast(self.device_type, dtype=torch.bfloat16):
