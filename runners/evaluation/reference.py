@@ -215,7 +215,7 @@ class ReferenceFeatures:
     @functools.cached_property
     def features(self) -> Tensor:
         """(N, F) float64 on CPU, exactly the stored float32 values (read on first use: KID, precision / recall)."""
-        return torch.from_numpy(np.asarray(np.load(self.features_path, mmap_mode="r"), dtype=np.float64))
+        return read_features(self.features_path)
 
     def check_extractor(self, sha256: str) -> None:
         """Refuse to compare with features from other weights than the reference's."""
@@ -342,6 +342,12 @@ def accumulate_features(
     finally:
         stored.discard()
     return stored.close()
+
+
+def read_features(path: str | Path) -> Tensor:
+    """A stored float32 (N, F) .npy (features, logits) read through a memory map -> float64 tensor on CPU, the
+    dtype the metric functions compute in; never unpickles (np.load's default allow_pickle=False)."""
+    return torch.from_numpy(np.asarray(np.load(path, mmap_mode="r"), dtype=np.float64))
 
 
 def features_sha256(path: str | Path, rows_per_chunk: int = 65536) -> str:

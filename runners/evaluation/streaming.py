@@ -31,7 +31,7 @@ from torch import Tensor
 
 from runners.evaluation.classifier import DatasetClassifier, predict
 from runners.evaluation.metrics import DEFAULT_K, FeatureExtractor, extract_features, extract_logits, scores_from_features
-from runners.evaluation.reference import FeatureFile
+from runners.evaluation.reference import FeatureFile, read_features
 
 FEATURES_FILE = "fake_features.npy"
 """(M, F) float32 features of the samples, in the scorer's folder while it scores (removed by `remove`)."""
@@ -97,9 +97,9 @@ class StreamingScorer:
         logits = None
         if self.logits is not None:
             self.logits.close()
-            logits = _read(self.logits.path)
+            logits = read_features(self.logits.path)
         return scores_from_features(
-            real_features, _read(self.features.path), real_statistics=real_statistics,
+            real_features, read_features(self.features.path), real_statistics=real_statistics,
             fake_statistics=fake_statistics,
             class_accuracy=self.correct / self.count if self.classifier is not None else float("nan"),
             logits=logits, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed, k=k, device=device,
@@ -116,12 +116,6 @@ class StreamingScorer:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
         self.remove()
-
-
-def _read(path: Path | None) -> Tensor:
-    """A float32 (M, F) .npy through a memory map -> float64 tensor (the dtype the metric functions compute in)."""
-    assert path is not None
-    return torch.from_numpy(np.asarray(np.load(path, mmap_mode="r"), dtype=np.float64))
 
 
 class SampleBatchWriter:
