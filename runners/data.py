@@ -267,6 +267,14 @@ def _imagefolder(root: str | None, image_size: int, heldout_fraction: float, spl
 # fashion-mnist
 
 
+def npy_header(stream: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) of the .npy file open in `stream` (binary, at its start), the stream left at
+    the first byte of the data: for reading or writing rows in place without loading the array."""
+    version = np.lib.format.read_magic(stream)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    return read(stream)
+
+
 def _read_idx(path: Path) -> np.ndarray:
     """An IDX file (gzipped): big-endian magic (0, 0, dtype 0x08 = uint8, ndim), ndim int32 sizes, then the data."""
     with gzip.open(path, "rb") as stream:

@@ -41,7 +41,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from runners.data import LoaderSettings, batches
+from runners.data import LoaderSettings, batches, npy_header
 from runners.tokenizers.bae import QuantizeMode, bits_to_token_ids, check_mode, quantize_bits
 from runners.vocab import Vocabulary
 
@@ -229,8 +229,7 @@ class _RowWriter:
 
     def __init__(self, path: Path) -> None:
         with open(path, "rb") as stream:
-            version = np.lib.format.read_magic(stream)
-            shape, _, dtype = _npy_header(stream, version)
+            shape, _, dtype = npy_header(stream)
             self.offset = stream.tell()
         self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
         self.dtype = np.dtype(dtype)
@@ -274,9 +273,3 @@ class EncodedFolder:
         encoded = {key: codes if key == "logits" else codes.long(), "labels": labels}
         ids = token_batch(encoded, torch.arange(len(rows)), mode=mode, vocab=vocab, generator=generator)
         return ids, labels
-
-
-def _npy_header(stream: Any, version: tuple[int, int]) -> tuple[tuple[int, ...], bool, np.dtype]:
-    """(shape, fortran_order, dtype) of a .npy header, the stream left at the first byte of the data."""
-    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    return read(stream)

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from runners.data import image_batches
+from runners.data import image_batches, npy_header
 from runners.evaluation.classifier import DatasetClassifier
 from runners.evaluation.metrics import FeatureExtractor, extract_features, feature_extractor_name, to_uint8
 from runners.evaluation.protocol import extractor_sha256
@@ -353,8 +353,7 @@ def read_features(path: str | Path) -> Tensor:
 def features_sha256(path: str | Path, rows_per_chunk: int = 65536) -> str:
     """`array_sha256` of a stored (N, F) features .npy, read in blocks of rows (same digest, bounded memory)."""
     with open(path, "rb") as stream:
-        version = np.lib.format.read_magic(stream)
-        shape, fortran, dtype = _npy_header(stream, version)
+        shape, fortran, dtype = npy_header(stream)
         if fortran or len(shape) != 2:
             raise ValueError(f"{str(path)!r} must hold a C-ordered (N, F) array, but holds shape {shape}")
         digest = hashlib.sha256(repr(tuple(shape)).encode())
@@ -445,9 +444,3 @@ def load_reference_features(folder: str | Path) -> ReferenceFeatures:
         extractor_weights=record.get("extractor_weights"),
         source_sha256=record.get("reference_sha256"),
     )
-
-
-def _npy_header(stream: Any, version: tuple[int, int]) -> tuple[tuple[int, ...], bool, np.dtype]:
-    """(shape, fortran_order, dtype) of a .npy header, the stream left at the first byte of the data."""
-    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    return read(stream)
