@@ -264,7 +264,7 @@ def _imagefolder(root: str | None, image_size: int, heldout_fraction: float, spl
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# fashion-mnist
+# .npy files read and written in place (encoded caches, feature files)
 
 
 def npy_header(stream: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
@@ -273,6 +273,10 @@ def npy_header(stream: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
     version = np.lib.format.read_magic(stream)
     read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     return read(stream)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# fashion-mnist
 
 
 def _read_idx(path: Path) -> np.ndarray:
