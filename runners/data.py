@@ -40,17 +40,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset, get_worker_info
 
+from space.schema import FASHION_MNIST_FILES, FASHION_MNIST_ROOT, IMAGE_EXTENSIONS
+
 DATASET_NAMES: tuple[str, ...] = ("digits", "fashion-mnist", "imagefolder")
-FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
-FASHION_MNIST_FILES: dict[str, str] = {
-    "train_images": "train-images-idx3-ubyte.gz", "train_labels": "train-labels-idx1-ubyte.gz",
-    "heldout_images": "t10k-images-idx3-ubyte.gz", "heldout_labels": "t10k-labels-idx1-ubyte.gz",
-}
 FASHION_MNIST_CLASSES: tuple[str, ...] = (
     "t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot",
 )
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 
 
 @dataclass(frozen=True)

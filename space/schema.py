@@ -240,6 +240,19 @@ def compose(baseline: Settings, *overrides: dict[str, Any]) -> Settings:
     return Settings(**merged)
 
 
+# Where the datasets' files are and which files count: shared by the loaders (runners/data.py) and by the
+# torch-free listing that fingerprints and checks a dataset (sweep/fingerprint.py, sweep/validate.py).
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
+"""The files of an imagefolder that are images (by extension, case-insensitive)."""
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+"""Where the Debian package dataset-fashion-mnist installs the IDX files (the default dataset.root)."""
+FASHION_MNIST_FILES: dict[str, str] = {
+    "train_images": "train-images-idx3-ubyte.gz", "train_labels": "train-labels-idx1-ubyte.gz",
+    "heldout_images": "t10k-images-idx3-ubyte.gz", "heldout_labels": "t10k-labels-idx1-ubyte.gz",
+}
+"""Fashion-MNIST's four IDX files by role (the official 60k / 10k split is train / held-out)."""
+
+
 class Dataset(BaseModel):
     """The images every stage of the spec sees."""
 

@@ -22,14 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from space.schema import Dataset
+from space.schema import FASHION_MNIST_FILES, FASHION_MNIST_ROOT, IMAGE_EXTENSIONS, Dataset
 
 FINGERPRINT_LENGTH = 16
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
-"""What the imagefolder loader reads (runners/data.py IMAGE_EXTENSIONS; kept torch-free here)."""
-FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
-                       "t10k-labels-idx1-ubyte.gz")
+FASHION_MNIST_NAMES = tuple(FASHION_MNIST_FILES.values())
+"""The four IDX file names, in the order of space.schema.FASHION_MNIST_FILES."""
 
 
 @dataclass
@@ -98,7 +95,7 @@ def scan_imagefolder(root: str) -> Listing:
 def scan_fashion_mnist(root: str) -> Listing:
     """The four IDX files of Fashion-MNIST (those that exist) with their sizes and mtimes."""
     files = []
-    for name in FASHION_MNIST_FILES:
+    for name in FASHION_MNIST_NAMES:
         path = Path(root) / name
         if path.is_file():
             stat = path.stat()

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from space.schema import Spec, SpecError, study_points, trial_settings
-from sweep.fingerprint import IMAGE_EXTENSIONS
+from space.schema import IMAGE_EXTENSIONS, Spec, SpecError, study_points, trial_settings
 
 
 def check_spec(spec: Spec, source: str = "spec", files: bool = True) -> None:
@@ -56,20 +55,20 @@ def check_dataset(dataset: Any, source: str = "spec", deep: bool = False) -> Non
     ImageNet), the same listing the fingerprint of the keys comes from (sweep/fingerprint.py). fashion-mnist: its
     four IDX files exist. `deep` also opens every image (imagefolder) or reads the IDX files, and names the
     first that cannot be read."""
-    from sweep.fingerprint import FASHION_MNIST_FILES, dataset_root, listing_of
+    from sweep.fingerprint import FASHION_MNIST_NAMES, dataset_root, listing_of
 
     if dataset.name in ("digits", "labels"):  # bundled, or no images at all (scoring imported models only)
         return
     root = dataset_root(dataset)
     if dataset.name == "fashion-mnist":
         listing = listing_of(dataset)
-        missing = sorted(set(FASHION_MNIST_FILES) - {path for path, _, _ in listing.files})
+        missing = sorted(set(FASHION_MNIST_NAMES) - {path for path, _, _ in listing.files})
         if missing:
             raise SpecError(
                 f"dataset.root: fashion-mnist reads its IDX files from {root!r}, but {', '.join(missing)} "
                 f"{'is' if len(missing) == 1 else 'are'} missing there; install the Debian package "
                 f"dataset-fashion-mnist (apt-get install -y dataset-fashion-mnist) or set dataset.root to the folder "
-                f"holding {', '.join(FASHION_MNIST_FILES)}", source)
+                f"holding {', '.join(FASHION_MNIST_NAMES)}", source)
         if deep:
             from runners.data import load_dataset
 
