@@ -43,7 +43,7 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
-from runners.evaluation.metrics import to_uint8  # noqa: F401 - the extractors' conversion, also imported from here
+from runners.evaluation.metrics import to_uint8  # the extractors' conversion (float images -> uint8 by truncation)
 from space.schema import file_sha256  # the project's cached file hash; also imported from here by callers
 
 INCEPTION_FEATURE_DIM = 2048
